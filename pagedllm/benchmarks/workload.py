@@ -1,0 +1,63 @@
+"""The shared request generator of the throughput workloads (../shared/BENCHMARKS.md)
+and the model shapes they use, as dummy-weight model directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+
+SHAPES: dict[str, dict[str, object]] = {
+    "qwen3-0.6b": dict(
+        architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=1024,
+        intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+        rope_theta=1000000, rms_norm_eps=1e-6, tie_word_embeddings=True, torch_dtype="bfloat16",
+    ),
+    "llama-3.1-8b": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096,
+        intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
+        rope_theta=500000, rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="bfloat16",
+    ),
+}
+
+# name -> (shape, num_requests, (in_lo, in_hi), (out_lo, out_hi))
+WORKLOADS: dict[str, tuple[str, int, tuple[int, int], tuple[int, int]]] = {
+    "T1": ("qwen3-0.6b", 256, (100, 1024), (100, 1024)),
+    "T2": ("llama-3.1-8b", 256, (100, 1024), (100, 1024)),
+    "L1": ("llama-3.1-8b", 1, (128, 128), (512, 512)),
+}
+
+
+@dataclass
+class BenchRequest:
+    prompt_token_ids: list[int]
+    output_len: int
+
+
+def make_requests(num: int, in_range: tuple[int, int], out_range: tuple[int, int], seed: int = 0) -> list[BenchRequest]:
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(num):
+        prompt_len = rng.randint(*in_range)
+        output_len = rng.randint(*out_range)
+        ids = [rng.randint(0, 10000) for _ in range(prompt_len)]
+        requests.append(BenchRequest(ids, output_len))
+    return requests
+
+
+def shape_dir(shape: str, max_position_embeddings: int | None = None) -> str:
+    """A directory holding only config.json of the shape, for load_format='dummy'."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {shape!r}")
+    config = dict(SHAPES[shape])
+    if max_position_embeddings:
+        config["max_position_embeddings"] = max_position_embeddings
+    path = os.path.join(tempfile.mkdtemp(prefix="pagedllm-shape-"), shape)
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    return path

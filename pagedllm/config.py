@@ -1,0 +1,382 @@
+"""Engine arguments (vLLM's names and defaults) and the validated engine config.
+
+`EngineArgs` is what users pass (to `LLM(...)` as keyword arguments, or as
+kebab-case CLI flags); `EngineArgs.create_engine_config()` validates it once and
+returns an `EngineConfig` that is passed down to every layer. Values found at run
+time (the number of KV blocks) are set once on `CacheConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DTYPE_ALIASES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
+DEVICES = ("auto", "cpu", "cuda")
+EXECUTOR_BACKENDS = ("uni", "mp", "ray")
+RUNNERS = ("auto", "generate", "pooling")
+TASKS = ("auto", "generate", "embed", "embedding")
+POOLING_TYPES = ("LAST", "MEAN", "CLS", "ALL")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _check_positive(name: str, value: int | float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    model: str  # the path actually loaded (a directory or a .gguf file)
+    tokenizer: str
+    hf_config: Any  # transformers.PretrainedConfig
+    dtype: torch.dtype
+    max_model_len: int
+    seed: int
+    trust_remote_code: bool
+    load_format: str
+    quantization: str | None
+    served_model_name: str
+    runner: str  # "generate" | "pooling"
+    pooling_type: str | None = None
+    pooling_normalize: bool | None = None
+    revision: str | None = None
+    max_logprobs: int = 20
+    generation_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.hf_config, "architectures", None) or []
+        return archs[0] if archs else ""
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.hf_config.vocab_size)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf_config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        cfg = self.hf_config
+        return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+
+    @property
+    def num_attention_heads(self) -> int:
+        cfg = self.hf_config
+        return int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
+
+    @property
+    def num_kv_heads(self) -> int:
+        kv = getattr(self.hf_config, "num_key_value_heads", None)
+        return int(kv) if kv else self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        hd = getattr(self.hf_config, "head_dim", None)
+        return int(hd) if hd else self.hidden_size // self.num_attention_heads
+
+
+@dataclass
+class CacheConfig:
+    block_size: int
+    gpu_memory_utilization: float
+    swap_space: float
+    enable_prefix_caching: bool
+    cpu_offload_gb: float
+    kv_cache_dtype: str = "auto"
+    num_gpu_blocks_override: int | None = None
+    kv_cache_memory_bytes: int | None = None  # CPU: how much memory the KV cache may take
+    num_gpu_blocks: int | None = None  # set once, after memory profiling
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
+    log_stats: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str = "uni"
+    disable_custom_all_reduce: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass
+class DeviceConfig:
+    device: torch.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class EngineConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    parallel_config: ParallelConfig
+    device_config: DeviceConfig
+    enforce_eager: bool = False
+    max_seq_len_to_capture: int = 8192
+
+
+@dataclass
+class EngineArgs:
+    """vLLM's engine arguments: same names, same meanings, same defaults."""
+
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    tokenizer: str | None = None
+    tokenizer_mode: str = "auto"
+    skip_tokenizer_init: bool = False
+    trust_remote_code: bool = False
+    download_dir: str | None = None
+    load_format: str = "auto"
+    dtype: str = "auto"
+    kv_cache_dtype: str = "auto"
+    seed: int | None = 0
+    max_model_len: int | None = None
+    distributed_executor_backend: str | None = None
+    pipeline_parallel_size: int = 1
+    tensor_parallel_size: int = 1
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    swap_space: float = 4
+    cpu_offload_gb: float = 0
+    gpu_memory_utilization: float = 0.9
+    num_gpu_blocks_override: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_logprobs: int = 20
+    disable_log_stats: bool = False
+    revision: str | None = None
+    quantization: str | None = None
+    enforce_eager: bool = False
+    max_seq_len_to_capture: int = 8192
+    disable_custom_all_reduce: bool = False
+    enable_chunked_prefill: bool = True
+    served_model_name: str | None = None
+    device: str = "auto"
+    runner: str = "auto"
+    task: str = "auto"
+    pooling_type: str | None = None
+    pooling_normalize: bool | None = None
+    kv_cache_memory_bytes: int | None = None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def validate(self) -> None:
+        _check_choice("load_format", self.load_format, LOAD_FORMATS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("runner", self.runner, RUNNERS)
+        _check_choice("task", self.task, TASKS)
+        if self.dtype not in DTYPE_ALIASES and self.dtype != "auto":
+            _check_choice("dtype", self.dtype, ("auto", *DTYPE_ALIASES))
+        if self.distributed_executor_backend is not None:
+            _check_choice(
+                "distributed_executor_backend", self.distributed_executor_backend, EXECUTOR_BACKENDS
+            )
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
+            _check_choice("block_size", self.block_size, (1, 2, 4, 8, 16, 32, 64, 128))
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+        _check_positive("tensor_parallel_size", self.tensor_parallel_size)
+        _check_positive("pipeline_parallel_size", self.pipeline_parallel_size)
+        _check_positive("max_model_len", self.max_model_len)
+        _check_positive("max_num_seqs", self.max_num_seqs)
+        _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _check_positive("swap_space", self.swap_space, allow_zero=True)
+        _check_positive("cpu_offload_gb", self.cpu_offload_gb, allow_zero=True)
+        _check_positive("max_logprobs", self.max_logprobs, allow_zero=True)
+        _check_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
+        if self.quantization not in (None, "gguf"):
+            _check_choice("quantization", self.quantization, (None, "gguf"))
+        if self.pooling_type is not None:
+            _check_choice("pooling_type", self.pooling_type.upper(), POOLING_TYPES)
+        if self.kv_cache_dtype != "auto":
+            _check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto",))
+
+    def create_engine_config(self) -> EngineConfig:
+        self.validate()
+        return _build_engine_config(self)
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but no CUDA GPU is available; use device='cpu'")
+    return torch.device(name)
+
+
+def _pick_dtype(name: str, checkpoint_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPE_ALIASES[name]
+    if device.type == "cpu":
+        return torch.float32  # half precision matmuls are slow on most CPUs
+    if checkpoint_dtype in (torch.float16, torch.bfloat16):
+        return checkpoint_dtype
+    return torch.bfloat16
+
+
+def _pick_runner(args: EngineArgs, hf_config: Any) -> str:
+    if args.runner != "auto":
+        return args.runner
+    if args.task in ("embed", "embedding"):
+        return "pooling"
+    if args.task == "generate":
+        return "generate"
+    from pagedllm.model_loader.registry import is_pooling_architecture
+
+    archs = getattr(hf_config, "architectures", None) or []
+    return "pooling" if archs and is_pooling_architecture(archs[0]) else "generate"
+
+
+def _build_engine_config(args: EngineArgs) -> EngineConfig:
+    from pagedllm.model_loader.resolve import resolve_model
+
+    resolved = resolve_model(args.model, args.download_dir, args.load_format, args.revision)
+    hf_config = resolved.hf_config
+    device = _pick_device(args.device)
+    dtype = _pick_dtype(args.dtype, resolved.checkpoint_dtype, device)
+    max_model_len = _pick_max_model_len(args.max_model_len, hf_config, resolved.path)
+    runner = _pick_runner(args, hf_config)
+    model_config = ModelConfig(
+        model=resolved.path,
+        tokenizer=args.tokenizer or resolved.tokenizer_path,
+        hf_config=hf_config,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        seed=args.seed if args.seed is not None else 0,
+        trust_remote_code=args.trust_remote_code,
+        load_format=resolved.load_format,
+        quantization=args.quantization,
+        served_model_name=args.served_model_name or resolved.name,
+        runner=runner,
+        pooling_type=args.pooling_type.upper() if args.pooling_type else None,
+        pooling_normalize=args.pooling_normalize,
+        revision=args.revision,
+        max_logprobs=args.max_logprobs,
+        generation_config=resolved.generation_config,
+    )
+    return EngineConfig(
+        model_config=model_config,
+        cache_config=_cache_config(args),
+        scheduler_config=_scheduler_config(args, max_model_len),
+        parallel_config=_parallel_config(args),
+        device_config=DeviceConfig(device=device),
+        enforce_eager=args.enforce_eager,
+        max_seq_len_to_capture=args.max_seq_len_to_capture,
+    )
+
+
+def _sentence_transformers_max_len(path: str) -> int | None:
+    """sentence-transformers models cap their input (max_seq_length), as vLLM honours."""
+    import json
+    import os
+
+    file = os.path.join(path, "sentence_bert_config.json")
+    if not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        value = json.load(f).get("max_seq_length")
+    return int(value) if value else None
+
+
+def _pick_max_model_len(requested: int | None, hf_config: Any, path: str) -> int:
+    derived = None
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(hf_config, key, None)
+        if value:
+            derived = int(value)
+            break
+    if derived is None:
+        derived = 2048
+    st_len = _sentence_transformers_max_len(path)
+    if st_len is not None:
+        derived = min(derived, st_len)
+    if requested is None:
+        return derived
+    if requested > derived:
+        raise ValueError(
+            f"max_model_len={requested} is larger than the model's maximum context "
+            f"length ({derived}, from its config)"
+        )
+    return requested
+
+
+def _cache_config(args: EngineArgs) -> CacheConfig:
+    return CacheConfig(
+        block_size=args.block_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        swap_space=args.swap_space,
+        enable_prefix_caching=args.enable_prefix_caching,
+        cpu_offload_gb=args.cpu_offload_gb,
+        kv_cache_dtype=args.kv_cache_dtype,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+    )
+
+
+def _scheduler_config(args: EngineArgs, max_model_len: int) -> SchedulerConfig:
+    max_tokens = args.max_num_batched_tokens or max(8192, args.max_num_seqs or 0)
+    max_num_seqs = args.max_num_seqs or min(256, max_tokens)
+    if not args.enable_chunked_prefill:
+        max_tokens = max(max_tokens, max_model_len)
+    if max_tokens < max_num_seqs:
+        raise ValueError(
+            f"max_num_batched_tokens ({max_tokens}) must be >= max_num_seqs ({max_num_seqs})"
+        )
+    return SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_tokens,
+        max_model_len=max_model_len,
+        enable_chunked_prefill=args.enable_chunked_prefill,
+        log_stats=not args.disable_log_stats,
+    )
+
+
+def _parallel_config(args: EngineArgs) -> ParallelConfig:
+    world = args.tensor_parallel_size * args.pipeline_parallel_size
+    backend = args.distributed_executor_backend or ("uni" if world == 1 else "mp")
+    return ParallelConfig(
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        distributed_executor_backend=backend,
+        disable_custom_all_reduce=args.disable_custom_all_reduce,
+    )

@@ -1,0 +1,84 @@
+"""User prompts -> validated token ids, and per-request SamplingParams resolved
+against the model (EOS tokens, max_tokens within max_model_len)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pagedllm.config import ModelConfig
+from pagedllm.sampling_params import SamplingParams
+
+PromptType = Any  # str | {"prompt": str} | {"prompt_token_ids": list[int]} | list[int]
+
+
+@dataclass
+class ProcessedPrompt:
+    prompt: str | None
+    prompt_token_ids: list[int]
+
+
+def process_prompt(
+    prompt: PromptType, tokenizer: Any, model_config: ModelConfig, add_special_tokens: bool = True
+) -> ProcessedPrompt:
+    text, token_ids = _split_prompt(prompt)
+    if token_ids is None:
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer; pass prompt_token_ids instead")
+        token_ids = list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    _validate_token_ids(token_ids, model_config)
+    return ProcessedPrompt(prompt=text, prompt_token_ids=token_ids)
+
+
+def _split_prompt(prompt: PromptType) -> tuple[str | None, list[int] | None]:
+    if isinstance(prompt, str):
+        return prompt, None
+    if isinstance(prompt, dict):
+        if "prompt_token_ids" in prompt:
+            return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+        if "prompt" in prompt and isinstance(prompt["prompt"], str):
+            return prompt["prompt"], None
+        raise ValueError("prompt dict must have 'prompt' (str) or 'prompt_token_ids' (list of int)")
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return None, list(prompt)
+    raise ValueError(f"prompt must be a string, a token id list or a dict, got {type(prompt).__name__}")
+
+
+def _validate_token_ids(token_ids: list[int], model_config: ModelConfig) -> None:
+    if not token_ids:
+        raise ValueError("The prompt cannot be empty")
+    vocab = model_config.vocab_size
+    bad = [t for t in token_ids if t < 0 or t >= vocab]
+    if bad:
+        raise ValueError(f"prompt_token_ids contains token id {bad[0]} outside the vocabulary [0, {vocab})")
+
+
+def check_prompt_length(num_prompt_tokens: int, model_config: ModelConfig, pooling: bool) -> None:
+    limit = model_config.max_model_len
+    too_long = num_prompt_tokens > limit if pooling else num_prompt_tokens >= limit
+    if too_long:
+        raise ValueError(
+            f"The prompt (length {num_prompt_tokens}) is longer than the maximum model length "
+            f"of {limit}" + ("" if pooling else " (at least one token must be left to generate)")
+        )
+
+
+def resolve_sampling_params(
+    params: SamplingParams, num_prompt_tokens: int, model_config: ModelConfig, eos_token_id: int | None
+) -> tuple[SamplingParams, int]:
+    """A private copy with EOS resolved, and the effective max_tokens."""
+    sp = params.clone()
+    sp.update_from_generation_config(model_config.generation_config, eos_token_id)
+    room = model_config.max_model_len - num_prompt_tokens
+    max_tokens = room if sp.max_tokens is None else min(sp.max_tokens, room)
+    if sp.logprobs is not None and sp.logprobs > model_config.max_logprobs:
+        raise ValueError(f"logprobs must be at most max_logprobs={model_config.max_logprobs}, got {sp.logprobs}")
+    if sp.prompt_logprobs is not None and sp.prompt_logprobs > model_config.max_logprobs:
+        raise ValueError(
+            f"prompt_logprobs must be at most max_logprobs={model_config.max_logprobs}, got {sp.prompt_logprobs}"
+        )
+    vocab = model_config.vocab_size
+    for name, ids in (("stop_token_ids", sp.stop_token_ids or []), ("logit_bias", list(sp.logit_bias or {}))):
+        if any(t >= vocab for t in ids):
+            raise ValueError(f"{name} contains a token id outside the vocabulary [0, {vocab})")
+    return sp, max_tokens

@@ -1,0 +1,261 @@
+"""Requests -> RequestOutputs: detokenize new tokens, apply stop strings, gather the
+n samples of a user request, and emit cumulative / delta / final outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
+from pagedllm.engine.request import Request, RequestStatus
+from pagedllm.engine.scheduler_output import SampledLogprobs
+from pagedllm.outputs import (
+    CompletionOutput,
+    Logprob,
+    LogprobsDict,
+    EmbeddingOutput,
+    PoolingRequestOutput,
+    RequestMetrics,
+    RequestOutput,
+)
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+
+@dataclass
+class ChildState:
+    """One of the n samples: how far its text and tokens have been emitted."""
+
+    detokenizer: IncrementalDetokenizer | None
+    num_tokens_seen: int = 0
+    num_tokens_sent: int = 0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[LogprobsDict] = field(default_factory=list)
+    cumulative_logprob: float = 0.0
+    updated: bool = False
+
+
+@dataclass
+class RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams | None
+    children: dict[str, ChildState]
+    child_order: list[str]
+    metrics: RequestMetrics
+    num_cached_tokens: int = 0
+    prompt_logprobs: list[LogprobsDict | None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.children.values())
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.states: dict[str, RequestState] = {}
+        self.child_to_parent: dict[str, str] = {}
+
+    def add_request(self, parent_id: str, children: list[Request]) -> None:
+        first = children[0]
+        params = first.sampling_params
+        states = {c.request_id: ChildState(self._make_detokenizer(c)) for c in children}
+        assert first.metrics is not None
+        self.states[parent_id] = RequestState(
+            request_id=parent_id,
+            prompt=first.prompt,
+            prompt_token_ids=first.prompt_token_ids,
+            params=params,
+            children=states,
+            child_order=[c.request_id for c in children],
+            metrics=RequestMetrics(arrival_time=first.metrics.arrival_time),
+        )
+        for c in children:
+            self.child_to_parent[c.request_id] = parent_id
+
+    def _make_detokenizer(self, request: Request) -> IncrementalDetokenizer | None:
+        sp = request.sampling_params
+        if sp is None or not sp.detokenize or self.tokenizer is None:
+            return None
+        return IncrementalDetokenizer(
+            self.tokenizer,
+            request.prompt_token_ids,
+            skip_special_tokens=sp.skip_special_tokens,
+            spaces_between_special_tokens=sp.spaces_between_special_tokens,
+            stop=list(sp.stop or []),
+            include_stop_str_in_output=sp.include_stop_str_in_output,
+        )
+
+    def has_request(self, parent_id: str) -> bool:
+        return parent_id in self.states
+
+    def parent_of(self, child_id: str) -> str | None:
+        return self.child_to_parent.get(child_id)
+
+    def children_of(self, parent_id: str) -> list[str]:
+        state = self.states.get(parent_id)
+        return list(state.child_order) if state else []
+
+    def process(self, updated: list[Request]) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str]]:
+        """Returns the outputs to hand out and the child ids stopped by a stop string
+        (the caller finishes those in the scheduler)."""
+        now = time.time()
+        touched: dict[str, RequestState] = {}
+        stopped: list[str] = []
+        pooled: list[PoolingRequestOutput] = []
+        for request in updated:
+            parent_id = self.child_to_parent.get(request.request_id)
+            if parent_id is None:
+                continue
+            state = self.states[parent_id]
+            if request.is_pooling:
+                pooled.append(self._pooling_output(state, request, now))
+                continue
+            if self._update_child(state, request, now):
+                stopped.append(request.request_id)
+            touched[parent_id] = state
+        outputs: list[RequestOutput | PoolingRequestOutput] = list(pooled)
+        for state in touched.values():
+            out = self._make_output(state, now)
+            if out is not None:
+                outputs.append(out)
+            if state.finished:
+                self._forget(state)
+        return outputs, stopped
+
+    def _update_child(self, state: RequestState, request: Request, now: float) -> bool:
+        child = state.children[request.request_id]
+        sp = request.sampling_params
+        assert sp is not None
+        new_tokens = request.output_token_ids[child.num_tokens_seen :]
+        new_logprobs = request.logprobs[child.num_tokens_seen :]
+        child.num_tokens_seen = request.num_output_tokens
+        child.token_ids.extend(new_tokens)
+        child.updated = True
+        self._update_metrics(state, request, len(new_tokens), now)
+        if state.prompt_logprobs is None and sp.prompt_logprobs is not None and request.prompt_logprobs:
+            state.prompt_logprobs = [None] + [self._logprob_dict(lp, sp.prompt_logprobs) for lp in request.prompt_logprobs]
+        if state.num_cached_tokens == 0:
+            state.num_cached_tokens = max(0, request.num_cached_tokens)
+        for lp in new_logprobs:
+            child.cumulative_logprob += lp.logprobs[0]
+            if sp.logprobs is not None:
+                child.logprobs.append(self._logprob_dict(lp, sp.logprobs))
+        stop_string = self._detokenize(child, request, new_tokens)
+        if stop_string is not None and not request.is_finished:
+            child.finish_reason, child.stop_reason = "stop", stop_string
+            return True
+        if request.is_finished:
+            child.finish_reason = request.finish_reason
+            child.stop_reason = request.stop_reason if child.stop_reason is None else child.stop_reason
+        return False
+
+    def _detokenize(self, child: ChildState, request: Request, new_tokens: list[int]) -> str | None:
+        if child.detokenizer is None or not new_tokens:
+            return None
+        sp = request.sampling_params
+        assert sp is not None
+        stopped_by_token = (
+            request.status == RequestStatus.FINISHED_STOPPED
+            and request.output_token_ids[-1] in sp.all_stop_token_ids
+        )
+        if stopped_by_token and not sp.include_stop_str_in_output:
+            new_tokens = new_tokens[:-1]  # the stop token's text is not part of the output
+        if child.finish_reason is not None:
+            return None
+        return child.detokenizer.update(new_tokens) if new_tokens else None
+
+    def _update_metrics(self, state: RequestState, request: Request, num_new: int, now: float) -> None:
+        m = state.metrics
+        if num_new:
+            if m.first_token_time is None:
+                m.first_token_time = now
+            m.last_token_time = now
+            m.num_generation_tokens += num_new
+
+    def _logprob_dict(self, lp: SampledLogprobs, k: int) -> LogprobsDict:
+        result: LogprobsDict = {}
+        sampled = lp.token_ids[0]
+        result[sampled] = Logprob(lp.logprobs[0], lp.sampled_rank, self._decode(sampled))
+        for rank, (tid, value) in enumerate(zip(lp.token_ids[1 : k + 1], lp.logprobs[1 : k + 1]), 1):
+            if tid not in result:
+                result[tid] = Logprob(value, rank, self._decode(tid))
+        return result
+
+    def _decode(self, token_id: int) -> str | None:
+        return decode_token(self.tokenizer, token_id) if self.tokenizer is not None else None
+
+    def _make_output(self, state: RequestState, now: float) -> RequestOutput | None:
+        params = state.params
+        assert params is not None
+        kind = params.output_kind
+        finished = state.finished
+        if finished:
+            state.metrics.finished_time = now
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        delta = kind == RequestOutputKind.DELTA
+        ids = state.child_order
+        children = [state.children[i] for i in ids]
+        completions = [
+            self._completion(idx, c, params, delta=delta)
+            for idx, c in enumerate(children)
+            if not delta or c.updated
+        ]
+        for c in children:
+            c.updated = False
+        return RequestOutput(
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=state.prompt_logprobs,
+            outputs=completions,
+            finished=finished,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
+        )
+
+    def _completion(
+        self, index: int, c: ChildState, params: SamplingParams, delta: bool
+    ) -> CompletionOutput:
+        text = ""
+        if c.detokenizer is not None:
+            text = c.detokenizer.get_next_output_text(c.finish_reason is not None, delta)
+        start = c.num_tokens_sent if delta else 0
+        c.num_tokens_sent = len(c.token_ids)
+        wants_logprobs = params.logprobs is not None
+        return CompletionOutput(
+            index=index,
+            text=text,
+            token_ids=c.token_ids[start:],
+            cumulative_logprob=c.cumulative_logprob if wants_logprobs else None,
+            logprobs=c.logprobs[start:] if wants_logprobs else None,
+            finish_reason=c.finish_reason,
+            stop_reason=c.stop_reason,
+        )
+
+    def _pooling_output(self, state: RequestState, request: Request, now: float) -> PoolingRequestOutput:
+        state.metrics.finished_time = now
+        self._forget(state)
+        return PoolingRequestOutput(
+            request_id=state.request_id,
+            prompt_token_ids=state.prompt_token_ids,
+            outputs=EmbeddingOutput(embedding=request.pooled or []),
+            finished=True,
+            prompt=state.prompt,
+            metrics=state.metrics,
+        )
+
+    def abort(self, parent_id: str) -> None:
+        state = self.states.get(parent_id)
+        if state is not None:
+            self._forget(state)
+
+    def _forget(self, state: RequestState) -> None:
+        self.states.pop(state.request_id, None)
+        for child_id in state.child_order:
+            self.child_to_parent.pop(child_id, None)

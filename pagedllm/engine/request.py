@@ -1,0 +1,108 @@
+"""One sequence being served: its prompt, its outputs so far, how far the KV cache
+has caught up (`num_computed_tokens`), and its status."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from pagedllm.engine.scheduler_output import SampledLogprobs
+from pagedllm.outputs import RequestMetrics
+from pagedllm.sampling_params import PoolingParams, SamplingParams
+
+
+class RequestStatus(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    # Everything from here on is finished.
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH_CAPPED = 4
+    FINISHED_ABORTED = 5
+    FINISHED_ERROR = 6
+
+    @staticmethod
+    def is_finished(status: RequestStatus) -> bool:
+        return status >= RequestStatus.FINISHED_STOPPED
+
+
+FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH_CAPPED: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+    RequestStatus.FINISHED_ERROR: "error",
+}
+
+
+@dataclass(eq=False)
+class Request:
+    """The scheduler's unit. With n > 1 a user request fans out into n Requests
+    (`parent_id` + `index`) that share the prompt blocks through the prefix cache.
+
+    Invariant: 0 <= num_computed_tokens <= num_tokens, where num_tokens counts
+    prompt + output tokens; the KV cache holds the first num_computed_tokens.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams | None
+    pooling_params: PoolingParams | None = None
+    arrival_time: float = field(default_factory=time.time)
+    prompt: str | None = None
+    parent_id: str | None = None
+    index: int = 0
+    max_tokens: int = 16  # resolved against max_model_len by the engine
+    status: RequestStatus = RequestStatus.WAITING
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = -1  # prefix-cache hit at first scheduling; -1: not scheduled yet
+    num_preemptions: int = 0
+    stop_reason: int | str | None = None
+    cumulative_logprob: float = 0.0
+    logprobs: list[SampledLogprobs] = field(default_factory=list)  # one per output token
+    prompt_logprobs: list[SampledLogprobs] = field(default_factory=list)  # prompt positions 1..
+    block_hashes: list[int] = field(default_factory=list)  # hashes of full blocks, computed lazily
+    metrics: RequestMetrics | None = None
+    pooled: list[float] | None = None  # the embedding, for pooling requests
+
+    def __post_init__(self) -> None:
+        if self.metrics is None:
+            self.metrics = RequestMetrics(arrival_time=self.arrival_time)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    def token_id_at(self, position: int) -> int:
+        n = len(self.prompt_token_ids)
+        return self.prompt_token_ids[position] if position < n else self.output_token_ids[position - n]
+
+    @property
+    def is_finished(self) -> bool:
+        return RequestStatus.is_finished(self.status)
+
+    @property
+    def is_pooling(self) -> bool:
+        return self.pooling_params is not None
+
+    @property
+    def finish_reason(self) -> str | None:
+        return FINISH_REASONS.get(self.status)
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        sp = self.sampling_params
+        return sp is not None and sp.prompt_logprobs is not None

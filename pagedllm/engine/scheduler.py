@@ -1,0 +1,227 @@
+"""The scheduler: one token budget per step, running requests first.
+
+The rule (there is no prefill phase and no decode phase): every request has
+`num_computed_tokens` (in the KV cache) and `num_tokens` (prompt + output so far).
+Each step hands out up to `max_num_batched_tokens` tokens, first to running requests
+in arrival order, then to waiting ones (FCFS), so that each request catches up by
+`num_tokens - num_computed_tokens`. A prompt longer than the remaining budget is cut
+into chunks (chunked prefill); prefix-cache hits start a new request with
+`num_computed_tokens > 0`; when the KV cache runs out, the newest running request
+is preempted (its blocks freed, its num_computed_tokens reset to 0) and recomputed
+later from the waiting queue's head.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+
+from pagedllm.config import SchedulerConfig
+from pagedllm.engine.kv_cache_manager import KVCacheManager
+from pagedllm.engine.request import Request, RequestStatus
+from pagedllm.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from pagedllm.engine.stop_checker import check_stop
+from pagedllm.outputs import SchedulerStats
+from pagedllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv_cache_manager: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv_cache_manager
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.finished_req_ids: set[str] = set()  # finished since the last step
+        self.stats = SchedulerStats(num_gpu_blocks=kv_cache_manager.num_blocks)
+        self._seen_by_runner: set[str] = set()
+        self.finished_now: list[Request] = []  # finished inside schedule() (cannot ever fit)
+
+    # ---- requests in and out -------------------------------------------
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> list[Request]:
+        """Abort (or stop on a stop string) requests wherever they are; free their blocks."""
+        done = []
+        for req_id in request_ids:
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = status
+            self._free(request)
+            done.append(request)
+        return done
+
+    def _free(self, request: Request) -> None:
+        self.kv.free(request)
+        self.finished_req_ids.add(request.request_id)
+        self.requests.pop(request.request_id, None)
+        reason = request.finish_reason or "abort"
+        self.stats.finished_reasons[reason] = self.stats.finished_reasons.get(reason, 0) + 1
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    # ---- the step ---------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledRequest] = []
+        budget, preempted = self._schedule_running(budget, scheduled)
+        if not preempted:
+            self._schedule_waiting(budget, scheduled)
+        finished, self.finished_req_ids = self.finished_req_ids, set()
+        num_tokens = sum(s.num_new_tokens for s in scheduled)
+        return SchedulerOutput(scheduled, num_tokens, finished_req_ids=finished)
+
+    def _schedule_running(self, budget: int, out: list[ScheduledRequest]) -> tuple[int, bool]:
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while self.kv.allocate_slots(request, num_new) is None:
+                victim = self.running.pop()  # the newest running request
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+            else:
+                out.append(self._make_scheduled(request, num_new))
+                budget -= num_new
+                i += 1
+        return budget, preempted
+
+    def _preempt(self, request: Request) -> None:
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self.waiting.appendleft(request)
+        logger.warning(
+            "Request %s preempted (recompute): the KV cache is full; total preemptions %d",
+            request.request_id,
+            self.stats.num_preemptions,
+        )
+        if not self.running and self.kv.get_num_free_blocks() == self.kv.num_blocks:
+            # Alone with the whole cache and still short: it can never fit.
+            self.waiting.popleft()
+            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            self._free(request)
+            self.finished_now.append(request)
+
+    def _schedule_waiting(self, budget: int, out: list[ScheduledRequest]) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            hits, num_hit_tokens = self.kv.get_computed_blocks(request)
+            num_new = request.num_tokens - num_hit_tokens
+            if num_new > budget and (request.is_pooling or not self.config.enable_chunked_prefill):
+                break  # must be computed in one step
+            num_new = min(num_new, budget)
+            if self.kv.allocate_slots(request, num_new, hits) is None:
+                break
+            self.waiting.popleft()
+            self.running.append(request)
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = num_hit_tokens
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_hit_tokens
+            out.append(self._make_scheduled(request, num_new))
+            budget -= num_new
+
+    def _make_scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+        start = request.num_computed_tokens
+        first_sight = request.request_id not in self._seen_by_runner
+        self._seen_by_runner.add(request.request_id)
+        sp = request.sampling_params
+        needs_history = sp is not None and _uses_penalties(sp)
+        return ScheduledRequest(
+            req_id=request.request_id,
+            new_token_ids=[request.token_id_at(p) for p in range(start, start + num_new)]
+            if num_new > 1
+            else [request.token_id_at(start)],
+            num_computed_tokens=start,
+            block_ids=self.kv.get_block_ids(request.request_id),
+            num_tokens=request.num_tokens,
+            sampling_params=sp,
+            pooling_params=request.pooling_params,
+            prompt_token_ids=request.prompt_token_ids if (first_sight or needs_history) else None,
+            output_token_ids=request.output_token_ids if needs_history else None,
+            num_prompt_tokens=request.num_prompt_tokens,
+        )
+
+    # ---- after the step -----------------------------------------------------
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+    ) -> list[Request]:
+        """Advance computed tokens, append sampled tokens, finish what stops.
+        Returns the requests that got a new token or finished this step."""
+        updated: list[Request] = self.finished_now
+        self.finished_now = []
+        for i, sched in enumerate(scheduler_output.scheduled):
+            request = self.requests.get(sched.req_id)
+            if request is None or request.is_finished:
+                continue  # aborted while the step ran
+            request.num_computed_tokens += sched.num_new_tokens
+            prompt_end = min(request.num_prompt_tokens, request.num_computed_tokens)
+            self.stats.prompt_tokens += max(0, prompt_end - sched.num_computed_tokens)
+            if self._apply_result(request, sched, runner_output, i):
+                updated.append(request)
+        return updated
+
+    def _apply_result(
+        self, request: Request, sched: ScheduledRequest, out: ModelRunnerOutput, i: int
+    ) -> bool:
+        if sched.req_id in out.prompt_logprobs:
+            request.prompt_logprobs.extend(out.prompt_logprobs[sched.req_id])
+        if request.is_pooling:
+            if sched.req_id not in out.pooled:
+                return False
+            request.pooled = out.pooled[sched.req_id]
+            request.status = RequestStatus.FINISHED_STOPPED
+            self._finish_running(request)
+            return True
+        token = out.sampled_token_ids[i]
+        if token is None:
+            return False
+        request.output_token_ids.append(token)
+        self.stats.generation_tokens += 1
+        if out.logprobs is not None and out.logprobs[i] is not None:
+            request.logprobs.append(out.logprobs[i])
+        if check_stop(request, self.config.max_model_len):
+            self._finish_running(request)
+        return True
+
+    def _finish_running(self, request: Request) -> None:
+        self.running.remove(request)
+        self._free(request)
+
+    def make_stats(self) -> SchedulerStats:
+        s = self.stats
+        s.num_running_reqs = len(self.running)
+        s.num_waiting_reqs = len(self.waiting)
+        s.kv_cache_usage = self.kv.usage
+        s.prefix_cache_queries = self.kv.prefix_cache_queries
+        s.prefix_cache_hits = self.kv.prefix_cache_hits
+        return s
+
+
+def _uses_penalties(sp: SamplingParams) -> bool:
+    return (
+        sp.presence_penalty != 0.0
+        or sp.frequency_penalty != 0.0
+        or sp.repetition_penalty != 1.0
+        or sp.min_tokens > 0
+    )

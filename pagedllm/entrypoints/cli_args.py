@@ -1,0 +1,210 @@
+"""Command-line flags. Engine flags are generated from `dataclasses.fields(EngineArgs)`
+(kebab-case, vLLM's names and aliases), so a new EngineArgs field is a new flag."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import types
+from collections.abc import Callable
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from pagedllm.config import (
+    DEVICES,
+    DTYPE_ALIASES,
+    EXECUTOR_BACKENDS,
+    LOAD_FORMATS,
+    RUNNERS,
+    TASKS,
+    EngineArgs,
+)
+from pagedllm.sampling_params import SamplingParams
+
+_ALIASES: dict[str, list[str]] = {
+    "tensor_parallel_size": ["-tp"],
+    "pipeline_parallel_size": ["-pp"],
+    "quantization": ["-q"],
+}
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "load_format": LOAD_FORMATS,
+    "device": DEVICES,
+    "distributed_executor_backend": EXECUTOR_BACKENDS,
+    "runner": RUNNERS,
+    "task": TASKS,
+    "dtype": ("auto", *DTYPE_ALIASES),
+    "kv_cache_dtype": ("auto",),
+}
+_HELP: dict[str, str] = {
+    "model": "Model: a directory, a .gguf file or a known name (default: the embedded "
+    "SmolLM2-135M-Instruct).",
+    "max_model_len": "Context length (prompt + output); accepts 2048, 2k (1000s) or 2K (1024s).",
+    "gpu_memory_utilization": "Fraction of GPU memory for weights, activations and KV cache.",
+    "kv_cache_memory_bytes": "KV cache size in bytes (CPU budget); accepts 512M, 2G, ...",
+    "served_model_name": "Model name(s) the API answers to; the first one is reported.",
+    "enable_prefix_caching": "Reuse the KV cache of shared prompt prefixes.",
+    "max_num_seqs": "Maximum number of sequences per step (default 256).",
+    "max_num_batched_tokens": "Token budget per step.",
+    "disable_log_stats": "Do not log the periodic throughput line.",
+}
+_HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgtKMGT]?)$")
+_MULTIPLIERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_MULTIPLIERS |= {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def human_int(value: str) -> int:
+    """An int with an optional suffix: k/m/g/t decimal, K/M/G/T binary (vLLM's rule)."""
+    match = _HUMAN_INT.match(value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid integer: {value!r}")
+    number, suffix = match.groups()
+    result = float(number) * _MULTIPLIERS[suffix]
+    if result != int(result):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number")
+    return int(result)
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(value: str) -> Any:
+        return None if value.lower() == "none" else parse(value)
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")
+    return parse_optional
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(inner type, is Optional) of `X` or `X | None`."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return args[0], len(args) < len(get_args(annotation))
+    return annotation, False
+
+
+def _add_field(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    f: dataclasses.Field[Any],
+    annotation: Any,
+    dest_prefix: str = "",
+) -> None:
+    flags = ["--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, [])]
+    inner, optional = _unwrap(annotation)
+    kwargs: dict[str, Any] = {
+        "dest": dest_prefix + f.name,
+        "default": f.default,
+        "help": _HELP.get(f.name),
+    }
+    if inner is bool:
+        if f.default is False:
+            kwargs["action"] = "store_true"
+        else:  # True or None: --flag / --no-flag
+            kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        parse: Callable[[str], Any] = human_int if inner is int else inner
+        kwargs["metavar"] = f.name.upper()
+        kwargs["type"] = _optional(parse) if optional else parse
+        if f.name in _CHOICES:
+            kwargs["choices"] = [c for c in _CHOICES[f.name] if c is not None]
+        if f.name == "served_model_name":
+            kwargs["nargs"] = "+"
+    if kwargs["help"] and f.default not in (None, False) and "action" not in kwargs:
+        kwargs["help"] += f" (default: {f.default})"
+    parser.add_argument(*flags, **kwargs)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("engine arguments (vLLM's names)")
+    hints = get_type_hints(EngineArgs)
+    for f in dataclasses.fields(EngineArgs):
+        _add_field(group, f, hints[f.name])  # type: ignore[arg-type]
+    return parser
+
+
+def engine_args_from_namespace(ns: argparse.Namespace) -> EngineArgs:
+    kwargs = {
+        f.name: getattr(ns, f.name) for f in dataclasses.fields(EngineArgs) if hasattr(ns, f.name)
+    }
+    names = kwargs.get("served_model_name")
+    if isinstance(names, list):
+        kwargs["served_model_name"] = names[0] if names else None
+    return EngineArgs(**kwargs)
+
+
+def served_model_names(ns: argparse.Namespace) -> list[str] | None:
+    names = getattr(ns, "served_model_name", None)
+    if names is None:
+        return None
+    return [names] if isinstance(names, str) else list(names)
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("server arguments")
+    group.add_argument("--host", type=str, default=None, help="Host to bind (default: all).")
+    group.add_argument("--port", type=int, default=8000, help="Port (default: 8000).")
+    group.add_argument(
+        "--api-key",
+        type=str,
+        default=None,
+        help="Require this bearer token on /v1 routes (also PAGEDLLM_API_KEY or VLLM_API_KEY).",
+    )
+    group.add_argument(
+        "--chat-template", type=str, default=None, help="A chat template file or string."
+    )
+    group.add_argument(
+        "--uvicorn-log-level",
+        type=str,
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical", "trace"],
+    )
+    group.add_argument("--disable-log-requests", action="store_true", help="Do not log requests.")
+    group.add_argument("--disable-uvicorn-access-log", action="store_true")
+    group.add_argument("--root-path", type=str, default=None, help="ASGI root_path behind a proxy.")
+    return parser
+
+
+# SamplingParams fields offered by `pagedllm generate` / `pagedllm chat` (stop is added by hand).
+_SAMPLING_FLAGS = (
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "max_tokens",
+    "min_tokens",
+    "ignore_eos",
+    "skip_special_tokens",
+)
+_SAMPLING_PREFIX = "sampling_"
+
+
+def add_sampling_args(
+    parser: argparse.ArgumentParser, max_tokens: int = 16
+) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("sampling parameters (SamplingParams)")
+    hints = get_type_hints(SamplingParams)
+    for f in dataclasses.fields(SamplingParams):
+        if f.name in _SAMPLING_FLAGS:
+            _add_field(group, f, hints[f.name], _SAMPLING_PREFIX)
+    group.set_defaults(**{_SAMPLING_PREFIX + "max_tokens": max_tokens})
+    group.add_argument("--stop", dest=_SAMPLING_PREFIX + "stop", nargs="+", default=None)
+    return parser
+
+
+def sampling_params_from_namespace(ns: argparse.Namespace, **overrides: Any) -> SamplingParams:
+    kwargs = {
+        key[len(_SAMPLING_PREFIX) :]: value
+        for key, value in vars(ns).items()
+        if key.startswith(_SAMPLING_PREFIX)
+    }
+    return SamplingParams(**{**kwargs, **overrides})
+
+
+def make_server_parser(
+    prog: str | None = None, description: str | None = None
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_server_args(parser)
+    add_engine_args(parser)
+    return parser

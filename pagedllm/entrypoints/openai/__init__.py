@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (vLLM's routes, bodies and errors)."""

@@ -1,0 +1,220 @@
+"""The OpenAI-compatible HTTP server.
+
+    python -m pagedllm.entrypoints.openai.api_server --model MODEL --port 8000 [engine flags]
+    pagedllm serve [MODEL] [flags]
+
+`build_app` makes one FastAPI app around one AsyncLLM; it owns its Prometheus registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pagedllm.config import EngineArgs
+from pagedllm.engine.async_engine import AsyncLLM
+from pagedllm.entrypoints.chat_utils import load_chat_template
+from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
+from pagedllm.entrypoints.openai.metrics import PrometheusStatLogger
+from pagedllm.entrypoints.openai.routes import router
+from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
+from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
+from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+
+logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
+API_KEY_ENV_VARS = ("PAGEDLLM_API_KEY", "VLLM_API_KEY")
+
+
+def package_version() -> str:
+    try:
+        return version("pagedllm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    if api_key:
+        return api_key
+    for name in API_KEY_ENV_VARS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+class AuthenticationMiddleware:
+    """A bearer token on /v1 routes (as vLLM); /health, /metrics, ... stay open."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        path: str = scope["path"]
+        root = scope.get("root_path", "") or ""
+        if path.startswith(root):
+            path = path[len(root) :]
+        if not path.startswith("/v1"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+            return await self.app(scope, receive, send)
+        response = error_json(
+            "Unauthorized: a valid API key is required (Authorization: Bearer <key>)",
+            HTTPStatus.UNAUTHORIZED,
+        )
+        await response(scope, receive, send)
+
+
+def _served_names(
+    engine_args: EngineArgs, served_model_name: str | list[str] | None
+) -> list[str] | None:
+    if served_model_name is None:
+        return None
+    names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name)
+    engine_args.served_model_name = names[0] if names else None
+    return names or None
+
+
+def _make_engine(
+    engine_args: EngineArgs, registry: CollectorRegistry
+) -> tuple[AsyncLLM, PrometheusStatLogger]:
+    from pagedllm.engine.llm_engine import LLMEngine
+
+    llm_engine = LLMEngine.from_engine_args(engine_args)
+    config = llm_engine.engine_config
+    prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
+    engine = AsyncLLM(llm_engine, not engine_args.disable_log_stats, [prometheus])
+    return engine, prometheus
+
+
+def build_app(
+    engine_args: EngineArgs,
+    served_model_name: str | list[str] | None = None,
+    api_key: str | None = None,
+    chat_template: str | None = None,
+    *,
+    engine: AsyncLLM | None = None,
+    disable_log_requests: bool = False,
+    root_path: str | None = None,
+) -> FastAPI:
+    """The app around a new engine (or `engine`, already running)."""
+    names = _served_names(engine_args, served_model_name)
+    template = load_chat_template(chat_template)
+    disable_created_metrics()  # no *_created series (process-wide, as vLLM)
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    if engine is None:
+        engine, prometheus = _make_engine(engine_args, registry)
+    else:
+        config = engine.engine_config
+        prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
+        engine.stat_loggers.append(prometheus)  # before any request: the loop thread is idle
+    model_config = engine.engine_config.model_config
+    models = ServedModels(
+        names or [model_config.served_model_name], model_config.model, model_config.max_model_len
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.shutdown()
+
+    app = FastAPI(
+        title="pagedllm OpenAI-compatible server", lifespan=lifespan, root_path=root_path or ""
+    )
+    install_error_handlers(app)
+    key = resolve_api_key(api_key)
+    if key:
+        app.add_middleware(AuthenticationMiddleware, api_key=key)  # type: ignore[arg-type]
+    log_requests = not disable_log_requests
+    state: Any = app.state
+    state.engine = engine
+    state.models = models
+    state.prometheus = prometheus
+    state.completion = OpenAIServingCompletion(engine, models, log_requests)
+    state.chat = OpenAIServingChat(engine, models, template, log_requests)
+    state.embedding = OpenAIServingEmbedding(engine, models, log_requests)
+    state.tokenization = OpenAIServingTokenization(engine, models, template)
+    app.include_router(router)
+    app.add_api_route("/version", lambda: {"version": package_version()}, methods=["GET"])
+    app.add_api_route("/metrics", _metrics, methods=["GET"])
+    app.add_api_route("/health", _health, methods=["GET"])
+    return app
+
+
+async def _health(raw_request: Request) -> Response:
+    engine: AsyncLLM = raw_request.app.state.engine
+    if engine.errored:
+        return error_json(str(engine.dead_error), HTTPStatus.INTERNAL_SERVER_ERROR)
+    return Response(status_code=200)
+
+
+async def _metrics(raw_request: Request) -> Response:
+    prometheus: PrometheusStatLogger = raw_request.app.state.prometheus
+    return Response(prometheus.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def run_server(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from pagedllm.entrypoints.cli_args import engine_args_from_namespace, served_model_names
+    from pagedllm.entrypoints.utils import configure_logging
+
+    configure_logging()
+    logger.info("pagedllm API server version %s", package_version())
+    logger.info("args: %s", vars(args))
+    app = build_app(
+        engine_args_from_namespace(args),
+        served_model_names(args),
+        args.api_key,
+        args.chat_template,
+        disable_log_requests=args.disable_log_requests,
+        root_path=args.root_path,
+    )
+    host = args.host or "0.0.0.0"
+    logger.info("Starting the server on http://%s:%d", host, args.port)
+    uvicorn.run(
+        app,
+        host=host,
+        port=args.port,
+        log_level=args.uvicorn_log_level,
+        access_log=not args.disable_uvicorn_access_log,
+        timeout_keep_alive=5,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pagedllm.entrypoints.cli_args import make_server_parser
+
+    parser = make_server_parser(
+        prog="python -m pagedllm.entrypoints.openai.api_server",
+        description="pagedllm's OpenAI-compatible server",
+    )
+    run_server(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

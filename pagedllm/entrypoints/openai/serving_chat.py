@@ -1,0 +1,186 @@
+"""POST /v1/chat/completions: messages through the chat template, n, logprobs in
+the chat format, streaming over SSE (a role chunk first, [DONE] last)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from pagedllm.engine.async_engine import AsyncLLM
+from pagedllm.entrypoints.chat_utils import render_chat
+from pagedllm.entrypoints.openai.errors import APIError, exception_to_error
+from pagedllm.entrypoints.openai.logprobs import chat_logprobs
+from pagedllm.entrypoints.openai.protocol import (
+    ChatCompletionLogProbs,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatResponseMessage,
+    DeltaMessage,
+    UsageInfo,
+    random_uuid,
+)
+from pagedllm.entrypoints.openai.serving_engine import (
+    OpenAIServing,
+    TokenizedPrompt,
+    prefetch,
+    raise_if_failed,
+)
+from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.sse import SSE_DONE, sse_event
+from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.sampling_params import RequestOutputKind
+
+
+def _check_supported(request: ChatCompletionRequest) -> None:
+    if not request.messages:
+        raise APIError("messages must contain at least one message", param="messages")
+    if request.tools and request.tool_choice != "none":
+        raise APIError("Tool calling is not supported by this server", param="tools")
+    fmt = (request.response_format or {}).get("type", "text")
+    if fmt != "text":
+        raise APIError(f"response_format {fmt!r} is not supported", param="response_format")
+    if request.top_logprobs and not request.logprobs:
+        raise APIError(
+            "when using `top_logprobs`, `logprobs` must be set to true", param="top_logprobs"
+        )
+
+
+class OpenAIServingChat(OpenAIServing):
+    def __init__(
+        self,
+        engine: AsyncLLM,
+        models: ServedModels,
+        chat_template: str | None = None,
+        log_requests: bool = True,
+    ) -> None:
+        super().__init__(engine, models, log_requests)
+        self.chat_template = chat_template
+
+    def render(self, request: ChatCompletionRequest) -> TokenizedPrompt:
+        text = render_chat(
+            self.tokenizer,
+            request.messages,
+            request.chat_template or self.chat_template,
+            request.add_generation_prompt,
+            request.continue_final_message,
+            request.chat_template_kwargs,
+        )
+        # The template already wrote the special tokens it wants (vLLM's default).
+        return self.tokenize(text, request.add_special_tokens, request.truncate_prompt_tokens)
+
+    async def create_chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletionResponse | StreamingResponse:
+        model = self.check_model(request.model, "Chat Completions")
+        _check_supported(request)
+        num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        self.check_logprobs(num_logprobs, "top_logprobs")
+        prompt = self.render(request)
+        requested = request.max_completion_tokens
+        if requested is None:
+            requested = request.max_tokens
+        max_tokens = self.resolve_max_tokens(requested, len(prompt.token_ids))
+        kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
+        params = self.sampling_params(request, max_tokens, num_logprobs, kind)
+        request_id = f"chatcmpl-{random_uuid()}"
+        self.log_request(request_id, prompt, params)
+        outputs = self.engine.generate(prompt.engine_input(), params, request_id)
+        if request.stream:
+            first_ready = await prefetch(outputs)
+            body = self._stream(request, model, request_id, prompt, first_ready)
+            return StreamingResponse(body, media_type="text/event-stream")
+        final: RequestOutput | None = None
+        async for output in outputs:
+            final = output
+        if final is None:
+            raise RuntimeError(f"request {request_id} ended without a final output")
+        raise_if_failed(final)
+        return self._response(request, model, request_id, prompt, final)
+
+    def _logprobs(
+        self, request: ChatCompletionRequest, comp: CompletionOutput
+    ) -> ChatCompletionLogProbs | None:
+        if not request.logprobs:
+            return None
+        steps = list(comp.logprobs or [])
+        return chat_logprobs(list(comp.token_ids), steps, request.top_logprobs or 0, self.tokenizer)
+
+    def _response(
+        self,
+        request: ChatCompletionRequest,
+        model: str,
+        request_id: str,
+        prompt: TokenizedPrompt,
+        final: RequestOutput,
+    ) -> ChatCompletionResponse:
+        choices = [
+            ChatCompletionResponseChoice(
+                index=comp.index,
+                message=ChatResponseMessage(role="assistant", content=comp.text),
+                logprobs=self._logprobs(request, comp),
+                finish_reason=comp.finish_reason,
+                stop_reason=comp.stop_reason,
+            )
+            for comp in sorted(final.outputs, key=lambda c: c.index)
+        ]
+        completion_tokens = sum(len(c.token_ids) for c in final.outputs)
+        usage = _usage(len(prompt.token_ids), completion_tokens)
+        return ChatCompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
+
+    async def _stream(
+        self,
+        request: ChatCompletionRequest,
+        model: str,
+        request_id: str,
+        prompt: TokenizedPrompt,
+        outputs: AsyncIterator[RequestOutput],
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        options = request.stream_options
+        completion_tokens = 0
+
+        def chunk(choices: list[Any], usage: UsageInfo | None = None) -> str:
+            body = ChatCompletionStreamResponse(
+                id=request_id, created=created, model=model, choices=choices, usage=usage
+            )
+            return sse_event(body)
+
+        for index in range(request.n):
+            role = DeltaMessage(role="assistant", content="")
+            yield chunk([ChatCompletionResponseStreamChoice(index=index, delta=role)])
+        try:
+            async for output in outputs:
+                raise_if_failed(output)
+                for comp in output.outputs:
+                    completion_tokens += len(comp.token_ids)
+                    if not comp.text and comp.finish_reason is None and not request.logprobs:
+                        continue  # nothing to show yet (e.g. half of a multi-byte character)
+                    choice = ChatCompletionResponseStreamChoice(
+                        index=comp.index,
+                        delta=DeltaMessage(content=comp.text),
+                        logprobs=self._logprobs(request, comp),
+                        finish_reason=comp.finish_reason,
+                        stop_reason=comp.stop_reason,
+                    )
+                    running = options and options.continuous_usage_stats
+                    usage = _usage(len(prompt.token_ids), completion_tokens) if running else None
+                    yield chunk([choice], usage)
+            if options and options.include_usage:
+                yield chunk([], _usage(len(prompt.token_ids), completion_tokens))
+        except Exception as exc:
+            yield sse_event(exception_to_error(exc))
+        yield SSE_DONE
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    return UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )

@@ -1,0 +1,81 @@
+"""POST /v1/embeddings on a pooling model (encoding_format float|base64, dimensions)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+from pagedllm.entrypoints.openai.errors import APIError
+from pagedllm.entrypoints.openai.protocol import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingResponseData,
+    UsageInfo,
+    random_uuid,
+)
+from pagedllm.entrypoints.openai.serving_engine import OpenAIServing
+from pagedllm.entrypoints.utils import merge_async_iterators
+from pagedllm.outputs import PoolingRequestOutput
+from pagedllm.sampling_params import PoolingParams
+
+
+def _input_list(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        raise APIError("input must not be empty", param="input")
+    if all(isinstance(v, int) for v in value):
+        return [list(value)]  # type: ignore[arg-type]
+    return list(value)  # type: ignore[arg-type]
+
+
+def encode_embedding(embedding: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # little-endian float32, as OpenAI sends it
+        return base64.b64encode(struct.pack(f"<{len(embedding)}f", *embedding)).decode("ascii")
+    return embedding
+
+
+class OpenAIServingEmbedding(OpenAIServing):
+    async def create_embedding(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        model = self.check_model(request.model, "Embeddings", runner="pooling")
+        hidden = self.model_config.hidden_size
+        if request.dimensions is not None and not 1 <= request.dimensions <= hidden:
+            raise APIError(
+                f"dimensions must be between 1 and {hidden} (got {request.dimensions})",
+                param="dimensions",
+            )
+        prompts = [
+            self.tokenize(p, request.add_special_tokens, request.truncate_prompt_tokens)
+            for p in _input_list(request.input)
+        ]
+        for prompt in prompts:
+            if len(prompt.token_ids) > self.max_model_len:
+                raise APIError(
+                    f"This model's maximum context length is {self.max_model_len} tokens. "
+                    f"However, an input has {len(prompt.token_ids)} tokens.",
+                    param="input",
+                )
+        params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize)
+        request_id = f"embd-{random_uuid()}"
+        generators = []
+        for i, prompt in enumerate(prompts):
+            self.log_request(f"{request_id}-{i}", prompt, params)
+            generators.append(
+                self.engine.encode(prompt.engine_input(), params, f"{request_id}-{i}")
+            )
+        finals: list[PoolingRequestOutput | None] = [None] * len(prompts)
+        async for i, output in merge_async_iterators(*generators):
+            finals[i] = output
+        data = []
+        for i, output in enumerate(finals):
+            if output is None:
+                raise RuntimeError(f"embedding request {request_id}-{i} returned nothing")
+            vector = list(output.outputs.embedding)[: request.dimensions or None]
+            data.append(
+                EmbeddingResponseData(
+                    index=i, embedding=encode_embedding(vector, request.encoding_format)
+                )
+            )
+        num_tokens = sum(len(p.token_ids) for p in prompts)
+        usage = UsageInfo(prompt_tokens=num_tokens, total_tokens=num_tokens)
+        return EmbeddingResponse(id=request_id, model=model, data=data, usage=usage)

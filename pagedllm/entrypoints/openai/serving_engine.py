@@ -1,0 +1,195 @@
+"""What every OpenAI endpoint shares: model-name checks, tokenization, the
+context-length rule, request -> SamplingParams, and request logging."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pagedllm.engine.async_engine import AsyncLLM, EngineGenerateError
+from pagedllm.entrypoints.openai.errors import APIError
+from pagedllm.entrypoints.openai.protocol import SamplingRequestMixin
+from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.outputs import RequestOutput
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Sampling fields whose request default (None) falls back to the model's generation config.
+_GENERATION_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+_MAX_LOGGED_PROMPT_CHARS = 200
+
+
+@dataclass
+class TokenizedPrompt:
+    text: str  # the prompt as text (decoded when it came as token ids)
+    token_ids: list[int]
+
+    def engine_input(self) -> dict[str, Any]:
+        return {"prompt": self.text, "prompt_token_ids": self.token_ids}
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncLLM, models: ServedModels, log_requests: bool = True) -> None:
+        self.engine = engine
+        self.models = models
+        self.log_requests = log_requests
+        self.model_config = engine.engine_config.model_config
+        self.max_model_len: int = self.model_config.max_model_len
+        self.tokenizer: Any = engine.tokenizer
+
+    def check_model(self, name: str | None, api: str, runner: str = "generate") -> str:
+        """The served name to answer with; 404 for an unknown model, 400 for the wrong kind."""
+        served = self.models.resolve(name)
+        if self.model_config.runner != runner:
+            raise APIError(f"The model `{served}` does not support the {api} API.")
+        return served
+
+    def tokenize(
+        self, prompt: str | list[int], add_special_tokens: bool, truncate: int | None = None
+    ) -> TokenizedPrompt:
+        if isinstance(prompt, str):
+            ids = list(self.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids)
+            text = prompt
+        else:
+            ids = list(prompt)
+            self._check_token_ids(ids)
+            text = self.tokenizer.decode(ids)
+        if truncate is not None and len(ids) > truncate:
+            ids = ids[-truncate:]  # vLLM keeps the last tokens
+            text = self.tokenizer.decode(ids)
+        if not ids:
+            raise APIError(
+                "The prompt is empty: it must contain at least one token.", param="prompt"
+            )
+        return TokenizedPrompt(text, ids)
+
+    def _check_token_ids(self, ids: list[int]) -> None:
+        vocab_size = self.model_config.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or t < 0 or t >= vocab_size]
+        if bad:
+            raise APIError(
+                f"Token id {bad[0]} is out of vocabulary (the vocabulary has {vocab_size} tokens).",
+                param="prompt",
+            )
+
+    def resolve_max_tokens(self, requested: int | None, prompt_len: int) -> int:
+        """vLLM's context-length rule: the prompt must leave room for one token, and
+        prompt + max_tokens must fit; absent max_tokens means the rest of the context."""
+        if prompt_len >= self.max_model_len:
+            raise APIError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your request has {prompt_len} input tokens. Please reduce the length of the "
+                "input.",
+            )
+        if requested is None:
+            return self.max_model_len - prompt_len
+        if requested >= 1 and prompt_len + requested > self.max_model_len:
+            raise APIError(
+                f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's "
+                f"maximum context length is {self.max_model_len} tokens and your request has "
+                f"{prompt_len} input tokens ({requested} > {self.max_model_len} - {prompt_len}).",
+                param="max_tokens",
+            )
+        return requested  # < 1 is rejected by SamplingParams with its own message
+
+    def check_logprobs(self, num: int | None, param: str) -> None:
+        limit = self.model_config.max_logprobs
+        if num is not None and not 0 <= num <= limit:
+            raise APIError(f"{param} must be between 0 and {limit} (got {num}).", param=param)
+
+    def sampling_params(
+        self,
+        request: SamplingRequestMixin,
+        max_tokens: int,
+        logprobs: int | None,
+        output_kind: RequestOutputKind,
+    ) -> SamplingParams:
+        defaults = self.model_config.generation_config or {}
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(request, name)
+            if value is not None:
+                return value
+            return defaults.get(name, fallback)
+
+        return SamplingParams(
+            n=request.n,
+            best_of=request.best_of,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            repetition_penalty=pick("repetition_penalty", 1.0),
+            temperature=pick("temperature", 1.0),
+            top_p=pick("top_p", 1.0),
+            top_k=pick("top_k", 0),
+            min_p=pick("min_p", 0.0),
+            seed=request.seed,
+            stop=request.stop,
+            stop_token_ids=request.stop_token_ids,
+            ignore_eos=request.ignore_eos,
+            max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=request.prompt_logprobs,
+            skip_special_tokens=request.skip_special_tokens,
+            spaces_between_special_tokens=request.spaces_between_special_tokens,
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            logit_bias=self._logit_bias(request.logit_bias),
+            allowed_token_ids=request.allowed_token_ids,
+            bad_words=request.bad_words,
+            output_kind=output_kind,
+        )
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        if not bias:
+            return None
+        result: dict[int, float] = {}
+        for key, value in bias.items():
+            try:
+                token_id = int(key)
+            except ValueError:
+                raise APIError(f"logit_bias keys must be token ids, got {key!r}") from None
+            if not 0 <= token_id < self.model_config.vocab_size:
+                raise APIError(f"logit_bias token id {token_id} is out of vocabulary")
+            result[token_id] = max(-100.0, min(100.0, float(value)))
+        return result
+
+    def log_request(self, request_id: str, prompt: TokenizedPrompt, params: Any) -> None:
+        if self.log_requests:
+            logger.info(
+                "Received request %s: prompt: %r (%d tokens), params: %s",
+                request_id,
+                prompt.text[:_MAX_LOGGED_PROMPT_CHARS],
+                len(prompt.token_ids),
+                params,
+            )
+
+
+def raise_if_failed(output: RequestOutput) -> None:
+    """finish_reason "error": the engine failed this request's step (HTTP 500)."""
+    if any(c.finish_reason == "error" for c in output.outputs):
+        raise EngineGenerateError(f"The engine failed while running request {output.request_id}")
+
+
+async def prefetch(iterator: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Wait for the first item now (so errors become a plain HTTP error before a
+    stream starts), then return an iterator over all items."""
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        return _empty()
+    return _chain(first, iterator)
+
+
+async def _empty() -> AsyncIterator[Any]:
+    return
+    yield
+
+
+async def _chain(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    yield first
+    async for item in rest:
+        yield item

@@ -1,0 +1,95 @@
+"""Helpers shared by the HTTP servers: client-disconnect cancellation and merging
+the output streams of several requests."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+T = TypeVar("T")
+
+
+async def listen_for_disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body was already read by then)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def with_cancellation(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T | None]]:
+    """Cancel a non-streaming handler when its client goes away, so that the engine
+    aborts the request (AsyncLLM aborts on cancellation) and frees its KV blocks.
+    The handler must take the starlette `raw_request` keyword argument."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> T | None:
+        request: Request = kwargs["raw_request"]
+        handler_task = asyncio.ensure_future(handler(*args, **kwargs))
+        disconnect_task = asyncio.ensure_future(listen_for_disconnect(request))
+        done, pending = await asyncio.wait(
+            [handler_task, disconnect_task], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        if handler_task in done:
+            return handler_task.result()
+        return None
+
+    return wrapper
+
+
+async def merge_async_iterators(*iterators: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    """Yield (iterator index, item) as items arrive from any iterator. Closing the
+    merged iterator cancels the producers (which aborts their requests)."""
+    if len(iterators) == 1:
+        async for item in iterators[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, T] | BaseException | None] = asyncio.Queue()
+
+    async def drain(i: int, iterator: AsyncIterator[T]) -> None:
+        try:
+            async for item in iterator:
+                await queue.put((i, item))
+        except Exception as exc:
+            await queue.put(exc)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(drain(i, it)) for i, it in enumerate(iterators)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_LOG_FORMAT = "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
+
+
+def configure_logging(level: str | None = None) -> None:
+    """vLLM-like log lines for the `pagedllm` loggers (PAGEDLLM_LOGGING_LEVEL, default INFO)."""
+    root = logging.getLogger("pagedllm")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT, datefmt="%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel((level or os.environ.get("PAGEDLLM_LOGGING_LEVEL", "INFO")).upper())
+    root.propagate = False

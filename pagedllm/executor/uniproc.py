@@ -1,0 +1,29 @@
+"""The in-process executor: one worker, no RPC."""
+
+from __future__ import annotations
+
+from pagedllm.config import EngineConfig
+from pagedllm.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.executor.base import Executor
+from pagedllm.worker.worker import Worker
+
+
+class UniProcExecutor(Executor):
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        if config.parallel_config.world_size != 1:
+            raise ValueError(
+                "distributed_executor_backend='uni' runs one worker; "
+                f"tensor_parallel_size x pipeline_parallel_size is {config.parallel_config.world_size}"
+            )
+        self.worker = Worker(config)
+        self.worker.load_model()
+
+    def determine_num_blocks(self) -> int:
+        return self.worker.determine_num_blocks()
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        self.worker.initialize_kv_cache(num_blocks)
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.worker.execute_model(scheduler_output)

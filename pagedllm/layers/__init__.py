@@ -1,0 +1,1 @@
+"""Model layers: attention, tensor-parallel linear, embeddings, norms, rotary."""

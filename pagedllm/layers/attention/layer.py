@@ -1,0 +1,76 @@
+"""The attention layer models call: write this step's keys/values into the paged
+cache, then attend through the backend chosen for the engine."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagedllm.layers.attention.backend import AttentionBackend
+from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.layers.attention.torch_backend import TorchAttentionBackend, attention_without_cache
+
+
+class Attention(nn.Module):
+    """q [T, nh*hd], k/v [T, nkv*hd] -> [T, nh*hd].
+
+    `num_heads`/`num_kv_heads` are this rank's heads. An empty `kv_cache` (numel 0)
+    means "no cache": every sequence must then be a whole prompt (encoders,
+    memory-profiling runs).
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        backend: AttentionBackend | None = None,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads or num_heads
+        if num_heads % self.num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        self.backend: AttentionBackend = backend or TorchAttentionBackend()
+        self.causal = causal
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_tokens = q.shape[0]
+        query = q.view(num_tokens, self.num_heads, self.head_dim)
+        key = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        value = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if kv_cache is None or kv_cache.numel() == 0:
+            out = attention_without_cache(query, key, value, attn_metadata, self.scale, self.causal)
+        else:
+            self.backend.write_kv(key, value, kv_cache, attn_metadata.slot_mapping)
+            out = self.backend.forward(query, kv_cache, attn_metadata, self.scale, self.causal)
+        return out.reshape(num_tokens, self.num_heads * self.head_dim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
+            f"head_dim={self.head_dim}, backend={self.backend.name}"
+        )
+
+
+def set_attention_backend(model: nn.Module, backend: AttentionBackend) -> int:
+    """Use `backend` in every Attention layer of `model`; returns how many were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.backend = backend
+            count += 1
+    return count

@@ -1,0 +1,168 @@
+"""Pure-PyTorch paged attention: the CPU path and the oracle for the Triton kernels.
+
+All sequences of a step are attended at once in a padded layout:
+
+    query  [B, max_q, H, D]   row j of sequence b = flat token query_start_loc[b] + j
+    keys   [B, max_k, KH, D]  column p of sequence b = cache position p (gathered by slot)
+    mask   [B, max_q, max_k]  p < seq_len[b] and (causal) p <= seq_len[b] - q_len[b] + j
+
+Decode sequences (q_len == 1) and prefill/chunked-prefill sequences are attended as
+two separate groups, so one long prompt does not pad every decode to its length.
+Grouped-query heads: query head h reads kv head h // (H / KH) (HF's repeat_kv order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pagedllm.layers.attention.backend import AttentionBackend
+from pagedllm.layers.attention.metadata import AttentionMetadata
+
+
+def _cache_slots(block_tables: torch.Tensor, block_size: int, max_k: int) -> torch.Tensor:
+    """[B, max_k] int64 flat cache slot of each key position (past a sequence's end the
+    slot is a valid but unused index; the mask hides it)."""
+    pos = torch.arange(max_k, device=block_tables.device)
+    blocks = block_tables.long()[:, pos // block_size]
+    return blocks * block_size + pos % block_size
+
+
+def _attend_group(
+    query: torch.Tensor,  # [T, H, D]
+    key_store: torch.Tensor,  # [S, KH, D] flat slots (cache) or flat tokens (no cache)
+    value_store: torch.Tensor,  # [S, KH, D]
+    key_slots: torch.Tensor,  # [B, max_k] int64 index into the stores
+    q_start: torch.Tensor,  # [B] int64 first flat query token of each sequence
+    q_lens: torch.Tensor,  # [B] int64
+    seq_lens: torch.Tensor,  # [B] int64
+    max_q: int,
+    scale: float,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (out rows [N, H, D] float32, their flat token indices [N])."""
+    num_seqs, max_k = key_slots.shape
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = key_store.shape[1]
+    group = num_heads // num_kv_heads
+    q_off = torch.arange(max_q, device=query.device)
+    q_valid = q_off[None, :] < q_lens[:, None]  # [B, max_q]
+    q_index = torch.where(q_valid, q_start[:, None] + q_off[None, :], 0)
+    # [B, max_q, KH, G, D] -> [B, KH, G * max_q, D]
+    q = query[q_index].float().view(num_seqs, max_q, num_kv_heads, group, head_dim)
+    q = q.permute(0, 2, 3, 1, 4).reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
+    k = key_store[key_slots].float().transpose(1, 2)  # [B, KH, max_k, D]
+    v = value_store[key_slots].float().transpose(1, 2)
+    k_pos = torch.arange(max_k, device=query.device)
+    mask = k_pos[None, None, :] < seq_lens[:, None, None]  # [B, 1, max_k]
+    if causal:
+        q_pos = (seq_lens - q_lens)[:, None] + q_off[None, :]  # [B, max_q]
+        mask = mask & (k_pos[None, None, :] <= q_pos[:, :, None])
+    # Padded query rows see every key so that no softmax row is empty; they are dropped.
+    mask = mask | ~q_valid[:, :, None]
+    mask = (
+        mask[:, None]
+        .expand(num_seqs, group, max_q, max_k)
+        .reshape(num_seqs, 1, group * max_q, max_k)
+    )
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    out = out.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)
+    out = out.reshape(num_seqs, max_q, num_heads, head_dim)
+    return out[q_valid], q_index[q_valid]
+
+
+def paged_attention(
+    query: torch.Tensor,  # [T, H, D]
+    key_store: torch.Tensor,  # [S, KH, D]
+    value_store: torch.Tensor,  # [S, KH, D]
+    key_slots: torch.Tensor,  # [B, max_k] int64
+    metadata: AttentionMetadata,
+    seq_lens: torch.Tensor,  # [B] keys per sequence
+    scale: float,
+    causal: bool,
+) -> torch.Tensor:
+    """Attend every query token of the step; returns [T, H, D] in query dtype."""
+    qsl_cpu = metadata.query_start_loc_cpu
+    if qsl_cpu is None:
+        qsl_cpu = metadata.query_start_loc.cpu()
+    q_lens_cpu = (qsl_cpu[1:] - qsl_cpu[:-1]).long()
+    qsl = metadata.query_start_loc.long()
+    q_lens = qsl[1:] - qsl[:-1]
+    out = torch.zeros_like(query)
+    is_decode = q_lens_cpu == 1
+    for select in (is_decode, ~is_decode):
+        if not bool(select.any()):
+            continue
+        idx = select.nonzero().squeeze(1).to(query.device)
+        max_q = int(q_lens_cpu[select].max())
+        if max_q == 0:  # only padding entries (no query tokens)
+            continue
+        rows, tokens = _attend_group(
+            query,
+            key_store,
+            value_store,
+            key_slots[idx],
+            qsl[:-1][idx],
+            q_lens[idx],
+            seq_lens[idx].long(),
+            max_q,
+            scale,
+            causal,
+        )
+        out[tokens] = rows.to(query.dtype)
+    return out
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def write_kv(
+        self,
+        key: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        slot_mapping: torch.Tensor,  # [T] int64
+    ) -> None:
+        num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
+        key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
+        value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)
+        num_tokens = min(key.shape[0], slot_mapping.shape[0])
+        slots = slot_mapping[:num_tokens]
+        valid = slots >= 0
+        slots = slots[valid]
+        key_cache.index_copy_(0, slots, key[:num_tokens][valid].to(key_cache.dtype))
+        value_cache.index_copy_(0, slots, value[:num_tokens][valid].to(value_cache.dtype))
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [T, num_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        scale: float,
+        causal: bool = True,
+    ) -> torch.Tensor:  # [T, num_heads, head_dim]
+        block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
+        key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
+        value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)
+        key_slots = _cache_slots(metadata.block_tables, block_size, max(metadata.max_seq_len, 1))
+        return paged_attention(
+            query, key_cache, value_cache, key_slots, metadata, metadata.seq_lens, scale, causal
+        )
+
+
+def attention_without_cache(
+    query: torch.Tensor,  # [T, H, D]
+    key: torch.Tensor,  # [T, KH, D]
+    value: torch.Tensor,  # [T, KH, D]
+    metadata: AttentionMetadata,
+    scale: float,
+    causal: bool = True,
+) -> torch.Tensor:  # [T, H, D]
+    """Attention over this step's tokens only (no KV cache: encoders, profiling runs).
+    Every sequence must be a whole prompt: its keys are its own query tokens."""
+    qsl = metadata.query_start_loc.long()
+    q_lens = qsl[1:] - qsl[:-1]
+    max_q = max(metadata.max_query_len, 1)
+    offsets = torch.arange(max_q, device=query.device)
+    key_slots = (qsl[:-1, None] + offsets[None, :]).clamp(max=max(key.shape[0] - 1, 0))
+    return paged_attention(query, key, value, key_slots, metadata, q_lens, scale, causal)

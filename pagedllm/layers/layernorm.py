@@ -1,0 +1,51 @@
+"""Normalization layers. RMSNorm can fuse the residual add (vLLM's convention):
+
+forward(x)           -> norm(x)
+forward(x, residual) -> (norm(x + residual), x + residual)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * (offset + weight), computed in float32 (offset 1.0: Gemma)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, weight_offset: float = 0.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        self.variance_epsilon = eps
+        self.weight_offset = weight_offset
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        if self.weight_offset:
+            return (xf * (self.weight.float() + self.weight_offset)).to(dtype)
+        return self.weight * xf.to(dtype)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x
+
+
+class LayerNorm(nn.LayerNorm):
+    """torch's LayerNorm with frozen parameters (inference only)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(hidden_size, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
+        for param in self.parameters():
+            param.requires_grad_(False)

@@ -1,0 +1,136 @@
+"""Rotary position embeddings (RoPE) with a cos/sin cache computed once.
+
+Each head's first `rotary_dim` features are rotated in pairs (the rest pass through):
+    neox style (Llama, Qwen, ...): pairs (i, i + rotary_dim/2)
+    GPT-J style (interleaved):     pairs (2i, 2i + 1)
+Scaling types: "default", "linear" (positions / factor), "llama3" (Llama 3.1 frequency
+smoothing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_parameters(config: Any) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling dict or None) from a transformers 4.x or 5.x config."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    scaling = dict(getattr(config, "rope_scaling", None) or {})
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None)) or 10000.0
+    merged = {**scaling, **params}
+    rope_type = merged.get("rope_type") or merged.get("type") or "default"
+    if rope_type == "default":
+        return float(theta), None
+    return float(theta), {**merged, "rope_type": rope_type}
+
+
+def _inv_freq(rotary_dim: int, base: float) -> torch.Tensor:
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    return 1.0 / (base**exponents)
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are slowed by `factor`, short ones kept, the middle band blended.
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(is_medium, blended, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(
+        self,
+        head_size: int,
+        rotary_dim: int,
+        max_position: int,
+        base: float,
+        is_neox_style: bool = True,
+        rope_scaling: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if rotary_dim % 2 != 0 or rotary_dim > head_size:
+            raise ValueError(
+                f"rotary_dim ({rotary_dim}) must be even and <= head_size ({head_size})"
+            )
+        self.head_size = head_size
+        self.rotary_dim = rotary_dim
+        self.is_neox_style = is_neox_style
+        cache = self._compute_cos_sin_cache(max_position, base, rope_scaling)
+        # [max_position, rotary_dim] float32: cos in the first half, sin in the second.
+        self.register_buffer("cos_sin_cache", cache, persistent=False)
+
+    def _compute_cos_sin_cache(
+        self, max_position: int, base: float, scaling: dict[str, Any] | None
+    ) -> torch.Tensor:
+        inv_freq = _inv_freq(self.rotary_dim, base)
+        positions = torch.arange(max_position, dtype=torch.float32)
+        rope_type = (scaling or {}).get("rope_type", "default")
+        if rope_type == "linear":
+            positions = positions / float(scaling["factor"])  # type: ignore[index]
+        elif rope_type == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, scaling)  # type: ignore[arg-type]
+        elif rope_type != "default":
+            raise ValueError(
+                f"rope scaling type {rope_type!r} is not supported; supported: {list(SUPPORTED_ROPE_TYPES)}"
+            )
+        freqs = torch.outer(positions, inv_freq.float())
+        return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x [T, n, head_size]; cos/sin [T, 1, rotary_dim/2] float32
+        rot = x[..., : self.rotary_dim].float()
+        if self.is_neox_style:
+            x1, x2 = rot.chunk(2, dim=-1)
+        else:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        o1 = x1 * cos - x2 * sin
+        o2 = x2 * cos + x1 * sin
+        if self.is_neox_style:
+            out = torch.cat([o1, o2], dim=-1)
+        else:
+            out = torch.stack([o1, o2], dim=-1).flatten(-2)
+        if self.rotary_dim == self.head_size:
+            return out.to(x.dtype)
+        return torch.cat([out.to(x.dtype), x[..., self.rotary_dim :]], dim=-1)
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [T]; query [T, nh*head_size]; key [T, nkv*head_size] -> rotated copies."""
+        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+        num_tokens = positions.shape[0]
+        q = self._rotate(query.view(num_tokens, -1, self.head_size), cos, sin)
+        k = self._rotate(key.view(num_tokens, -1, self.head_size), cos, sin)
+        return q.reshape(query.shape), k.reshape(key.shape)
+
+
+def get_rope(
+    head_size: int,
+    rotary_dim: int,
+    max_position: int,
+    base: float,
+    is_neox_style: bool = True,
+    rope_scaling: dict[str, Any] | None = None,
+) -> RotaryEmbedding:
+    return RotaryEmbedding(head_size, rotary_dim, max_position, base, is_neox_style, rope_scaling)
+
+
+def get_rope_from_config(
+    config: Any, head_size: int, is_neox_style: bool = True
+) -> RotaryEmbedding:
+    """The rotary embedding an HF config asks for (theta, scaling, partial_rotary_factor)."""
+    base, scaling = rope_parameters(config)
+    partial = float(getattr(config, "partial_rotary_factor", None) or 1.0)
+    max_position = int(getattr(config, "max_position_embeddings", None) or 2048)
+    return get_rope(head_size, int(head_size * partial), max_position, base, is_neox_style, scaling)

@@ -1,0 +1,168 @@
+"""The offline API: LLM(model=...).generate(prompts, SamplingParams(...)), as in vLLM."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pagedllm.config import EngineArgs
+from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.outputs import PoolingRequestOutput, RequestOutput
+from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+class LLM:
+    """An LLM for offline inference. Keyword arguments are EngineArgs fields."""
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        unknown = set(kwargs) - set(EngineArgs.field_names())
+        if unknown:
+            raise TypeError(f"LLM() got unexpected keyword arguments: {sorted(unknown)}")
+        self.engine_args = EngineArgs(model=model, **kwargs)
+        self.llm_engine = LLMEngine.from_engine_args(self.engine_args)
+
+    def get_tokenizer(self) -> Any:
+        return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """vLLM's default: the model's generation_config.json sampling values."""
+        gen = self.llm_engine.model_config.generation_config
+        overrides = {k: gen[k] for k in _GEN_CONFIG_KEYS if gen.get(k) is not None}
+        if gen.get("max_new_tokens"):
+            overrides["max_tokens"] = gen["max_new_tokens"]
+        return SamplingParams(**overrides)
+
+    # ---- generation -----------------------------------------------------------
+    def generate(
+        self,
+        prompts: Any,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        prompt_list = _as_prompt_list(prompts)
+        params = self._params_list(sampling_params, len(prompt_list))
+        final = [p.clone() for p in params]
+        for p in final:
+            p.output_kind = RequestOutputKind.FINAL_ONLY
+        ids = self._add_requests(prompt_list, final)
+        return self._run_to_completion(ids, use_tqdm)  # type: ignore[return-value]
+
+    def stream(
+        self,
+        prompts: Any,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> Iterator[RequestOutput]:
+        """Yield RequestOutput deltas as tokens are produced, for one or many prompts.
+        Each delta's `outputs[i].text` is the new text of sample i; concatenating the
+        deltas of a request gives its final text."""
+        prompt_list = _as_prompt_list(prompts)
+        params = [p.clone() for p in self._params_list(sampling_params, len(prompt_list))]
+        for p in params:
+            p.output_kind = RequestOutputKind.DELTA
+        ids = set(self._add_requests(prompt_list, params))
+        try:
+            while ids:
+                for out in self.llm_engine.step():
+                    if out.request_id in ids:
+                        if out.finished:
+                            ids.discard(out.request_id)
+                        yield out  # type: ignore[misc]
+        finally:
+            if ids:
+                self.llm_engine.abort_request(list(ids))
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        tokenizer = self.get_tokenizer()
+        prompts = []
+        for conversation in conversations:
+            ids = tokenizer.apply_chat_template(
+                conversation,
+                chat_template=chat_template,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=True,
+            )
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            prompts.append({"prompt_token_ids": list(ids)})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    # ---- embeddings -------------------------------------------------------------
+    def embed(
+        self, prompts: Any, pooling_params: PoolingParams | None = None, use_tqdm: bool = True
+    ) -> list[PoolingRequestOutput]:
+        prompt_list = _as_prompt_list(prompts)
+        params = [pooling_params or PoolingParams()] * len(prompt_list)
+        ids = self._add_requests(prompt_list, params)
+        return self._run_to_completion(ids, use_tqdm)  # type: ignore[return-value]
+
+    encode = embed
+
+    # ---- helpers ------------------------------------------------------------------
+    def _params_list(
+        self, sampling_params: SamplingParams | Sequence[SamplingParams] | None, n: int
+    ) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [self.get_default_sampling_params()] * n
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * n
+        params = list(sampling_params)
+        if len(params) != n:
+            raise ValueError(
+                f"sampling_params has {len(params)} entries but there are {n} prompts; "
+                "pass one SamplingParams or one per prompt"
+            )
+        return params
+
+    def _add_requests(self, prompts: list[Any], params: Sequence[SamplingParams | PoolingParams]) -> list[str]:
+        engine = self.llm_engine
+        ids: list[str] = []
+        try:
+            for prompt, p in zip(prompts, params):
+                request_id = engine.new_request_id()
+                engine.add_request(request_id, prompt, p)
+                ids.append(request_id)
+        except Exception:
+            engine.abort_request(ids)
+            raise
+        return ids
+
+    def _run_to_completion(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput | PoolingRequestOutput]:
+        engine = self.llm_engine
+        results: dict[str, RequestOutput | PoolingRequestOutput] = {}
+        wanted = set(ids)
+        bar = tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm)
+        try:
+            while len(results) < len(ids):
+                for out in engine.step():
+                    if out.finished and out.request_id in wanted:
+                        results[out.request_id] = out
+                        bar.update(1)
+        except BaseException:
+            engine.abort_request([i for i in ids if i not in results])
+            raise
+        finally:
+            bar.close()
+        return [results[i] for i in ids]
+
+
+def _as_prompt_list(prompts: Any) -> list[Any]:
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    if isinstance(prompts, list) and prompts and all(isinstance(t, int) for t in prompts):
+        return [{"prompt_token_ids": prompts}]
+    return list(prompts)

@@ -1,0 +1,1 @@
+"""Model classes (HF weight names; see docs/architecture.md for the contract)."""

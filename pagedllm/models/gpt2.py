@@ -1,0 +1,138 @@
+"""GPT-2: learned absolute positions, pre-LayerNorm blocks, fused c_attn. HF stores
+GPT-2's projections as Conv1D ([in, out]); they are transposed to [out, in] at load."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from pagedllm.layers.activation import get_act_fn
+from pagedllm.layers.attention import Attention, AttentionMetadata
+from pagedllm.layers.layernorm import LayerNorm
+from pagedllm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
+from pagedllm.models.utils import load_weights_by_name
+
+_CONV1D_MODULES = ("c_attn", "c_proj", "c_fc")
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
+        super().__init__()
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim = hidden // heads
+        self.c_attn = QKVParallelLinear(hidden, head_dim, heads, heads, bias=True)
+        self.c_proj = RowParallelLinear(hidden, hidden, bias=True)
+        self.size = self.c_attn.num_heads * head_dim
+        scale = head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            scale /= float(layer_idx + 1)
+        self.attn = Attention(self.c_attn.num_heads, head_dim, scale)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        q, k, v = self.c_attn(hidden_states).split(self.size, dim=-1)
+        return self.c_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        inner = getattr(config, "n_inner", None) or 4 * config.hidden_size
+        self.c_fc = ColumnParallelLinear(config.hidden_size, inner, bias=True)
+        self.act = get_act_fn(config.activation_function)
+        self.c_proj = RowParallelLinear(inner, config.hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
+        super().__init__()
+        eps = config.layer_norm_epsilon
+        self.ln_1 = LayerNorm(config.hidden_size, eps=eps)
+        self.attn = GPT2Attention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.hidden_size, eps=eps)
+        self.mlp = GPT2MLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), kv_cache, attn_metadata)
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GPT2Model(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.wpe.weight.requires_grad_(False)
+        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_hidden_layers))
+        self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        hidden_states = self.wte(input_ids) + self.wpe(positions)
+        for i, block in enumerate(self.h):
+            hidden_states = block(hidden_states, kv_caches[i] if kv_caches else None, attn_metadata)
+        return self.ln_f(hidden_states)
+
+
+class GPT2LMHeadModel(nn.Module):
+    def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = GPT2Model(config)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
+        if self.tie_word_embeddings:
+            self.lm_head.tie_weights(self.transformer.wte)
+        self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        return self.transformer(input_ids, positions, kv_caches, attn_metadata)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def _rename(self, name: str) -> str | None:
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            return None  # causal-mask buffers of old checkpoints
+        if name.startswith("lm_head."):
+            return None if self.tie_word_embeddings else name
+        return name if name.startswith("transformer.") else "transformer." + name
+
+    def _transpose_conv1d(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterable[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            module = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
+            if module in _CONV1D_MODULES and name.endswith(".weight"):
+                tensor = tensor.t()
+            yield name, tensor
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return load_weights_by_name(self, self._transpose_conv1d(weights), [], self._rename)

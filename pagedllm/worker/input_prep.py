@@ -1,0 +1,88 @@
+"""SchedulerOutput -> the flattened input tensors of one forward step.
+
+All index arithmetic is vectorized in numpy on the host, then copied to the device
+once (pinned, non-blocking on CUDA):
+
+    token t belongs to request req_idx[t]; its position is
+    positions[t] = num_computed[req_idx[t]] + (t - query_start_loc[req_idx[t]])
+    slot_mapping[t] = block_table[req_idx[t], positions[t] // bs] * bs + positions[t] % bs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pagedllm.engine.scheduler_output import SchedulerOutput
+from pagedllm.layers.attention.metadata import AttentionMetadata
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    attn_metadata: AttentionMetadata
+    logits_indices: torch.Tensor  # [S] int64, last token of each sampling request
+    sample_rows: list[int]  # [S] index into SchedulerOutput.scheduled of each sampled row
+    num_tokens: int
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def build_block_table(block_ids: list[list[int]], min_width: int = 1) -> np.ndarray:
+    """[B, max_blocks] int32, rows padded with 0 (padding is never read: seq_lens mask it)."""
+    width = max(min_width, max((len(b) for b in block_ids), default=1))
+    table = np.zeros((len(block_ids), width), dtype=np.int32)
+    for i, ids in enumerate(block_ids):
+        table[i, : len(ids)] = ids
+    return table
+
+
+def prepare_inputs(
+    scheduler_output: SchedulerOutput, block_size: int, device: torch.device
+) -> StepInputs:
+    scheduled = scheduler_output.scheduled
+    num_new = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, len(scheduled))
+    num_computed = np.fromiter((s.num_computed_tokens for s in scheduled), np.int64, len(scheduled))
+    query_start_loc = np.zeros(len(scheduled) + 1, dtype=np.int64)
+    np.cumsum(num_new, out=query_start_loc[1:])
+    total = int(query_start_loc[-1])
+    req_idx = np.repeat(np.arange(len(scheduled)), num_new)
+    positions = np.arange(total, dtype=np.int64) - query_start_loc[req_idx] + num_computed[req_idx]
+    table = build_block_table([s.block_ids for s in scheduled])
+    slot_mapping = table[req_idx, positions // block_size].astype(np.int64) * block_size + (
+        positions % block_size
+    )
+    input_ids = np.fromiter(
+        (t for s in scheduled for t in s.new_token_ids), dtype=np.int64, count=total
+    )
+    seq_lens = (num_computed + num_new).astype(np.int32)
+    sample_rows = [i for i, s in enumerate(scheduled) if s.samples or s.pools]
+    logits_indices = query_start_loc[1:][sample_rows] - 1
+    qsl32 = query_start_loc.astype(np.int32)
+    metadata = AttentionMetadata(
+        num_actual_tokens=total,
+        max_query_len=int(num_new.max()) if len(scheduled) else 0,
+        max_seq_len=int(seq_lens.max()) if len(scheduled) else 0,
+        query_start_loc=_to_device(qsl32, device),
+        seq_lens=_to_device(seq_lens, device),
+        block_tables=_to_device(table, device),
+        slot_mapping=_to_device(slot_mapping, device),
+        query_start_loc_cpu=torch.from_numpy(qsl32),
+        seq_lens_cpu=torch.from_numpy(seq_lens),
+    )
+    return StepInputs(
+        input_ids=_to_device(input_ids, device),
+        positions=_to_device(positions, device),
+        attn_metadata=metadata,
+        logits_indices=_to_device(np.ascontiguousarray(logits_indices), device),
+        sample_rows=sample_rows,
+        num_tokens=total,
+    )

@@ -1,0 +1,58 @@
+"""The profiling run: one largest step (max_num_batched_tokens tokens over up to
+max_num_seqs sequences, logits for every sequence) on a throw-away KV cache, so
+that the peak activation memory is known before the real cache is sized."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from pagedllm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker import kv_cache as kvc
+from pagedllm.worker.input_prep import prepare_inputs
+
+if TYPE_CHECKING:
+    from pagedllm.worker.model_runner import ModelRunner
+
+
+def dummy_scheduler_output(num_tokens: int, num_seqs: int, block_size: int) -> SchedulerOutput:
+    num_seqs = max(1, min(num_seqs, num_tokens))
+    per_seq = [num_tokens // num_seqs] * num_seqs
+    per_seq[-1] += num_tokens - sum(per_seq)
+    scheduled, next_block = [], 0
+    params = SamplingParams(temperature=1.0, max_tokens=1)
+    for i, n in enumerate(per_seq):
+        nblocks = -(-n // block_size)
+        scheduled.append(
+            ScheduledRequest(
+                req_id=f"profile-{i}",
+                new_token_ids=[0] * n,
+                num_computed_tokens=0,
+                block_ids=list(range(next_block, next_block + nblocks)),
+                num_tokens=n,
+                sampling_params=params,
+                prompt_token_ids=[0] * n,
+                num_prompt_tokens=n,
+            )
+        )
+        next_block += nblocks
+    return SchedulerOutput(scheduled, num_tokens)
+
+
+def profile_run(runner: ModelRunner) -> None:
+    sc = runner.config.scheduler_config
+    out = dummy_scheduler_output(sc.max_num_batched_tokens, sc.max_num_seqs, runner.block_size)
+    num_blocks = sum(len(s.block_ids) for s in out.scheduled)
+    spec = runner.kv_cache_spec()
+    saved = runner.kv_caches
+    runner.kv_caches = kvc.allocate_kv_caches(spec, num_blocks, runner.device)
+    try:
+        runner.execute_model(out)
+    finally:
+        runner.kv_caches = saved
+        runner.generators.clear()
+        runner.prompt_ids.clear()
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)

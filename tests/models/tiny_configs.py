@@ -1,0 +1,118 @@
+"""Tiny random configs of every supported architecture, and HF reference helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+_COMMON = dict(vocab_size=512, max_position_embeddings=256, initializer_range=0.1)
+_LLAMA_LIKE = dict(
+    _COMMON,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_configs() -> dict[str, PretrainedConfig]:
+    from transformers import (
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    llama3_rope = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 500000.0,
+    }
+    return {
+        "llama": LlamaConfig(**_LLAMA_LIKE),
+        "llama3-tied": LlamaConfig(
+            **{**_LLAMA_LIKE, "tie_word_embeddings": True}, rope_scaling=llama3_rope
+        ),
+        "llama-linear-rope-bias": LlamaConfig(
+            **_LLAMA_LIKE,
+            attention_bias=True,
+            mlp_bias=True,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
+        ),
+        "mistral": MistralConfig(**_LLAMA_LIKE, sliding_window=None),
+        "qwen2": Qwen2Config(**_LLAMA_LIKE),
+        "qwen3": Qwen3Config(**{**_LLAMA_LIKE, "tie_word_embeddings": True}, head_dim=32),
+        "opt": OPTConfig(
+            **_COMMON,
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            init_std=0.1,
+        ),
+        "opt-post-ln": OPTConfig(
+            **_COMMON,
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            do_layer_norm_before=False,
+            init_std=0.1,
+        ),
+        "gpt2": GPT2Config(
+            vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1
+        ),
+    }
+
+
+def make_hf_model(config: PretrainedConfig, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Random (not ones/zeros) norm weights and biases, so that loading them is tested.
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 1:
+                param.add_(torch.randn_like(param) * 0.1)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def save_tiny(config: PretrainedConfig, path: Path, **save_kwargs: Any) -> torch.nn.Module:
+    model = make_hf_model(config)
+    model.save_pretrained(path, **save_kwargs)
+    return model
+
+
+def save_tiny_bin(config: PretrainedConfig, path: Path) -> torch.nn.Module:
+    """A pytorch_model.bin checkpoint (transformers 5 only writes safetensors)."""
+    model = make_hf_model(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    return model
+
+
+@torch.no_grad()
+def hf_greedy(model: torch.nn.Module, prompt: list[int], max_tokens: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+@torch.no_grad()
+def hf_logits(model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
+    return model(torch.tensor([prompt])).logits[0].float()

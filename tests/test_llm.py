@@ -1,0 +1,140 @@
+"""The offline LLM API end to end: batch invariance, preemption, prefix caching,
+n samples, stop conditions, logprobs, streaming, errors."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from pagedllm import LLM, SamplingParams
+
+
+def tiny_llm(path: str, **kwargs: Any) -> LLM:
+    base: dict[str, Any] = dict(device="cpu", dtype="float32", skip_tokenizer_init=True, block_size=4)
+    base.update(kwargs)
+    return LLM(model=path, **base)
+
+
+def mixed_requests(n: int, seed: int = 0) -> tuple[list[dict[str, list[int]]], list[SamplingParams]]:
+    rng = random.Random(seed)
+    prompts, params = [], []
+    for i in range(n):
+        prompts.append({"prompt_token_ids": [rng.randrange(1, 500) for _ in range(rng.randint(1, 40))]})
+        kind = i % 4
+        if kind == 0:
+            sp = SamplingParams(temperature=0.0, max_tokens=rng.randint(1, 24), ignore_eos=True)
+        elif kind == 1:
+            sp = SamplingParams(temperature=0.8, seed=i, max_tokens=rng.randint(1, 24), ignore_eos=True)
+        elif kind == 2:
+            sp = SamplingParams(temperature=1.0, top_k=20, top_p=0.9, seed=1000 + i, max_tokens=16, ignore_eos=True)
+        else:
+            sp = SamplingParams(temperature=0.0, repetition_penalty=1.3, max_tokens=12, ignore_eos=True)
+        params.append(sp)
+    return prompts, params
+
+
+def token_ids(outputs: list[Any]) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def test_batch_invariance_greedy_and_seeded(tiny_llama_dir: str) -> None:
+    llm = tiny_llm(tiny_llama_dir, max_num_batched_tokens=64)
+    prompts, params = mixed_requests(64)
+    together = token_ids(llm.generate(prompts, params, use_tqdm=False))
+    alone = [token_ids(llm.generate([p], sp, use_tqdm=False))[0] for p, sp in zip(prompts, params)]
+    assert together == alone
+    assert [len(t) for t in together] == [sp.max_tokens for sp in params]
+    llm.llm_engine.check_integrity()
+    assert llm.llm_engine.get_num_free_blocks() == llm.llm_engine.kv_cache_manager.num_blocks
+
+
+def test_tiny_cache_preempts_and_gives_same_output(tiny_llama_dir: str) -> None:
+    prompts, params = mixed_requests(16, seed=1)
+    big = token_ids(tiny_llm(tiny_llama_dir).generate(prompts, params, use_tqdm=False))
+    small_llm = tiny_llm(tiny_llama_dir, num_gpu_blocks_override=24, max_model_len=80)
+    small = token_ids(small_llm.generate(prompts, params, use_tqdm=False))
+    assert small == big
+    assert small_llm.llm_engine.get_stats().num_preemptions > 0
+
+
+def test_max_model_len_larger_than_cache_is_a_clear_error(tiny_llama_dir: str) -> None:
+    with pytest.raises(ValueError, match="at most 96"):
+        tiny_llm(tiny_llama_dir, num_gpu_blocks_override=24, max_model_len=200)
+
+
+def test_prefix_caching_reuses_blocks_with_same_output(tiny_llama_dir: str) -> None:
+    prefix = list(range(1, 41))
+    prompts = [{"prompt_token_ids": prefix + [100 + i, 200 + i]} for i in range(3)]
+    sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    cached = tiny_llm(tiny_llama_dir)
+    first = cached.generate(prompts[:1], sp, use_tqdm=False)
+    rest = cached.generate(prompts[1:], sp, use_tqdm=False)
+    assert first[0].num_cached_tokens == 0
+    assert all(o.num_cached_tokens == 40 for o in rest)
+    uncached = tiny_llm(tiny_llama_dir, enable_prefix_caching=False)
+    assert token_ids(first + rest) == token_ids(uncached.generate(prompts, sp, use_tqdm=False))
+
+
+def test_n_samples_share_prompt_and_seed_reproduces(tiny_llama_dir: str) -> None:
+    llm = tiny_llm(tiny_llama_dir)
+    sp = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=10, ignore_eos=True)
+    prompt = {"prompt_token_ids": list(range(1, 30))}
+    out = llm.generate(prompt, sp, use_tqdm=False)[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2]
+    samples = [tuple(c.token_ids) for c in out.outputs]
+    assert len(set(samples)) > 1
+    again = llm.generate(prompt, sp, use_tqdm=False)[0]
+    assert [tuple(c.token_ids) for c in again.outputs] == samples
+
+
+def test_logprobs_and_prompt_logprobs(tiny_llama_dir: str) -> None:
+    import torch
+
+    llm = tiny_llm(tiny_llama_dir)
+    sp = SamplingParams(temperature=0.0, max_tokens=4, logprobs=3, prompt_logprobs=2, ignore_eos=True)
+    out = llm.generate({"prompt_token_ids": [5, 6, 7, 8]}, sp, use_tqdm=False)[0]
+    completion = out.outputs[0]
+    assert completion.logprobs is not None and len(completion.logprobs) == 4
+    for token, lp in zip(completion.token_ids, completion.logprobs):
+        assert token in lp and lp[token].rank == 1  # greedy picks the most likely token
+        assert 3 <= len(lp) <= 4
+    total = sum(lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs))
+    assert completion.cumulative_logprob == pytest.approx(total, abs=1e-4)
+    assert out.prompt_logprobs is not None and out.prompt_logprobs[0] is None
+    assert len(out.prompt_logprobs) == 4 and all(6 in out.prompt_logprobs[1] for _ in [0])
+    assert all(torch.isfinite(torch.tensor(v.logprob)) for d in out.prompt_logprobs[1:] for v in d.values())
+
+
+def test_abort_frees_blocks(tiny_llama_dir: str) -> None:
+    llm = tiny_llm(tiny_llama_dir)
+    engine = llm.llm_engine
+    free = engine.get_num_free_blocks()
+    engine.add_request("x", {"prompt_token_ids": list(range(1, 50))}, SamplingParams(max_tokens=50))
+    engine.step()
+    assert engine.get_num_free_blocks() < free
+    engine.abort_request("x")
+    assert engine.get_num_free_blocks() == free and not engine.has_unfinished_requests()
+    engine.check_integrity()
+
+
+def test_invalid_input_errors_name_the_argument(tiny_llama_dir: str) -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+    llm = tiny_llm(tiny_llama_dir, max_model_len=64)
+    with pytest.raises(ValueError, match="maximum model length"):
+        llm.generate({"prompt_token_ids": [1] * 64}, use_tqdm=False)
+    with pytest.raises(ValueError, match="vocabulary"):
+        llm.generate({"prompt_token_ids": [100000]}, use_tqdm=False)
+    with pytest.raises(ValueError, match="empty"):
+        llm.generate({"prompt_token_ids": []}, use_tqdm=False)
+    with pytest.raises(ValueError, match="sampling_params"):
+        llm.generate(["a", "b"] and [{"prompt_token_ids": [1]}] * 2, [SamplingParams()] * 3, use_tqdm=False)
+    with pytest.raises(TypeError, match="bogus"):
+        LLM(model=tiny_llama_dir, bogus=1)
+    assert llm.llm_engine.get_num_free_blocks() == llm.llm_engine.kv_cache_manager.num_blocks
