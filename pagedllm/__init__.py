@@ -27,6 +27,7 @@ def __getattr__(name: str) -> Any:
         return LLM
     raise AttributeError(f"module 'pagedllm' has no attribute {name!r}")
 
+
 __all__ = [
     "LLM",
     "CompletionOutput",

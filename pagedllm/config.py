@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -80,12 +80,12 @@ class ModelConfig:
     @property
     def num_layers(self) -> int:
         cfg = self.hf_config
-        return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+        return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
 
     @property
     def num_attention_heads(self) -> int:
         cfg = self.hf_config
-        return int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
+        return int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
 
     @property
     def num_kv_heads(self) -> int:
@@ -118,6 +118,8 @@ class SchedulerConfig:
     max_model_len: int
     enable_chunked_prefill: bool = True
     log_stats: bool = True
+    # Schedule step N+1 while step N runs on the device (its tokens arrive later).
+    async_scheduling: bool = False
 
 
 @dataclass
@@ -193,6 +195,7 @@ class EngineArgs:
     pooling_type: str | None = None
     pooling_normalize: bool | None = None
     kv_cache_memory_bytes: int | None = None
+    async_scheduling: bool | None = None  # None: on for CUDA with one worker
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -240,11 +243,15 @@ def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA GPU is available; use device='cpu'")
+        raise ValueError(
+            "device='cuda' was asked for but no CUDA GPU is available; use device='cpu'"
+        )
     return torch.device(name)
 
 
-def _pick_dtype(name: str, checkpoint_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+def _pick_dtype(
+    name: str, checkpoint_dtype: torch.dtype | None, device: torch.device
+) -> torch.dtype:
     if name != "auto":
         return DTYPE_ALIASES[name]
     if device.type == "cpu":
@@ -297,7 +304,7 @@ def _build_engine_config(args: EngineArgs) -> EngineConfig:
     return EngineConfig(
         model_config=model_config,
         cache_config=_cache_config(args),
-        scheduler_config=_scheduler_config(args, max_model_len),
+        scheduler_config=_scheduler_config(args, max_model_len, device),
         parallel_config=_parallel_config(args),
         device_config=DeviceConfig(device=device),
         enforce_eager=args.enforce_eager,
@@ -353,7 +360,9 @@ def _cache_config(args: EngineArgs) -> CacheConfig:
     )
 
 
-def _scheduler_config(args: EngineArgs, max_model_len: int) -> SchedulerConfig:
+def _scheduler_config(
+    args: EngineArgs, max_model_len: int, device: torch.device
+) -> SchedulerConfig:
     max_tokens = args.max_num_batched_tokens or max(8192, args.max_num_seqs or 0)
     max_num_seqs = args.max_num_seqs or min(256, max_tokens)
     if not args.enable_chunked_prefill:
@@ -368,7 +377,17 @@ def _scheduler_config(args: EngineArgs, max_model_len: int) -> SchedulerConfig:
         max_model_len=max_model_len,
         enable_chunked_prefill=args.enable_chunked_prefill,
         log_stats=not args.disable_log_stats,
+        async_scheduling=_pick_async_scheduling(args, device),
     )
+
+
+def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:
+    one_worker = args.tensor_parallel_size * args.pipeline_parallel_size == 1
+    if args.async_scheduling is None:
+        return device.type == "cuda" and one_worker
+    if args.async_scheduling and not one_worker:
+        raise ValueError("async_scheduling needs a single worker (tensor/pipeline parallel size 1)")
+    return args.async_scheduling
 
 
 def _parallel_config(args: EngineArgs) -> ParallelConfig:

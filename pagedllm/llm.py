@@ -28,6 +28,18 @@ class LLM:
         self.engine_args = EngineArgs(model=model, **kwargs)
         self.llm_engine = LLMEngine.from_engine_args(self.engine_args)
 
+    def shutdown(self) -> None:
+        """Release the workers, the model and the KV cache (device memory included)."""
+        import gc
+
+        import torch
+
+        self.llm_engine.shutdown()
+        del self.llm_engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 
@@ -128,7 +140,9 @@ class LLM:
             )
         return params
 
-    def _add_requests(self, prompts: list[Any], params: Sequence[SamplingParams | PoolingParams]) -> list[str]:
+    def _add_requests(
+        self, prompts: list[Any], params: Sequence[SamplingParams | PoolingParams]
+    ) -> list[str]:
         engine = self.llm_engine
         ids: list[str] = []
         try:
@@ -141,7 +155,9 @@ class LLM:
             raise
         return ids
 
-    def _run_to_completion(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput | PoolingRequestOutput]:
+    def _run_to_completion(
+        self, ids: list[str], use_tqdm: bool
+    ) -> list[RequestOutput | PoolingRequestOutput]:
         engine = self.llm_engine
         results: dict[str, RequestOutput | PoolingRequestOutput] = {}
         wanted = set(ids)

@@ -72,13 +72,17 @@ class SamplingParams:
         self.all_stop_token_ids = set(self.stop_token_ids)
 
     def _verify(self) -> None:
-        _require(isinstance(self.n, int) and self.n >= 1, "n", f"must be at least 1, got {self.n!r}")
+        _require(
+            isinstance(self.n, int) and self.n >= 1, "n", f"must be at least 1, got {self.n!r}"
+        )
         if self.best_of is not None and self.best_of < self.n:
             raise ValueError(f"best_of must be >= n, got best_of={self.best_of} and n={self.n}")
         _require(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]")
         _require(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]")
         _require(0.0 < self.repetition_penalty <= 2.0, "repetition_penalty", "must be in (0, 2]")
-        _require(self.temperature >= 0.0, "temperature", f"must be non-negative, got {self.temperature}")
+        _require(
+            self.temperature >= 0.0, "temperature", f"must be non-negative, got {self.temperature}"
+        )
         _require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _require(
             isinstance(self.top_k, int) and self.top_k >= 0,
@@ -87,7 +91,9 @@ class SamplingParams:
         )
         _require(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
         if self.max_tokens is not None:
-            _require(self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}")
+            _require(
+                self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}"
+            )
         _require(self.min_tokens >= 0, "min_tokens", f"must be non-negative, got {self.min_tokens}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(
@@ -118,7 +124,9 @@ class SamplingParams:
     def clone(self) -> SamplingParams:
         return copy.deepcopy(self)
 
-    def update_from_generation_config(self, generation_config: dict[str, Any], eos_token_id: int | None) -> None:
+    def update_from_generation_config(
+        self, generation_config: dict[str, Any], eos_token_id: int | None
+    ) -> None:
         """Add the model's EOS tokens to the stop set (unless ignore_eos)."""
         eos_ids: set[int] = set()
         if eos_token_id is not None:

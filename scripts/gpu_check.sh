@@ -35,7 +35,7 @@ env_info() {
 kernel_tests() {
     local parallel=()
     if "$PY" -c 'import xdist' 2>/dev/null; then parallel=(-n 8); fi
-    "$PY" -m pytest -m gpu tests/kernels -q -p no:cacheprovider "${parallel[@]}"
+    "$PY" -m pytest -m gpu tests/kernels -p no:cacheprovider -p no:benchmark "${parallel[@]}"
 }
 
 step env env_info

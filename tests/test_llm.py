@@ -12,25 +12,37 @@ from pagedllm import LLM, SamplingParams
 
 
 def tiny_llm(path: str, **kwargs: Any) -> LLM:
-    base: dict[str, Any] = dict(device="cpu", dtype="float32", skip_tokenizer_init=True, block_size=4)
+    base: dict[str, Any] = dict(
+        device="cpu", dtype="float32", skip_tokenizer_init=True, block_size=4
+    )
     base.update(kwargs)
     return LLM(model=path, **base)
 
 
-def mixed_requests(n: int, seed: int = 0) -> tuple[list[dict[str, list[int]]], list[SamplingParams]]:
+def mixed_requests(
+    n: int, seed: int = 0
+) -> tuple[list[dict[str, list[int]]], list[SamplingParams]]:
     rng = random.Random(seed)
     prompts, params = [], []
     for i in range(n):
-        prompts.append({"prompt_token_ids": [rng.randrange(1, 500) for _ in range(rng.randint(1, 40))]})
+        prompts.append(
+            {"prompt_token_ids": [rng.randrange(1, 500) for _ in range(rng.randint(1, 40))]}
+        )
         kind = i % 4
         if kind == 0:
             sp = SamplingParams(temperature=0.0, max_tokens=rng.randint(1, 24), ignore_eos=True)
         elif kind == 1:
-            sp = SamplingParams(temperature=0.8, seed=i, max_tokens=rng.randint(1, 24), ignore_eos=True)
+            sp = SamplingParams(
+                temperature=0.8, seed=i, max_tokens=rng.randint(1, 24), ignore_eos=True
+            )
         elif kind == 2:
-            sp = SamplingParams(temperature=1.0, top_k=20, top_p=0.9, seed=1000 + i, max_tokens=16, ignore_eos=True)
+            sp = SamplingParams(
+                temperature=1.0, top_k=20, top_p=0.9, seed=1000 + i, max_tokens=16, ignore_eos=True
+            )
         else:
-            sp = SamplingParams(temperature=0.0, repetition_penalty=1.3, max_tokens=12, ignore_eos=True)
+            sp = SamplingParams(
+                temperature=0.0, repetition_penalty=1.3, max_tokens=12, ignore_eos=True
+            )
         params.append(sp)
     return prompts, params
 
@@ -93,7 +105,9 @@ def test_logprobs_and_prompt_logprobs(tiny_llama_dir: str) -> None:
     import torch
 
     llm = tiny_llm(tiny_llama_dir)
-    sp = SamplingParams(temperature=0.0, max_tokens=4, logprobs=3, prompt_logprobs=2, ignore_eos=True)
+    sp = SamplingParams(
+        temperature=0.0, max_tokens=4, logprobs=3, prompt_logprobs=2, ignore_eos=True
+    )
     out = llm.generate({"prompt_token_ids": [5, 6, 7, 8]}, sp, use_tqdm=False)[0]
     completion = out.outputs[0]
     assert completion.logprobs is not None and len(completion.logprobs) == 4
@@ -104,7 +118,9 @@ def test_logprobs_and_prompt_logprobs(tiny_llama_dir: str) -> None:
     assert completion.cumulative_logprob == pytest.approx(total, abs=1e-4)
     assert out.prompt_logprobs is not None and out.prompt_logprobs[0] is None
     assert len(out.prompt_logprobs) == 4 and all(6 in out.prompt_logprobs[1] for _ in [0])
-    assert all(torch.isfinite(torch.tensor(v.logprob)) for d in out.prompt_logprobs[1:] for v in d.values())
+    assert all(
+        torch.isfinite(torch.tensor(v.logprob)) for d in out.prompt_logprobs[1:] for v in d.values()
+    )
 
 
 def test_abort_frees_blocks(tiny_llama_dir: str) -> None:
@@ -134,7 +150,37 @@ def test_invalid_input_errors_name_the_argument(tiny_llama_dir: str) -> None:
     with pytest.raises(ValueError, match="empty"):
         llm.generate({"prompt_token_ids": []}, use_tqdm=False)
     with pytest.raises(ValueError, match="sampling_params"):
-        llm.generate(["a", "b"] and [{"prompt_token_ids": [1]}] * 2, [SamplingParams()] * 3, use_tqdm=False)
+        llm.generate(
+            ["a", "b"] and [{"prompt_token_ids": [1]}] * 2, [SamplingParams()] * 3, use_tqdm=False
+        )
     with pytest.raises(TypeError, match="bogus"):
         LLM(model=tiny_llama_dir, bogus=1)
     assert llm.llm_engine.get_num_free_blocks() == llm.llm_engine.kv_cache_manager.num_blocks
+
+
+def test_async_scheduling_gives_the_same_outputs(tiny_llama_dir: str) -> None:
+    prompts, params = mixed_requests(24, seed=3)
+    # No penalties: every step is pipelined (penalties make the engine wait each step).
+    params = [
+        sp if sp.repetition_penalty == 1.0 else SamplingParams(temperature=0.0, max_tokens=9)
+        for sp in params
+    ]
+    for sp in params[:8]:
+        sp.stop_token_ids = [t for t in range(0, 512, 7)]  # stops early, found a step late
+        sp.all_stop_token_ids = set(sp.stop_token_ids)
+    sync = tiny_llm(
+        tiny_llama_dir, async_scheduling=False, num_gpu_blocks_override=40, max_model_len=120
+    )
+    asyn = tiny_llm(
+        tiny_llama_dir, async_scheduling=True, num_gpu_blocks_override=40, max_model_len=120
+    )
+    expected = sync.generate(prompts, params, use_tqdm=False)
+    got = asyn.generate(prompts, params, use_tqdm=False)
+    assert token_ids(got) == token_ids(expected)
+    assert [o.outputs[0].finish_reason for o in got] == [
+        o.outputs[0].finish_reason for o in expected
+    ]
+    assert any(o.outputs[0].finish_reason == "stop" for o in got)
+    assert asyn.llm_engine.get_stats().num_preemptions > 0
+    assert asyn.llm_engine.get_num_free_blocks() == 40
+    asyn.llm_engine.check_integrity()

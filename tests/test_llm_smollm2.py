@@ -8,11 +8,16 @@ from pagedllm import SamplingParams
 
 
 def test_generate_text_and_chat(smol_llm: Any) -> None:
-    outs = smol_llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    outs = smol_llm.generate(
+        ["The capital of France is"], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False
+    )
     assert "Paris" in outs[0].outputs[0].text
     assert outs[0].outputs[0].finish_reason == "length"
-    chat = smol_llm.chat([{"role": "user", "content": "What is 2+2? Answer with one number."}],
-                         SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
+    chat = smol_llm.chat(
+        [{"role": "user", "content": "What is 2+2? Answer with one number."}],
+        SamplingParams(temperature=0, max_tokens=16),
+        use_tqdm=False,
+    )
     assert "4" in chat[0].outputs[0].text
 
 
@@ -20,10 +25,18 @@ def test_stop_strings_are_cut_and_reported(smol_llm: Any) -> None:
     sp = SamplingParams(temperature=0, max_tokens=40)
     full = smol_llm.generate(["Count: 1, 2, 3,"], sp, use_tqdm=False)[0].outputs[0].text
     assert " 5" in full
-    stopped = smol_llm.generate(["Count: 1, 2, 3,"], SamplingParams(temperature=0, max_tokens=40, stop=[" 5"]), use_tqdm=False)[0].outputs[0]
+    stopped = smol_llm.generate(
+        ["Count: 1, 2, 3,"],
+        SamplingParams(temperature=0, max_tokens=40, stop=[" 5"]),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert stopped.finish_reason == "stop" and stopped.stop_reason == " 5"
     assert stopped.text == full[: full.index(" 5")]
-    kept = smol_llm.generate(["Count: 1, 2, 3,"], SamplingParams(temperature=0, max_tokens=40, stop=[" 5"], include_stop_str_in_output=True), use_tqdm=False)[0].outputs[0]
+    kept = smol_llm.generate(
+        ["Count: 1, 2, 3,"],
+        SamplingParams(temperature=0, max_tokens=40, stop=[" 5"], include_stop_str_in_output=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert kept.text == full[: full.index(" 5") + 2]
 
 

@@ -12,7 +12,9 @@ import torch
 from pagedllm.benchmarks.workload import BenchRequest
 
 
-def _batches(requests: list[BenchRequest], max_batch: int, max_len: int) -> list[list[BenchRequest]]:
+def _batches(
+    requests: list[BenchRequest], max_batch: int, max_len: int
+) -> list[list[BenchRequest]]:
     batches: list[list[BenchRequest]] = []
     current: list[BenchRequest] = []
     for r in requests:
@@ -36,16 +38,26 @@ def _generate(model: Any, batch: list[BenchRequest], device: torch.device) -> No
         mask[j, width - len(r.prompt_token_ids) :] = 1
     max_out = max(r.output_len for r in batch)
     model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0,
-        top_p=1.0, max_new_tokens=max_out, min_new_tokens=max_out, pad_token_id=0,
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=max_out,
+        min_new_tokens=max_out,
+        pad_token_id=0,
     )
 
 
 @torch.inference_mode()
-def run_hf_generate(shape: dict[str, Any], requests: list[BenchRequest], max_batch: int = 256, max_len: int = 2048) -> float:
+def run_hf_generate(
+    shape: dict[str, Any], requests: list[BenchRequest], max_batch: int = 256, max_len: int = 2048
+) -> float:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config_kwargs = {k: v for k, v in shape.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    config_kwargs = {
+        k: v for k, v in shape.items() if k not in ("architectures", "model_type", "torch_dtype")
+    }
     config = AutoConfig.for_model(str(shape["model_type"]), **config_kwargs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

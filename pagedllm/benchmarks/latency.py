@@ -36,26 +36,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     model = args.model or shape_dir(args.shape)
     llm = LLM(
-        model=model, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
-        tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
-        device=args.device, max_model_len=args.max_model_len, max_num_seqs=max(8, args.batch_size),
+        model=model,
+        load_format=args.load_format,
+        dtype=args.dtype,
+        skip_tokenizer_init=True,
+        tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=args.enforce_eager,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        max_num_seqs=max(8, args.batch_size),
     )
-    requests = make_requests(args.batch_size, (args.input_len, args.input_len), (args.output_len, args.output_len))
+    requests = make_requests(
+        args.batch_size, (args.input_len, args.input_len), (args.output_len, args.output_len)
+    )
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
-    params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=args.output_len, detokenize=False)
-    llm.generate(prompts, SamplingParams(max_tokens=16, ignore_eos=True, detokenize=False), use_tqdm=False)
+    params = SamplingParams(
+        temperature=1.0, ignore_eos=True, max_tokens=args.output_len, detokenize=False
+    )
+    llm.generate(
+        prompts, SamplingParams(max_tokens=16, ignore_eos=True, detokenize=False), use_tqdm=False
+    )
     times = []
     for _ in range(args.num_iters):
         start = time.perf_counter()
         llm.generate(prompts, params, use_tqdm=False)
         times.append(time.perf_counter() - start)
+    llm.shutdown()
     median = statistics.median(times)
     result = dict(
-        batch_size=args.batch_size, input_len=args.input_len, output_len=args.output_len,
-        median_s=round(median, 3), tokens_per_s=round(args.batch_size * args.output_len / median, 1),
+        batch_size=args.batch_size,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        median_s=round(median, 3),
+        tokens_per_s=round(args.batch_size * args.output_len / median, 1),
         times_s=[round(t, 3) for t in times],
     )
-    print(f"latency: {result['median_s']} s for {args.output_len} tokens -> {result['tokens_per_s']} tokens/s")
+    print(
+        f"latency: {result['median_s']} s for {args.output_len} tokens -> {result['tokens_per_s']} tokens/s"
+    )
     print("RESULT " + json.dumps(result), flush=True)
     if args.output_json:
         with open(args.output_json, "w") as f:

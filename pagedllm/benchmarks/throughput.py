@@ -46,22 +46,34 @@ def resolve_workload(args: argparse.Namespace) -> tuple[str, list[BenchRequest]]
     shape, num, in_range, out_range = WORKLOADS[args.workload or "T1"]
     shape = args.shape or shape
     num = args.num_prompts or num
-    requests = make_requests(num, _range(args.input_len, in_range), _range(args.output_len, out_range))
+    requests = make_requests(
+        num, _range(args.input_len, in_range), _range(args.output_len, out_range)
+    )
     return shape, requests
 
 
-def run_pagedllm(args: argparse.Namespace, model: str, requests: list[BenchRequest]) -> dict[str, Any]:
+def run_pagedllm(
+    args: argparse.Namespace, model: str, requests: list[BenchRequest]
+) -> dict[str, Any]:
     from pagedllm import LLM, SamplingParams
 
     llm = LLM(
-        model=model, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
-        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, device=args.device,
-        gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+        model=model,
+        load_format=args.load_format,
+        dtype=args.dtype,
+        skip_tokenizer_init=True,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        device=args.device,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
     )
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
     params = [
-        SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=r.output_len, detokenize=False)
+        SamplingParams(
+            temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=r.output_len, detokenize=False
+        )
         for r in requests
     ]
     llm.generate(prompts[:8], params[:8], use_tqdm=False)  # warm-up
@@ -70,6 +82,7 @@ def run_pagedllm(args: argparse.Namespace, model: str, requests: list[BenchReque
     elapsed = time.perf_counter() - start
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
     assert produced == sum(r.output_len for r in requests), "every request must produce its tokens"
+    llm.shutdown()  # give the device memory back before a peer runs in this process
     return _result("pagedllm", requests, elapsed)
 
 
@@ -84,8 +97,11 @@ def _result(backend: str, requests: list[BenchRequest], elapsed: float) -> dict[
     prompt_tokens = sum(len(r.prompt_token_ids) for r in requests)
     output_tokens = sum(r.output_len for r in requests)
     return dict(
-        backend=backend, num_requests=len(requests), elapsed_s=round(elapsed, 2),
-        prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+        backend=backend,
+        num_requests=len(requests),
+        elapsed_s=round(elapsed, 2),
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
         requests_per_s=round(len(requests) / elapsed, 3),
         output_tokens_per_s=round(output_tokens / elapsed, 1),
         total_tokens_per_s=round((prompt_tokens + output_tokens) / elapsed, 1),

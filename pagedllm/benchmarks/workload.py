@@ -11,16 +11,35 @@ from dataclasses import dataclass
 
 SHAPES: dict[str, dict[str, object]] = {
     "qwen3-0.6b": dict(
-        architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=1024,
-        intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
-        rope_theta=1000000, rms_norm_eps=1e-6, tie_word_embeddings=True, torch_dtype="bfloat16",
+        architectures=["Qwen3ForCausalLM"],
+        model_type="qwen3",
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rope_theta=1000000,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        torch_dtype="bfloat16",
     ),
     "llama-3.1-8b": dict(
-        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096,
-        intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
-        rope_theta=500000, rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="bfloat16",
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
     ),
 }
 
@@ -38,7 +57,9 @@ class BenchRequest:
     output_len: int
 
 
-def make_requests(num: int, in_range: tuple[int, int], out_range: tuple[int, int], seed: int = 0) -> list[BenchRequest]:
+def make_requests(
+    num: int, in_range: tuple[int, int], out_range: tuple[int, int], seed: int = 0
+) -> list[BenchRequest]:
     rng = random.Random(seed)
     requests = []
     for _ in range(num):

@@ -1,19 +1,41 @@
 """Process groups and collectives (gloo on CPU, NCCL on GPU)."""
 
 from pagedllm.distributed.parallel_state import (
+    destroy_distributed_environment,
     destroy_model_parallel,
+    get_pipeline_model_parallel_rank,
+    get_pipeline_model_parallel_world_size,
+    get_pp_indices,
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
+    init_distributed_environment,
     init_model_parallel,
+    initialize_model_parallel,
+    is_pipeline_first_stage,
+    is_pipeline_last_stage,
+    output_rank,
+    pipeline_recv,
+    pipeline_send,
     tensor_model_parallel_all_gather,
     tensor_model_parallel_all_reduce,
 )
 
 __all__ = [
+    "destroy_distributed_environment",
     "destroy_model_parallel",
+    "get_pipeline_model_parallel_rank",
+    "get_pipeline_model_parallel_world_size",
+    "get_pp_indices",
     "get_tensor_model_parallel_rank",
     "get_tensor_model_parallel_world_size",
+    "init_distributed_environment",
     "init_model_parallel",
+    "initialize_model_parallel",
+    "is_pipeline_first_stage",
+    "is_pipeline_last_stage",
+    "output_rank",
+    "pipeline_recv",
+    "pipeline_send",
     "tensor_model_parallel_all_gather",
     "tensor_model_parallel_all_reduce",
 ]

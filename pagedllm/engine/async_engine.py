@@ -15,12 +15,22 @@ import asyncio
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pagedllm.engine.async_stats import LoggingStatLogger, StatLoggerBase
+from pagedllm.engine.async_stream import (
+    EngineDeadError,
+    EngineGenerateError,
+    EngineOutput,
+    RequestStream,
+    StreamItem,
+    group_by_loop,
+    post,
+)
+from pagedllm.executor.base import ExecutorDeadError
 from pagedllm.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
 from pagedllm.sampling_params import PoolingParams, SamplingParams
 
@@ -31,28 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PromptType = str | dict[str, Any]
-EngineOutput = RequestOutput | PoolingRequestOutput
-# What a stream carries: an output, an exception for the consumer to raise, or
-# None when the request was aborted.
-StreamItem = EngineOutput | BaseException | None
 LOG_INTERVAL_S = 5.0
-
-
-class EngineDeadError(RuntimeError):
-    """The engine cannot serve any more requests (unrecoverable)."""
-
-
-class EngineGenerateError(RuntimeError):
-    """One step failed; the requests in it were failed and aborted (recoverable)."""
-
-
-class RequestStream:
-    """The per-request asyncio queue, created on the caller's event loop."""
-
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.request_id = request_id
-        self.loop = loop
-        self.queue: asyncio.Queue[StreamItem] = asyncio.Queue()
 
 
 @dataclass
@@ -68,20 +57,6 @@ class _AbortCommand:
     request_ids: list[str]
 
 
-def _post(pairs: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, StreamItem]]]) -> None:
-    """Loop thread: hand items to their event loops, one wake-up per loop."""
-    for loop, items in pairs.items():
-        try:
-            loop.call_soon_threadsafe(_deliver, items)
-        except RuntimeError:
-            pass  # that event loop is closed: nobody is listening any more
-
-
-def _deliver(items: list[tuple[RequestStream, StreamItem]]) -> None:
-    for stream, item in items:
-        stream.queue.put_nowait(item)
-
-
 class AsyncLLM:
     """vLLM's AsyncLLM: `generate`/`encode` async iterators over a shared engine."""
 
@@ -91,8 +66,10 @@ class AsyncLLM:
         log_stats: bool = True,
         stat_loggers: Iterable[StatLoggerBase] = (),
         log_interval_s: float = LOG_INTERVAL_S,
+        owns_engine: bool = False,
     ) -> None:
         self.engine = engine
+        self._owns_engine = owns_engine  # shutdown() also shuts the engine (its executor) down
         self.stat_loggers: list[StatLoggerBase] = list(stat_loggers)
         if log_stats:
             self.stat_loggers.append(LoggingStatLogger())
@@ -103,7 +80,6 @@ class AsyncLLM:
         self._stopping = False
         self._dead_error: EngineDeadError | None = None
         self._last_stats = SchedulerStats()
-        self._num_free_blocks: int | None = None
         self._thread = threading.Thread(target=self._run_loop, name="pagedllm-engine", daemon=True)
         self._thread.start()
 
@@ -114,7 +90,7 @@ class AsyncLLM:
         from pagedllm.engine.llm_engine import LLMEngine
 
         engine = LLMEngine.from_engine_args(engine_args)
-        return cls(engine, not engine_args.disable_log_stats, stat_loggers)
+        return cls(engine, not engine_args.disable_log_stats, stat_loggers, owns_engine=True)
 
     # ---- read-only views, safe from any thread -------------------------------------
 
@@ -138,37 +114,33 @@ class AsyncLLM:
         """The snapshot taken after the latest loop iteration."""
         return self._last_stats
 
-    @property
-    def num_free_blocks(self) -> int | None:
-        return self._num_free_blocks
-
     async def check_health(self) -> None:
         if self._dead_error is not None:
             raise self._dead_error
 
     # ---- the request API ---------------------------------------------------------------
 
-    async def generate(
+    def generate(
         self,
         prompt: PromptType,
         sampling_params: SamplingParams,
         request_id: str,
         arrival_time: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        async for output in self._run_request(prompt, sampling_params, request_id, arrival_time):
-            assert isinstance(output, RequestOutput)
-            yield output
+        """The request's outputs (per sampling_params.output_kind). Leaving the loop early
+        or cancelling the consumer aborts the request and frees its KV blocks."""
+        stream = self._run_request(prompt, sampling_params, request_id, arrival_time)
+        return cast(AsyncIterator[RequestOutput], stream)
 
-    async def encode(
+    def encode(
         self,
         prompt: PromptType,
         pooling_params: PoolingParams,
         request_id: str,
         arrival_time: float | None = None,
     ) -> AsyncIterator[PoolingRequestOutput]:
-        async for output in self._run_request(prompt, pooling_params, request_id, arrival_time):
-            assert isinstance(output, PoolingRequestOutput)
-            yield output
+        stream = self._run_request(prompt, pooling_params, request_id, arrival_time)
+        return cast(AsyncIterator[PoolingRequestOutput], stream)
 
     async def abort(self, request_id: str | Iterable[str]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
@@ -179,6 +151,9 @@ class AsyncLLM:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout_s)
+        if self._owns_engine and hasattr(self.engine, "shutdown"):
+            self._owns_engine = False  # once
+            self.engine.shutdown()
 
     async def _run_request(
         self,
@@ -261,22 +236,22 @@ class AsyncLLM:
     def _add(self, command: _AddCommand) -> None:
         stream = command.stream
         if self._dead_error is not None:
-            _post({stream.loop: [(stream, self._dead_error)]})
+            post({stream.loop: [(stream, self._dead_error)]})
             return
         if stream.request_id in self._streams:
             error = ValueError(f"request id {stream.request_id!r} is already running")
-            _post({stream.loop: [(stream, error)]})
+            post({stream.loop: [(stream, error)]})
             return
         try:
             self.engine.add_request(
                 stream.request_id, command.prompt, command.params, command.arrival_time
             )
         except (ValueError, TypeError) as exc:  # a bad request: the caller answers 400
-            _post({stream.loop: [(stream, ValueError(str(exc)))]})
+            post({stream.loop: [(stream, ValueError(str(exc)))]})
             return
         except Exception as exc:
             logger.exception("add_request(%s) failed", stream.request_id)
-            _post({stream.loop: [(stream, EngineGenerateError(f"add_request failed: {exc!r}"))]})
+            post({stream.loop: [(stream, EngineGenerateError(f"add_request failed: {exc!r}"))]})
             return
         self._streams[stream.request_id] = stream
 
@@ -289,7 +264,7 @@ class AsyncLLM:
         except Exception as exc:
             logger.exception("abort_request failed")
             self._mark_dead(exc)
-        _post(_group([(s, None) for s in streams]))
+        post(group_by_loop([(s, None) for s in streams]))
         logger.info("Aborted request(s) %s", ", ".join(s.request_id for s in streams))
 
     def _step(self) -> None:
@@ -309,12 +284,16 @@ class AsyncLLM:
                 del self._streams[output.request_id]
                 finished.append(output)
             pairs.append((stream, output))
-        _post(_group(pairs))
+        post(group_by_loop(pairs))
         self._record_stats(finished)
 
     def _recover_from_step_error(self, exc: Exception) -> None:
         """Fail and abort everything in flight; the engine is dead if that fails too."""
         ids = list(self._streams)
+        if isinstance(exc, ExecutorDeadError):  # a worker is gone: no step can run again
+            self._mark_dead(exc)
+            self._fail_streams(self._dead_error or EngineDeadError(str(exc)))
+            return
         self._fail_streams(EngineGenerateError(f"The engine step failed: {exc!r}"))
         try:
             if ids:
@@ -326,9 +305,9 @@ class AsyncLLM:
             self._mark_dead(abort_exc)
 
     def _fail_streams(self, error: BaseException) -> None:
-        pairs = [(s, error) for s in self._streams.values()]
+        pairs: list[tuple[RequestStream, StreamItem]] = [(s, error) for s in self._streams.values()]
         self._streams.clear()
-        _post(_group(pairs))
+        post(group_by_loop(pairs))
 
     def _mark_dead(self, cause: BaseException) -> None:
         if self._dead_error is None:
@@ -337,7 +316,6 @@ class AsyncLLM:
     def _record_stats(self, finished: list[EngineOutput]) -> None:
         try:
             stats = self.engine.get_stats()
-            self._num_free_blocks = self.engine.get_num_free_blocks()
         except Exception:
             logger.exception("get_stats failed")
             return
@@ -355,14 +333,5 @@ class AsyncLLM:
             stat_logger.log()
 
 
-def _group(
-    pairs: list[tuple[RequestStream, StreamItem]],
-) -> dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, StreamItem]]]:
-    grouped: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, StreamItem]]]
-    grouped = defaultdict(list)
-    for stream, item in pairs:
-        grouped[stream.loop].append((stream, item))
-    return grouped
-
-
 AsyncLLMEngine = AsyncLLM
+__all__ = ["AsyncLLM", "AsyncLLMEngine", "EngineDeadError", "EngineGenerateError"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import ModelConfig
+from pagedllm.layers.sampling_metadata import verify_token_ids
 from pagedllm.sampling_params import SamplingParams
 
 PromptType = Any  # str | {"prompt": str} | {"prompt_token_ids": list[int]} | list[int]
@@ -41,7 +42,9 @@ def _split_prompt(prompt: PromptType) -> tuple[str | None, list[int] | None]:
         raise ValueError("prompt dict must have 'prompt' (str) or 'prompt_token_ids' (list of int)")
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
         return None, list(prompt)
-    raise ValueError(f"prompt must be a string, a token id list or a dict, got {type(prompt).__name__}")
+    raise ValueError(
+        f"prompt must be a string, a token id list or a dict, got {type(prompt).__name__}"
+    )
 
 
 def _validate_token_ids(token_ids: list[int], model_config: ModelConfig) -> None:
@@ -50,7 +53,9 @@ def _validate_token_ids(token_ids: list[int], model_config: ModelConfig) -> None
     vocab = model_config.vocab_size
     bad = [t for t in token_ids if t < 0 or t >= vocab]
     if bad:
-        raise ValueError(f"prompt_token_ids contains token id {bad[0]} outside the vocabulary [0, {vocab})")
+        raise ValueError(
+            f"prompt_token_ids contains token id {bad[0]} outside the vocabulary [0, {vocab})"
+        )
 
 
 def check_prompt_length(num_prompt_tokens: int, model_config: ModelConfig, pooling: bool) -> None:
@@ -64,7 +69,10 @@ def check_prompt_length(num_prompt_tokens: int, model_config: ModelConfig, pooli
 
 
 def resolve_sampling_params(
-    params: SamplingParams, num_prompt_tokens: int, model_config: ModelConfig, eos_token_id: int | None
+    params: SamplingParams,
+    num_prompt_tokens: int,
+    model_config: ModelConfig,
+    eos_token_id: int | None,
 ) -> tuple[SamplingParams, int]:
     """A private copy with EOS resolved, and the effective max_tokens."""
     sp = params.clone()
@@ -72,13 +80,15 @@ def resolve_sampling_params(
     room = model_config.max_model_len - num_prompt_tokens
     max_tokens = room if sp.max_tokens is None else min(sp.max_tokens, room)
     if sp.logprobs is not None and sp.logprobs > model_config.max_logprobs:
-        raise ValueError(f"logprobs must be at most max_logprobs={model_config.max_logprobs}, got {sp.logprobs}")
+        raise ValueError(
+            f"logprobs must be at most max_logprobs={model_config.max_logprobs}, got {sp.logprobs}"
+        )
     if sp.prompt_logprobs is not None and sp.prompt_logprobs > model_config.max_logprobs:
         raise ValueError(
             f"prompt_logprobs must be at most max_logprobs={model_config.max_logprobs}, got {sp.prompt_logprobs}"
         )
+    verify_token_ids(sp, model_config.vocab_size)
     vocab = model_config.vocab_size
-    for name, ids in (("stop_token_ids", sp.stop_token_ids or []), ("logit_bias", list(sp.logit_bias or {}))):
-        if any(t >= vocab for t in ids):
-            raise ValueError(f"{name} contains a token id outside the vocabulary [0, {vocab})")
+    if any(t >= vocab for t in sp.stop_token_ids or []):
+        raise ValueError(f"stop_token_ids contains a token id outside the vocabulary [0, {vocab})")
     return sp, max_tokens

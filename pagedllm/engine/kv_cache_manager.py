@@ -8,6 +8,8 @@ request with the same prefix shares them copy-free (ref_cnt > 1).
 
 from __future__ import annotations
 
+import itertools
+
 from pagedllm.engine.block_pool import BlockPool, KVCacheBlock, hash_block_tokens
 from pagedllm.engine.request import Request
 
@@ -22,6 +24,7 @@ class KVCacheManager:
         self.enable_caching = enable_caching
         self.block_pool = BlockPool(num_blocks, enable_caching)
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
+        self.req_to_block_ids: dict[str, list[int]] = {}  # the same blocks' ids, kept in step
         self.num_cached_blocks: dict[str, int] = {}  # leading blocks already in the cache map
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
@@ -38,7 +41,8 @@ class KVCacheManager:
         return self.block_pool.get_num_free_blocks()
 
     def get_block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
+        """The request's block table (a live list: read it, do not keep or change it)."""
+        return self.req_to_block_ids.get(request_id, [])
 
     def _update_block_hashes(self, request: Request) -> list[int]:
         """Extend request.block_hashes over every full block of known tokens."""
@@ -97,24 +101,35 @@ class KVCacheManager:
         """Give the request blocks for num_new_tokens more tokens (after its
         computed ones and the new prefix hits). None, and no change, when the pool
         is short."""
+        if not new_computed_blocks:
+            blocks = self.req_to_blocks.get(request.request_id)
+            end = request.num_computed_tokens + num_new_tokens
+            if blocks is not None and end <= len(blocks) * self.block_size:
+                # Fast path (most decode steps): the tokens fit in the blocks held.
+                self._cache_full_blocks(request, blocks, end)
+                return []
         new_computed_blocks = new_computed_blocks or []
         num_new_blocks = self._num_blocks_to_take(request, num_new_tokens, new_computed_blocks)
         if num_new_blocks is None:
             return None
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
+        block_ids = self.req_to_block_ids.setdefault(request.request_id, [])
         self.block_pool.touch(new_computed_blocks)
-        blocks.extend(new_computed_blocks)
         new_blocks = self.block_pool.get_new_blocks(num_new_blocks)
-        blocks.extend(new_blocks)
+        for block in itertools.chain(new_computed_blocks, new_blocks):
+            blocks.append(block)
+            block_ids.append(block.block_id)
         num_known = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
         self._cache_full_blocks(request, blocks, num_known + num_new_tokens)
         return new_blocks
 
-    def _cache_full_blocks(self, request: Request, blocks: list[KVCacheBlock], num_tokens: int) -> None:
+    def _cache_full_blocks(
+        self, request: Request, blocks: list[KVCacheBlock], num_tokens: int
+    ) -> None:
         if not self.enable_caching or request.is_pooling:
             return
-        start = self.num_cached_blocks.get(request.request_id, 0)
         num_full = min(num_tokens, request.num_tokens) // self.block_size
+        start = self.num_cached_blocks.get(request.request_id, 0)
         if num_full <= start:
             return
         hashes = self._update_block_hashes(request)
@@ -124,6 +139,7 @@ class KVCacheManager:
 
     def free(self, request: Request) -> None:
         blocks = self.req_to_blocks.pop(request.request_id, [])
+        self.req_to_block_ids.pop(request.request_id, None)
         self.num_cached_blocks.pop(request.request_id, None)
         self.block_pool.free_blocks(list(reversed(blocks)))
 
@@ -133,7 +149,8 @@ class KVCacheManager:
     def check_integrity(self) -> None:
         self.block_pool.check_integrity()
         counts: dict[int, int] = {}
-        for blocks in self.req_to_blocks.values():
+        for req_id, blocks in self.req_to_blocks.items():
+            assert self.req_to_block_ids[req_id] == [b.block_id for b in blocks]
             for b in blocks:
                 counts[b.block_id] = counts.get(b.block_id, 0) + 1
         for block in self.block_pool.blocks:

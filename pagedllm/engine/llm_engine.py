@@ -17,7 +17,8 @@ from pagedllm.engine.kv_cache_manager import KVCacheManager
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler import Scheduler
-from pagedllm.executor.base import get_executor_class
+from pagedllm.engine.scheduler_output import SchedulerOutput
+from pagedllm.executor.base import ExecutorDeadError, get_executor_class
 from pagedllm.layers.pooler import verify_pooling_params
 from pagedllm.model_loader.tokenizer import get_tokenizer
 from pagedllm.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
@@ -47,7 +48,14 @@ class LLMEngine:
         self.scheduler = Scheduler(engine_config.scheduler_config, self.kv_cache_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._counter = itertools.count()
-        logger.info("LLMEngine ready: %s, %d KV blocks of %d tokens", self.model_config.model, num_blocks, cc.block_size)
+        self.async_scheduling = engine_config.scheduler_config.async_scheduling
+        self._pending: tuple[SchedulerOutput, Any] | None = None  # launched, not yet finished
+        logger.info(
+            "LLMEngine ready: %s, %d KV blocks of %d tokens",
+            self.model_config.model,
+            num_blocks,
+            cc.block_size,
+        )
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> LLMEngine:
@@ -79,7 +87,9 @@ class LLMEngine:
         self._check_fits_cache(len(processed.prompt_token_ids), pooling)
         arrival = arrival_time if arrival_time is not None else time.time()
         if isinstance(params, PoolingParams):
-            verify_pooling_params(params, self.model_config.hf_config, self.model_config.served_model_name)
+            verify_pooling_params(
+                params, self.model_config.hf_config, self.model_config.served_model_name
+            )
             children = [self._pooling_request(request_id, processed, params, arrival)]
         else:
             children = self._sampling_requests(request_id, processed, params, arrival)
@@ -90,9 +100,13 @@ class LLMEngine:
     def _check_runner(self, pooling: bool) -> None:
         runner = self.model_config.runner
         if pooling and runner != "pooling":
-            raise ValueError("This model does not support embeddings: start it with runner='pooling'")
+            raise ValueError(
+                "This model does not support embeddings: start it with runner='pooling'"
+            )
         if not pooling and runner == "pooling":
-            raise ValueError("This model runs as a pooling (embedding) model and cannot generate text")
+            raise ValueError(
+                "This model runs as a pooling (embedding) model and cannot generate text"
+            )
 
     def _check_fits_cache(self, num_prompt_tokens: int, pooling: bool) -> None:
         kv = self.kv_cache_manager
@@ -102,7 +116,10 @@ class LLMEngine:
                 f"The prompt needs {needed} KV cache blocks but the whole cache has only "
                 f"{kv.num_blocks}; shorten the prompt or give the KV cache more memory"
             )
-        if pooling and num_prompt_tokens > self.engine_config.scheduler_config.max_num_batched_tokens:
+        if (
+            pooling
+            and num_prompt_tokens > self.engine_config.scheduler_config.max_num_batched_tokens
+        ):
             raise ValueError(
                 f"The input (length {num_prompt_tokens}) is longer than max_num_batched_tokens="
                 f"{self.engine_config.scheduler_config.max_num_batched_tokens}"
@@ -159,11 +176,37 @@ class LLMEngine:
 
     # ---- the step -------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
+        """Schedule and launch one step, then finish the previous one (async
+        scheduling: the host prepares step N+1 while the device runs step N) or
+        this one (synchronous)."""
+        outputs: list[EngineOutput] = []
+        if not self.async_scheduling or self.scheduler.has_history_requests():
+            outputs += self._finish_pending()  # sampling needs the latest tokens first
         scheduler_output = self.scheduler.schedule()
         try:
-            runner_output = self.executor.execute_model(scheduler_output)
+            result = self.executor.execute_model(scheduler_output)
+        except ExecutorDeadError:
+            # A worker is gone: no later step can run either, so the caller must know.
+            self._fail_step([s.req_id for s in scheduler_output.scheduled])
+            raise
         except Exception:
-            logger.exception("Model execution failed; failing the %d requests of this step", len(scheduler_output.scheduled))
+            logger.exception("Model execution failed")
+            return outputs + self._fail_step([s.req_id for s in scheduler_output.scheduled])
+        outputs += self._finish_pending()
+        self._pending = (scheduler_output, result)
+        if not self.async_scheduling:
+            outputs += self._finish_pending()
+        return outputs
+
+    def _finish_pending(self) -> list[EngineOutput]:
+        if self._pending is None:
+            return []
+        scheduler_output, result = self._pending
+        self._pending = None
+        try:
+            runner_output = result.get()
+        except Exception:
+            logger.exception("Model execution failed")
             return self._fail_step([s.req_id for s in scheduler_output.scheduled])
         updated = self.scheduler.update_from_output(scheduler_output, runner_output)
         outputs, stopped = self.output_processor.process(updated)
@@ -176,7 +219,7 @@ class LLMEngine:
         return outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._pending is not None
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.output_processor.states)

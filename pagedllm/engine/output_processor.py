@@ -12,9 +12,9 @@ from pagedllm.engine.request import Request, RequestStatus
 from pagedllm.engine.scheduler_output import SampledLogprobs
 from pagedllm.outputs import (
     CompletionOutput,
+    EmbeddingOutput,
     Logprob,
     LogprobsDict,
-    EmbeddingOutput,
     PoolingRequestOutput,
     RequestMetrics,
     RequestOutput,
@@ -81,13 +81,8 @@ class OutputProcessor:
         sp = request.sampling_params
         if sp is None or not sp.detokenize or self.tokenizer is None:
             return None
-        return IncrementalDetokenizer(
-            self.tokenizer,
-            request.prompt_token_ids,
-            skip_special_tokens=sp.skip_special_tokens,
-            spaces_between_special_tokens=sp.spaces_between_special_tokens,
-            stop=list(sp.stop or []),
-            include_stop_str_in_output=sp.include_stop_str_in_output,
+        return IncrementalDetokenizer.from_sampling_params(
+            self.tokenizer, request.prompt_token_ids, sp
         )
 
     def has_request(self, parent_id: str) -> bool:
@@ -100,7 +95,9 @@ class OutputProcessor:
         state = self.states.get(parent_id)
         return list(state.child_order) if state else []
 
-    def process(self, updated: list[Request]) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str]]:
+    def process(
+        self, updated: list[Request]
+    ) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str]]:
         """Returns the outputs to hand out and the child ids stopped by a stop string
         (the caller finishes those in the scheduler)."""
         now = time.time()
@@ -115,6 +112,8 @@ class OutputProcessor:
             if request.is_pooling:
                 pooled.append(self._pooling_output(state, request, now))
                 continue
+            if not request.is_finished and _deferrable(state.params):
+                continue  # nothing to emit or check before it finishes: catch up then
             if self._update_child(state, request, now):
                 stopped.append(request.request_id)
             touched[parent_id] = state
@@ -137,8 +136,14 @@ class OutputProcessor:
         child.token_ids.extend(new_tokens)
         child.updated = True
         self._update_metrics(state, request, len(new_tokens), now)
-        if state.prompt_logprobs is None and sp.prompt_logprobs is not None and request.prompt_logprobs:
-            state.prompt_logprobs = [None] + [self._logprob_dict(lp, sp.prompt_logprobs) for lp in request.prompt_logprobs]
+        if (
+            state.prompt_logprobs is None
+            and sp.prompt_logprobs is not None
+            and request.prompt_logprobs
+        ):
+            state.prompt_logprobs = [None] + [
+                self._logprob_dict(lp, sp.prompt_logprobs) for lp in request.prompt_logprobs
+            ]
         if state.num_cached_tokens == 0:
             state.num_cached_tokens = max(0, request.num_cached_tokens)
         for lp in new_logprobs:
@@ -151,7 +156,9 @@ class OutputProcessor:
             return True
         if request.is_finished:
             child.finish_reason = request.finish_reason
-            child.stop_reason = request.stop_reason if child.stop_reason is None else child.stop_reason
+            child.stop_reason = (
+                request.stop_reason if child.stop_reason is None else child.stop_reason
+            )
         return False
 
     def _detokenize(self, child: ChildState, request: Request, new_tokens: list[int]) -> str | None:
@@ -163,17 +170,19 @@ class OutputProcessor:
             request.status == RequestStatus.FINISHED_STOPPED
             and request.output_token_ids[-1] in sp.all_stop_token_ids
         )
-        if stopped_by_token and not sp.include_stop_str_in_output:
-            new_tokens = new_tokens[:-1]  # the stop token's text is not part of the output
         if child.finish_reason is not None:
             return None
-        return child.detokenizer.update(new_tokens) if new_tokens else None
+        return child.detokenizer.update(new_tokens, stop_terminated=stopped_by_token)
 
-    def _update_metrics(self, state: RequestState, request: Request, num_new: int, now: float) -> None:
+    def _update_metrics(
+        self, state: RequestState, request: Request, num_new: int, now: float
+    ) -> None:
         m = state.metrics
         if num_new:
             if m.first_token_time is None:
-                m.first_token_time = now
+                # The scheduler stamps the first token (outputs may be deferred).
+                first = request.metrics.first_token_time if request.metrics else None
+                m.first_token_time = first or now
             m.last_token_time = now
             m.num_generation_tokens += num_new
 
@@ -181,7 +190,8 @@ class OutputProcessor:
         result: LogprobsDict = {}
         sampled = lp.token_ids[0]
         result[sampled] = Logprob(lp.logprobs[0], lp.sampled_rank, self._decode(sampled))
-        for rank, (tid, value) in enumerate(zip(lp.token_ids[1 : k + 1], lp.logprobs[1 : k + 1]), 1):
+        end = len(lp.token_ids) if k < 0 else k + 1  # k == -1: the whole vocabulary
+        for rank, (tid, value) in enumerate(zip(lp.token_ids[1:end], lp.logprobs[1:end]), 1):
             if tid not in result:
                 result[tid] = Logprob(value, rank, self._decode(tid))
         return result
@@ -238,7 +248,9 @@ class OutputProcessor:
             stop_reason=c.stop_reason,
         )
 
-    def _pooling_output(self, state: RequestState, request: Request, now: float) -> PoolingRequestOutput:
+    def _pooling_output(
+        self, state: RequestState, request: Request, now: float
+    ) -> PoolingRequestOutput:
         state.metrics.finished_time = now
         self._forget(state)
         return PoolingRequestOutput(
@@ -259,3 +271,13 @@ class OutputProcessor:
         self.states.pop(state.request_id, None)
         for child_id in state.child_order:
             self.child_to_parent.pop(child_id, None)
+
+
+def _deferrable(params: SamplingParams | None) -> bool:
+    """A final-only request without stop strings needs no per-step work: its tokens
+    are detokenized in one go when it finishes."""
+    return (
+        params is not None
+        and params.output_kind == RequestOutputKind.FINAL_ONLY
+        and not params.stop
+    )

@@ -56,6 +56,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    # Tokens being sampled by a step still in flight (async scheduling): counted as
+    # known for scheduling, appended when the step's output arrives.
+    num_output_placeholders: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first scheduling; -1: not scheduled yet
     num_preemptions: int = 0
     stop_reason: int | str | None = None
@@ -65,6 +68,7 @@ class Request:
     block_hashes: list[int] = field(default_factory=list)  # hashes of full blocks, computed lazily
     metrics: RequestMetrics | None = None
     pooled: list[float] | None = None  # the embedding, for pooling requests
+    seen_by_runner: bool = False  # the runner has its prompt (sent on first scheduling)
 
     def __post_init__(self) -> None:
         if self.metrics is None:
@@ -83,12 +87,22 @@ class Request:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
+    def num_tokens_with_placeholders(self) -> int:
+        return (
+            len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_output_placeholders
+        )
+
+    @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
     def token_id_at(self, position: int) -> int:
+        """The token at a position; -1 for a placeholder (sampled by a step in flight)."""
         n = len(self.prompt_token_ids)
-        return self.prompt_token_ids[position] if position < n else self.output_token_ids[position - n]
+        if position < n:
+            return self.prompt_token_ids[position]
+        position -= n
+        return self.output_token_ids[position] if position < len(self.output_token_ids) else -1
 
     @property
     def is_finished(self) -> bool:

@@ -14,6 +14,7 @@ later from the waiting queue's head.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 
@@ -37,13 +38,20 @@ class Scheduler:
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()  # finished since the last step
         self.stats = SchedulerStats(num_gpu_blocks=kv_cache_manager.num_blocks)
-        self._seen_by_runner: set[str] = set()
         self.finished_now: list[Request] = []  # finished inside schedule() (cannot ever fit)
+        self._history_req_ids: set[str] = set()  # requests whose sampling reads their outputs
 
     # ---- requests in and out -------------------------------------------
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        sp = request.sampling_params
+        if sp is not None and uses_token_history(sp):
+            self._history_req_ids.add(request.request_id)
+
+    def has_history_requests(self) -> bool:
+        """Whether an unfinished request samples from its own output so far."""
+        return bool(self._history_req_ids)
 
     def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> list[Request]:
         """Abort (or stop on a stop string) requests wherever they are; free their blocks."""
@@ -62,6 +70,7 @@ class Scheduler:
         return done
 
     def _free(self, request: Request) -> None:
+        self._history_req_ids.discard(request.request_id)
         self.kv.free(request)
         self.finished_req_ids.add(request.request_id)
         self.requests.pop(request.request_id, None)
@@ -90,7 +99,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(
+                request.num_tokens_with_placeholders - request.num_computed_tokens, budget
+            )
+            if num_new <= 0 or self._reached_limit(request):
+                i += 1  # waits for its in-flight token, or that token is its last
+                continue
             while self.kv.allocate_slots(request, num_new) is None:
                 victim = self.running.pop()  # the newest running request
                 self._preempt(victim)
@@ -102,6 +116,16 @@ class Scheduler:
                 budget -= num_new
                 i += 1
         return budget, preempted
+
+    def _reached_limit(self, request: Request) -> bool:
+        """With a token in flight: would one more step exceed max_tokens / max_model_len?"""
+        if request.num_output_placeholders == 0 or request.sampling_params is None:
+            return False
+        outputs = request.num_output_tokens + request.num_output_placeholders
+        return (
+            outputs >= request.max_tokens
+            or request.num_tokens_with_placeholders >= self.config.max_model_len
+        )
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
@@ -125,6 +149,8 @@ class Scheduler:
     def _schedule_waiting(self, budget: int, out: list[ScheduledRequest]) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
+            if request.num_output_placeholders:
+                break  # preempted with a token in flight: resume once it has arrived
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_hit_tokens
             if num_new > budget and (request.is_pooling or not self.config.enable_chunked_prefill):
@@ -136,31 +162,41 @@ class Scheduler:
             self.running.append(request)
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = num_hit_tokens
+            if request.metrics is not None and request.metrics.first_scheduled_time is None:
+                request.metrics.first_scheduled_time = time.time()
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_hit_tokens
             out.append(self._make_scheduled(request, num_new))
             budget -= num_new
 
     def _make_scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+        """Describe the step for the runner and advance the request past it: its
+        num_computed_tokens counts the scheduled tokens from now on, and a step that
+        samples adds a placeholder for the token it will produce."""
         start = request.num_computed_tokens
-        first_sight = request.request_id not in self._seen_by_runner
-        self._seen_by_runner.add(request.request_id)
+        first_sight = not request.seen_by_runner
+        request.seen_by_runner = True
         sp = request.sampling_params
-        needs_history = sp is not None and _uses_penalties(sp)
-        return ScheduledRequest(
+        needs_history = request.request_id in self._history_req_ids
+        num_tokens = request.num_tokens_with_placeholders
+        scheduled = ScheduledRequest(
             req_id=request.request_id,
             new_token_ids=[request.token_id_at(p) for p in range(start, start + num_new)]
             if num_new > 1
             else [request.token_id_at(start)],
             num_computed_tokens=start,
             block_ids=self.kv.get_block_ids(request.request_id),
-            num_tokens=request.num_tokens,
+            num_tokens=num_tokens,
             sampling_params=sp,
             pooling_params=request.pooling_params,
             prompt_token_ids=request.prompt_token_ids if (first_sight or needs_history) else None,
             output_token_ids=request.output_token_ids if needs_history else None,
             num_prompt_tokens=request.num_prompt_tokens,
         )
+        request.num_computed_tokens = start + num_new
+        if sp is not None and start + num_new == num_tokens:
+            request.num_output_placeholders += 1
+        return scheduled
 
     # ---- after the step -----------------------------------------------------
     def update_from_output(
@@ -173,9 +209,12 @@ class Scheduler:
         for i, sched in enumerate(scheduler_output.scheduled):
             request = self.requests.get(sched.req_id)
             if request is None or request.is_finished:
-                continue  # aborted while the step ran
-            request.num_computed_tokens += sched.num_new_tokens
-            prompt_end = min(request.num_prompt_tokens, request.num_computed_tokens)
+                continue  # finished while the step ran
+            if sched.samples:
+                request.num_output_placeholders -= 1
+            prompt_end = min(
+                sched.num_prompt_tokens, sched.num_computed_tokens + sched.num_new_tokens
+            )
             self.stats.prompt_tokens += max(0, prompt_end - sched.num_computed_tokens)
             if self._apply_result(request, sched, runner_output, i):
                 updated.append(request)
@@ -198,6 +237,8 @@ class Scheduler:
             return False
         request.output_token_ids.append(token)
         self.stats.generation_tokens += 1
+        if request.metrics is not None and request.metrics.first_token_time is None:
+            request.metrics.first_token_time = time.time()
         if out.logprobs is not None and out.logprobs[i] is not None:
             request.logprobs.append(out.logprobs[i])
         if check_stop(request, self.config.max_model_len):
@@ -205,7 +246,10 @@ class Scheduler:
         return True
 
     def _finish_running(self, request: Request) -> None:
-        self.running.remove(request)
+        if request in self.waiting:
+            self.waiting.remove(request)  # preempted while its last token was in flight
+        else:
+            self.running.remove(request)
         self._free(request)
 
     def make_stats(self) -> SchedulerStats:
@@ -218,7 +262,9 @@ class Scheduler:
         return s
 
 
-def _uses_penalties(sp: SamplingParams) -> bool:
+def uses_token_history(sp: SamplingParams) -> bool:
+    """Whether sampling reads the output tokens so far (so a step cannot start
+    before the previous one's token is known)."""
     return (
         sp.presence_penalty != 0.0
         or sp.frequency_penalty != 0.0

@@ -13,7 +13,9 @@ from pagedllm.sampling_params import PoolingParams, SamplingParams
 @dataclass
 class ScheduledRequest:
     req_id: str
-    new_token_ids: list[int]  # the tokens computed this step (positions start at num_computed_tokens)
+    new_token_ids: list[
+        int
+    ]  # the tokens computed this step (positions start at num_computed_tokens)
     num_computed_tokens: int  # tokens already in the KV cache before this step
     block_ids: list[int]  # the request's whole block table
     num_tokens: int  # prompt + output tokens known so far
@@ -65,8 +67,15 @@ class SampledLogprobs:
 @dataclass
 class ModelRunnerOutput:
     req_ids: list[str]  # same order as SchedulerOutput.scheduled
-    sampled_token_ids: list[int | None]  # None where the step did not reach the end (chunked prefill)
+    sampled_token_ids: list[
+        int | None
+    ]  # None where the step did not reach the end (chunked prefill)
     logprobs: list[SampledLogprobs | None] | None = None
     # Per request id, one entry per prompt position computed this step.
     prompt_logprobs: dict[str, list[SampledLogprobs]] = field(default_factory=dict)
     pooled: dict[str, list[float]] = field(default_factory=dict)
+
+    def get(self) -> ModelRunnerOutput:
+        """Outputs that are already on the host are their own result (see
+        worker/async_output.py for the ones that are not yet)."""
+        return self

@@ -124,11 +124,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", type=str, default=None)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", type=str, default="info")
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
     add_engine_args(parser)
     args = parser.parse_args(argv)
     configure_logging()
     app = build_app(engine_args_from_namespace(args))
-    uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app,
+        host=args.host or "0.0.0.0",
+        port=args.port,
+        log_level=args.log_level,
+        access_log=not args.disable_uvicorn_access_log,
+    )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     engine = _make_engine(args)
     for i, prompt in enumerate(prompts):
         try:
-            final = list(_run(engine, str(i), prompt, params))[-1]
+            final = list(_run(engine, f"generate-{i}", prompt, params))[-1]
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             continue

@@ -8,9 +8,10 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import Request
+if TYPE_CHECKING:  # no server packages needed for the offline CLI (GPU image)
+    from fastapi import Request
 
 T = TypeVar("T")
 
@@ -67,13 +68,13 @@ async def merge_async_iterators(*iterators: AsyncIterator[T]) -> AsyncIterator[t
     remaining = len(tasks)
     try:
         while remaining:
-            item = await queue.get()
-            if item is None:
+            entry = await queue.get()
+            if entry is None:
                 remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
+            elif isinstance(entry, BaseException):
+                raise entry
             else:
-                yield item
+                yield entry
     finally:
         for task in tasks:
             task.cancel()

@@ -7,6 +7,17 @@ from abc import ABC, abstractmethod
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.worker.async_output import AsyncModelRunnerOutput
+
+
+class ExecutorDeadError(RuntimeError):
+    """A worker died or failed mid-step: the ranks' collectives are out of step, so
+    the executor (and its engine) cannot run another step. Not recoverable.
+    `remote_error` is the exception the worker raised, when it raised one."""
+
+    def __init__(self, message: str, remote_error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.remote_error = remote_error
 
 
 class Executor(ABC):
@@ -21,13 +32,19 @@ class Executor(ABC):
     def initialize_kv_cache(self, num_blocks: int) -> None: ...
 
     @abstractmethod
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput: ...
+    def execute_model(
+        self, scheduler_output: SchedulerOutput
+    ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
+        """Launch the step; `.get()` on the result gives its ModelRunnerOutput (waiting
+        for the device when the tokens are still on their way to the host)."""
 
     def check_health(self) -> None:
-        """Raise if a worker is gone."""
+        """Raise ExecutorDeadError if a worker is gone."""
+        return None
 
     def shutdown(self) -> None:
         """Release workers and their processes."""
+        return None
 
 
 def get_executor_class(config: EngineConfig) -> type[Executor]:

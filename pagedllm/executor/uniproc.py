@@ -5,6 +5,7 @@ from __future__ import annotations
 from pagedllm.config import EngineConfig
 from pagedllm.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.executor.base import Executor
+from pagedllm.worker.async_output import AsyncModelRunnerOutput
 from pagedllm.worker.worker import Worker
 
 
@@ -25,5 +26,14 @@ class UniProcExecutor(Executor):
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.worker.initialize_kv_cache(num_blocks)
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.worker.execute_model(scheduler_output)
+    def execute_model(
+        self, scheduler_output: SchedulerOutput
+    ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
+        # One rank: it is the output rank, so its runner's output is the step's.
+        return self.worker.model_runner.execute_model(scheduler_output)
+
+    def shutdown(self) -> None:
+        # Drop the model, KV cache and CUDA graphs; device memory goes with them.
+        self.worker.model_runner.cuda_graphs = None
+        self.worker.model_runner.kv_caches = []
+        self.worker.model_runner.model = None

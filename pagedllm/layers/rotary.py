@@ -68,6 +68,7 @@ class RotaryEmbedding(nn.Module):
         self.is_neox_style = is_neox_style
         cache = self._compute_cos_sin_cache(max_position, base, rope_scaling)
         # [max_position, rotary_dim] float32: cos in the first half, sin in the second.
+        self.cos_sin_cache: torch.Tensor
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def _compute_cos_sin_cache(
@@ -115,6 +116,19 @@ class RotaryEmbedding(nn.Module):
         return q.reshape(query.shape), k.reshape(key.shape)
 
 
+# One module per distinct configuration and device: every layer of a model shares it
+# (a 30-layer model would otherwise hold 30 identical cos/sin caches).
+_ROPE_CACHE: dict[tuple[Any, ...], RotaryEmbedding] = {}
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
 def get_rope(
     head_size: int,
     rotary_dim: int,
@@ -123,7 +137,22 @@ def get_rope(
     is_neox_style: bool = True,
     rope_scaling: dict[str, Any] | None = None,
 ) -> RotaryEmbedding:
-    return RotaryEmbedding(head_size, rotary_dim, max_position, base, is_neox_style, rope_scaling)
+    """The (shared) rotary embedding, built on the current default device."""
+    device = torch.get_default_device()
+    key = (
+        head_size,
+        rotary_dim,
+        max_position,
+        base,
+        is_neox_style,
+        _freeze(rope_scaling),
+        str(device),
+    )
+    if key not in _ROPE_CACHE:
+        _ROPE_CACHE[key] = RotaryEmbedding(
+            head_size, rotary_dim, max_position, base, is_neox_style, rope_scaling
+        )
+    return _ROPE_CACHE[key]
 
 
 def get_rope_from_config(
@@ -131,6 +160,11 @@ def get_rope_from_config(
 ) -> RotaryEmbedding:
     """The rotary embedding an HF config asks for (theta, scaling, partial_rotary_factor)."""
     base, scaling = rope_parameters(config)
-    partial = float(getattr(config, "partial_rotary_factor", None) or 1.0)
+    # transformers 5 moved partial_rotary_factor into rope_parameters.
+    rope_dict = getattr(config, "rope_parameters", None) or {}
+    partial = rope_dict.get("partial_rotary_factor") or getattr(
+        config, "partial_rotary_factor", None
+    )
+    partial = float(partial or 1.0)
     max_position = int(getattr(config, "max_position_embeddings", None) or 2048)
     return get_rope(head_size, int(head_size * partial), max_position, base, is_neox_style, scaling)

@@ -67,6 +67,12 @@ class Sampler(nn.Module):
         return SamplerOutput(sampled, lp.logprobs_token_ids, lp.logprobs, lp.ranks)
 
     def _sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+        if _fused_sampling_applies(logits, metadata):
+            from pagedllm.layers.triton_gumbel_sample import gumbel_sample
+
+            assert metadata.temperature is not None
+            seed = int(torch.randint(0, 2**31 - 1, (1,)))  # host RNG: no device sync
+            return gumbel_sample(logits, metadata.temperature, seed)
         greedy = None if metadata.all_random else logits.argmax(dim=-1)
         if metadata.all_greedy:
             assert greedy is not None
@@ -76,6 +82,19 @@ class Sampler(nn.Module):
             return random
         assert metadata.temperature is not None
         return torch.where(metadata.temperature < _SAMPLING_EPS, greedy, random)
+
+
+def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
+    """Plain temperature sampling of unseeded rows on a GPU: one fused Triton pass
+    (triton_gumbel_sample.py) instead of softmax + noise + argmax."""
+    return (
+        logits.is_cuda
+        and md.all_random
+        and not md.generators
+        and md.top_k is None
+        and md.top_p is None
+        and md.min_p is None
+    )
 
 
 def compute_logprobs(logits: torch.Tensor) -> torch.Tensor:

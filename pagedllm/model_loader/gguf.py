@@ -1,64 +1,116 @@
-"""GGUF checkpoints through transformers' own GGUF support: the config, the tokenizer
-(with the chat template stored in the file) and the weights, dequantized at load
-time and renamed to HF names (llama.cpp's q/k row permutation undone)."""
+"""GGUF checkpoints: the HF config, the tokenizer (with the chat template stored in
+the file) and the weights, dequantized at load time under HF names.
+
+Config and tokenizer come from transformers' own GGUF support. Parsing a GGUF's
+metadata takes seconds, so the result is saved once as a plain HF directory
+(config.json, tokenizer.json, chat_template.jinja) under
+$PAGEDLLM_CACHE_DIR (default ~/.cache/pagedllm)/gguf/<name>-<key>, keyed by the file's
+path, size and mtime and the transformers version; later loads read that directory.
+Weights of Llama/Qwen2/Qwen3 GGUFs stream through gguf_reader (one tensor at a time,
+llama.cpp's q/k row permutation undone); other architectures use transformers'
+load_gguf_checkpoint.
+"""
 
 from __future__ import annotations
 
 import copy
 import functools
-import inspect
+import hashlib
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from transformers import PretrainedConfig
 
+from pagedllm.model_loader.gguf_reader import dequantize_tensor, read_layout
 from pagedllm.model_loader.registry import architecture_for_model_type
 
 logger = logging.getLogger(__name__)
 
+_STREAMING_ARCHS = ("llama", "qwen2", "qwen3")  # GGUF general.architecture values
+_COMPLETE = ".complete"
+
 
 def _split(gguf_path: str) -> tuple[str, str]:
-    path = os.path.abspath(gguf_path)
-    return os.path.dirname(path), os.path.basename(path)
+    return os.path.dirname(gguf_path), os.path.basename(gguf_path)
+
+
+def _cache_dir(gguf_path: str) -> str:
+    import transformers
+
+    stat = os.stat(gguf_path)
+    ident = f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    root = os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "pagedllm"
+    )
+    return os.path.join(root, "gguf", f"{os.path.splitext(os.path.basename(gguf_path))[0]}-{key}")
+
+
+def _parse_gguf(gguf_path: str) -> tuple[PretrainedConfig, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    directory, name = _split(gguf_path)
+    logger.info("parsing GGUF metadata of %s (cached afterwards)", gguf_path)
+    return (
+        AutoConfig.from_pretrained(directory, gguf_file=name),
+        AutoTokenizer.from_pretrained(directory, gguf_file=name),
+    )
+
+
+def _save_cache(target: str, config: PretrainedConfig, tokenizer: Any) -> None:
+    """Write atomically (temp dir + rename); a concurrent writer's result is as good."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".tmp-")
+    try:
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        open(os.path.join(tmp, _COMPLETE), "w").close()
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(target, _COMPLETE)):
+            raise
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_config(gguf_path: str) -> PretrainedConfig:
-    from transformers import AutoConfig
+def _load(gguf_path: str) -> tuple[PretrainedConfig, Any]:
+    """(config, tokenizer) of a GGUF file (a real path), through the disk cache."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    directory, name = _split(gguf_path)
-    config = AutoConfig.from_pretrained(directory, gguf_file=name)
+    target = _cache_dir(gguf_path)
+    if not os.path.isfile(os.path.join(target, _COMPLETE)):
+        config, tokenizer = _parse_gguf(gguf_path)
+        try:
+            _save_cache(target, config, tokenizer)
+        except OSError as err:
+            logger.warning("cannot cache GGUF metadata in %s (%s); parsing each time", target, err)
+            return config, tokenizer
+    return AutoConfig.from_pretrained(target), AutoTokenizer.from_pretrained(target)
+
+
+def load_gguf_config(gguf_path: str) -> PretrainedConfig:
+    """The HF config stored in a GGUF file (`architectures` filled in from model_type).
+    Each call returns a fresh copy."""
+    config = copy.deepcopy(_load(os.path.realpath(gguf_path))[0])
     if not getattr(config, "architectures", None):
         arch = architecture_for_model_type(getattr(config, "model_type", None))
         config.architectures = [arch] if arch else []
     return config
 
 
-def load_gguf_config(gguf_path: str) -> PretrainedConfig:
-    """The HF config stored in a GGUF file (`architectures` filled in from model_type).
-    Parsed once per process; each call returns a copy."""
-    return copy.deepcopy(_cached_config(os.path.realpath(gguf_path)))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_tokenizer(gguf_path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    directory, name = _split(gguf_path)
-    return AutoTokenizer.from_pretrained(directory, gguf_file=name)
-
-
 def load_gguf_tokenizer(gguf_path: str) -> Any:
     """The tokenizer (with its chat template) stored in a GGUF file. Built once per
     process and shared: callers must not mutate it."""
-    return _cached_tokenizer(os.path.realpath(gguf_path))
+    return _load(os.path.realpath(gguf_path))[1]
 
 
 def _hf_reference_model(config: PretrainedConfig) -> torch.nn.Module:
-    """An HF model on the meta device: transformers maps GGUF names through it."""
+    """An HF model on the meta device: its parameter names are the targets."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -68,18 +120,67 @@ def _hf_reference_model(config: PretrainedConfig) -> torch.nn.Module:
             return AutoModel.from_config(config)
 
 
-def iterate_gguf_weights(
-    gguf_path: str, config: PretrainedConfig | None = None, dtype: torch.dtype | None = None
+def _gguf_to_hf_names(config: PretrainedConfig, gguf_arch: str) -> dict[str, str]:
+    import gguf
+
+    arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == gguf_arch)
+    name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    mapping = {}
+    for hf_name in _hf_reference_model(config).state_dict():
+        base, _, suffix = hf_name.rpartition(".")
+        gguf_name = name_map.get_name(base)
+        if gguf_name is not None:
+            mapping[f"{gguf_name}.{suffix}"] = hf_name
+    return mapping
+
+
+def _unpermute(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row permutation (interleaved -> half-split rotary pairs)."""
+    half = weight.shape[0] // num_heads // 2
+    return (
+        weight.reshape(num_heads, half, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+    )
+
+
+def _stream_weights(gguf_path: str, config: PretrainedConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    layout = read_layout(gguf_path)
+    gguf_arch = str(layout.metadata.get("general.architecture"))
+    names = _gguf_to_hf_names(config, gguf_arch)
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    for info in layout.tensors:
+        hf_name = names.get(info.name)
+        if hf_name is None:
+            logger.debug("GGUF tensor %s has no HF counterpart; skipped", info.name)
+            continue
+        tensor = dequantize_tensor(layout, info)
+        if gguf_arch == "llama" and ".attn_q." in info.name:
+            tensor = _unpermute(tensor, config.num_attention_heads)
+        elif gguf_arch == "llama" and ".attn_k." in info.name:
+            tensor = _unpermute(tensor, kv_heads)
+        yield hf_name, tensor
+
+
+def _transformers_weights(
+    gguf_path: str, config: PretrainedConfig
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, dequantized CPU tensor) for every tensor of the GGUF file."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    config = config if config is not None else load_gguf_config(gguf_path)
-    kwargs: dict[str, Any] = {"return_tensors": True, "model_to_load": _hf_reference_model(config)}
-    if dtype is not None and "torch_dtype" in inspect.signature(load_gguf_checkpoint).parameters:
-        kwargs["torch_dtype"] = dtype
-    logger.info("dequantizing GGUF weights from %s", gguf_path)
-    tensors: dict[str, torch.Tensor] = load_gguf_checkpoint(gguf_path, **kwargs)["tensors"]
+    parsed = load_gguf_checkpoint(
+        gguf_path, return_tensors=True, model_to_load=_hf_reference_model(config)
+    )
+    tensors: dict[str, torch.Tensor] = parsed["tensors"]
     while tensors:
         name = next(iter(tensors))
         yield name, tensors.pop(name)  # drop each tensor once it has been copied
+
+
+def iterate_gguf_weights(
+    gguf_path: str, config: PretrainedConfig | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, dequantized float32 CPU tensor) for every weight of the GGUF file."""
+    config = config if config is not None else load_gguf_config(gguf_path)
+    model_type = getattr(config, "model_type", "")
+    logger.info("dequantizing GGUF weights from %s", gguf_path)
+    if model_type in _STREAMING_ARCHS or model_type == "mistral":
+        return _stream_weights(gguf_path, config)
+    return _transformers_weights(gguf_path, config)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ def iterate_weights(model_config: ModelConfig) -> Iterable[tuple[str, torch.Tens
     if model_config.load_format == "gguf":
         from pagedllm.model_loader.gguf import iterate_gguf_weights
 
-        return iterate_gguf_weights(model_config.model, model_config.hf_config, model_config.dtype)
+        return iterate_gguf_weights(model_config.model, model_config.hf_config)
     from pagedllm.model_loader.hf import iterate_hf_weights
 
     return iterate_hf_weights(model_config.model, model_config.load_format)
@@ -67,7 +68,7 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
         initialize_dummy_weights(model, model_config.seed)
     else:
         with torch.no_grad():
-            loaded = model.load_weights(iterate_weights(model_config))
+            loaded = cast(Any, model).load_weights(iterate_weights(model_config))
         _check_coverage(model, loaded, model_config.model)
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(

@@ -14,7 +14,6 @@ _TEXT_GENERATION_MODELS: dict[str, tuple[str, str]] = {
     "Qwen3ForCausalLM": ("pagedllm.models.llama", "Qwen3ForCausalLM"),
     "OPTForCausalLM": ("pagedllm.models.opt", "OPTForCausalLM"),
     "GPT2LMHeadModel": ("pagedllm.models.gpt2", "GPT2LMHeadModel"),
-    "Gemma2ForCausalLM": ("pagedllm.models.gemma2", "Gemma2ForCausalLM"),
     "Phi3ForCausalLM": ("pagedllm.models.phi3", "Phi3ForCausalLM"),
 }
 
@@ -30,7 +29,6 @@ _MODEL_TYPE_TO_ARCH: dict[str, str] = {
     "qwen3": "Qwen3ForCausalLM",
     "opt": "OPTForCausalLM",
     "gpt2": "GPT2LMHeadModel",
-    "gemma2": "Gemma2ForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "bert": "BertModel",
 }

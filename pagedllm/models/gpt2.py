@@ -9,11 +9,13 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from pagedllm.distributed.parallel_state import is_pipeline_first_stage, is_pipeline_last_stage
 from pagedllm.layers.activation import get_act_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import LayerNorm
 from pagedllm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
+from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
 from pagedllm.models.utils import load_weights_by_name
 
 _CONV1D_MODULES = ("c_attn", "c_proj", "c_fc")
@@ -74,13 +76,32 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(nn.Module):
+    """Only this pipeline stage's blocks are built (see models/pipeline.py)."""
+
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
-        self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.wpe.weight.requires_grad_(False)
-        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_hidden_layers))
-        self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        first, self.is_last_stage = is_pipeline_first_stage(), is_pipeline_last_stage()
+        tied = bool(getattr(config, "tie_word_embeddings", True))
+        # The last stage holds wte too when the LM head shares its weight.
+        self.wte: VocabParallelEmbedding | PPMissingLayer
+        if first or (tied and self.is_last_stage):
+            self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        else:
+            self.wte = PPMissingLayer()
+        self.wpe: nn.Embedding | PPMissingLayer
+        if first:
+            self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            self.wpe.weight.requires_grad_(False)
+        else:
+            self.wpe = PPMissingLayer()
+        self.start_layer, self.end_layer, self.h = make_layers(
+            config.num_hidden_layers, lambda i: GPT2Block(config, i)
+        )
+        self.ln_f: LayerNorm | PPMissingLayer
+        if self.is_last_stage:
+            self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        else:
+            self.ln_f = PPMissingLayer()
 
     def forward(
         self,
@@ -88,22 +109,36 @@ class GPT2Model(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        hidden_states = self.wte(input_ids) + self.wpe(positions)
-        for i, block in enumerate(self.h):
-            hidden_states = block(hidden_states, kv_caches[i] if kv_caches else None, attn_metadata)
+        intermediate_tensors: IntermediateTensors | None = None,
+    ) -> torch.Tensor | IntermediateTensors:
+        """kv_caches[j] is block start_layer + j's cache (this stage's blocks only)."""
+        if intermediate_tensors is None:
+            hidden_states = self.wte(input_ids) + self.wpe(positions)
+        else:
+            hidden_states = intermediate_tensors.hidden_states
+        for i in range(self.start_layer, self.end_layer):
+            kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
+            hidden_states = self.h[i](hidden_states, kv_cache, attn_metadata)
+        if not self.is_last_stage:
+            return IntermediateTensors(hidden_states)
         return self.ln_f(hidden_states)
 
 
 class GPT2LMHeadModel(nn.Module):
+    supports_pp = True
+
     def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tie_word_embeddings:
-            self.lm_head.tie_weights(self.transformer.wte)
+        self.lm_head: ParallelLMHead | PPMissingLayer
+        if is_pipeline_last_stage():
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+            if self.tie_word_embeddings:
+                self.lm_head.tie_weights(self.transformer.wte)  # type: ignore[arg-type]
+        else:
+            self.lm_head = PPMissingLayer()
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(
@@ -112,8 +147,17 @@ class GPT2LMHeadModel(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.transformer(input_ids, positions, kv_caches, attn_metadata)
+        intermediate_tensors: IntermediateTensors | None = None,
+    ) -> torch.Tensor | IntermediateTensors:
+        return self.transformer(
+            input_ids, positions, kv_caches, attn_metadata, intermediate_tensors
+        )
+
+    def make_empty_intermediate_tensors(
+        self, num_tokens: int, dtype: torch.dtype, device: torch.device
+    ) -> IntermediateTensors:
+        shape = (num_tokens, self.config.hidden_size)
+        return IntermediateTensors(torch.empty(shape, dtype=dtype, device=device))
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.logits_processor(self.lm_head, hidden_states)

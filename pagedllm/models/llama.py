@@ -11,12 +11,14 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from pagedllm.distributed.parallel_state import is_pipeline_first_stage, is_pipeline_last_stage
 from pagedllm.layers.activation import get_act_and_mul_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.layers.rotary import get_rope_from_config
 from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
+from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
 from pagedllm.models.utils import config_head_dim, load_weights_by_name
 
 logger = logging.getLogger(__name__)
@@ -114,13 +116,27 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    """Only this pipeline stage's layers are built (see models/pipeline.py); with pp = 1
+    that is all of them."""
+
     def __init__(self, config: PretrainedConfig, qkv_bias: bool, qk_norm: bool) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, qkv_bias, qk_norm) for _ in range(config.num_hidden_layers)
+        self.is_last_stage = is_pipeline_last_stage()
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        # The last stage holds the embedding too when the LM head shares its weight.
+        self.embed_tokens: VocabParallelEmbedding | PPMissingLayer
+        if is_pipeline_first_stage() or (tied and self.is_last_stage):
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        else:
+            self.embed_tokens = PPMissingLayer()
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            config.num_hidden_layers, lambda _: LlamaDecoderLayer(config, qkv_bias, qk_norm)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm: RMSNorm | PPMissingLayer
+        if self.is_last_stage:
+            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        else:
+            self.norm = PPMissingLayer()
 
     def forward(
         self,
@@ -128,14 +144,23 @@ class LlamaModel(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        hidden_states = self.embed_tokens(input_ids)
-        residual = None
-        for i, layer in enumerate(self.layers):
-            kv_cache = kv_caches[i] if kv_caches else None
-            hidden_states, residual = layer(
+        intermediate_tensors: IntermediateTensors | None = None,
+    ) -> torch.Tensor | IntermediateTensors:
+        """kv_caches[j] is layer start_layer + j's cache (this stage's layers only).
+        A stage after the first starts from `intermediate_tensors`; a stage before the
+        last returns them instead of hidden states."""
+        if intermediate_tensors is None:
+            hidden_states, residual = self.embed_tokens(input_ids), None
+        else:
+            hidden_states = intermediate_tensors.hidden_states
+            residual = intermediate_tensors.residual
+        for i in range(self.start_layer, self.end_layer):
+            kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
+            hidden_states, residual = self.layers[i](
                 positions, hidden_states, residual, kv_cache, attn_metadata
             )
+        if not self.is_last_stage:
+            return IntermediateTensors(hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
@@ -143,6 +168,7 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     qkv_bias_default = False  # Qwen2 always has q/k/v biases; Llama follows `attention_bias`
     qk_norm = False
+    supports_pp = True
 
     def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
         super().__init__()
@@ -150,10 +176,14 @@ class LlamaForCausalLM(nn.Module):
         _warn_unsupported(config)
         qkv_bias = self.qkv_bias_default or bool(getattr(config, "attention_bias", False))
         self.model = LlamaModel(config, qkv_bias, self.qk_norm)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
-            self.lm_head.tie_weights(self.model.embed_tokens)
+        self.lm_head: ParallelLMHead | PPMissingLayer
+        if is_pipeline_last_stage():
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+            if self.tie_word_embeddings:
+                self.lm_head.tie_weights(self.model.embed_tokens)  # type: ignore[arg-type]
+        else:
+            self.lm_head = PPMissingLayer()
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(
@@ -162,11 +192,21 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, attn_metadata)
+        intermediate_tensors: IntermediateTensors | None = None,
+    ) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
+
+    def make_empty_intermediate_tensors(
+        self, num_tokens: int, dtype: torch.dtype, device: torch.device
+    ) -> IntermediateTensors:
+        shape = (num_tokens, self.config.hidden_size)
+        return IntermediateTensors(
+            torch.empty(shape, dtype=dtype, device=device),
+            torch.empty(shape, dtype=dtype, device=device),
+        )
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)
+        return self.logits_processor(self.lm_head, hidden_states)  # last stage only
 
     def _rename(self, name: str) -> str | None:
         if "rotary_emb.inv_freq" in name or "rotary_emb.cos_cached" in name:

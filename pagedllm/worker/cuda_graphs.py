@@ -63,7 +63,9 @@ class CudaGraphRunner:
     def _forward(self, bs: int) -> torch.Tensor:
         model = self.runner.model
         assert model is not None
-        return model(self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs))
+        return model(
+            self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs)
+        )
 
     @torch.inference_mode()
     def capture(self) -> None:

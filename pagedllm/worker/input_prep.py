@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pagedllm.engine.scheduler_output import SchedulerOutput
+from pagedllm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.layers.attention.metadata import AttentionMetadata
 
 
@@ -27,6 +27,10 @@ class StepInputs:
     logits_indices: torch.Tensor  # [S] int64, last token of each sampling request
     sample_rows: list[int]  # [S] index into SchedulerOutput.scheduled of each sampled row
     num_tokens: int
+    # Async scheduling: input tokens not known yet (-1 on the host), to be taken from
+    # the previous step's sampled tokens on the device.
+    placeholder_index: list[int]  # flat token indices
+    placeholder_req_ids: list[str]  # the request of each
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -45,8 +49,57 @@ def build_block_table(block_ids: list[list[int]], min_width: int = 1) -> np.ndar
     return table
 
 
+class BlockTableBuffer:
+    """Block tables kept across steps, one row per request, so that a step copies
+    only the blocks added since the last one (a decode step adds one block every
+    block_size tokens) and gathers its rows with one numpy indexing.
+
+    A row is rewritten whole when the request's block list is a new list (first
+    sight, or resumed after preemption) or got shorter."""
+
+    def __init__(self, max_blocks_per_seq: int, rows: int = 256) -> None:
+        self.table = np.zeros((rows, max_blocks_per_seq), dtype=np.int32)
+        self.rows: dict[str, tuple[int, list[int], int]] = {}  # req -> (row, list, blocks written)
+        self.free_rows = list(range(rows - 1, -1, -1))
+
+    def _row_for(self, req_id: str) -> int:
+        if not self.free_rows:
+            old = self.table.shape[0]
+            self.table = np.concatenate([self.table, np.zeros_like(self.table)])
+            self.free_rows = list(range(2 * old - 1, old - 1, -1))
+        return self.free_rows.pop()
+
+    def release(self, req_ids: set[str]) -> None:
+        for req_id in req_ids:
+            entry = self.rows.pop(req_id, None)
+            if entry is not None:
+                self.free_rows.append(entry[0])
+
+    def gather(self, scheduled: list[ScheduledRequest]) -> np.ndarray:
+        row_ids = np.empty(len(scheduled), dtype=np.int64)
+        width = 1
+        for i, s in enumerate(scheduled):
+            ids = s.block_ids
+            entry = self.rows.get(s.req_id)
+            if entry is None:
+                row, written = self._row_for(s.req_id), 0
+            else:
+                row, old_ids, written = entry
+                if old_ids is not ids or written > len(ids):
+                    written = 0
+            if written < len(ids):
+                self.table[row, written : len(ids)] = ids[written:]
+            self.rows[s.req_id] = (row, ids, len(ids))
+            row_ids[i] = row
+            width = max(width, len(ids))
+        return self.table[row_ids, :width]
+
+
 def prepare_inputs(
-    scheduler_output: SchedulerOutput, block_size: int, device: torch.device
+    scheduler_output: SchedulerOutput,
+    block_size: int,
+    device: torch.device,
+    block_tables: BlockTableBuffer | None = None,
 ) -> StepInputs:
     scheduled = scheduler_output.scheduled
     num_new = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, len(scheduled))
@@ -56,13 +109,18 @@ def prepare_inputs(
     total = int(query_start_loc[-1])
     req_idx = np.repeat(np.arange(len(scheduled)), num_new)
     positions = np.arange(total, dtype=np.int64) - query_start_loc[req_idx] + num_computed[req_idx]
-    table = build_block_table([s.block_ids for s in scheduled])
+    if block_tables is None:
+        table = build_block_table([s.block_ids for s in scheduled])
+    else:
+        table = block_tables.gather(scheduled)
     slot_mapping = table[req_idx, positions // block_size].astype(np.int64) * block_size + (
         positions % block_size
     )
     input_ids = np.fromiter(
         (t for s in scheduled for t in s.new_token_ids), dtype=np.int64, count=total
     )
+    placeholder_index = np.flatnonzero(input_ids < 0)
+    input_ids[placeholder_index] = 0
     seq_lens = (num_computed + num_new).astype(np.int32)
     sample_rows = [i for i, s in enumerate(scheduled) if s.samples or s.pools]
     logits_indices = query_start_loc[1:][sample_rows] - 1
@@ -85,4 +143,6 @@ def prepare_inputs(
         logits_indices=_to_device(np.ascontiguousarray(logits_indices), device),
         sample_rows=sample_rows,
         num_tokens=total,
+        placeholder_index=placeholder_index.tolist(),
+        placeholder_req_ids=[scheduled[i].req_id for i in req_idx[placeholder_index]],
     )

@@ -55,7 +55,9 @@ def cpu_num_blocks(config: EngineConfig, spec: KVCacheSpec) -> int:
     return max(1, min(budget // spec.block_bytes, max_useful))
 
 
-def gpu_num_blocks(config: EngineConfig, spec: KVCacheSpec, peak_bytes: int, device: torch.device) -> int:
+def gpu_num_blocks(
+    config: EngineConfig, spec: KVCacheSpec, peak_bytes: int, device: torch.device
+) -> int:
     """Blocks that fit in gpu_memory_utilization of the card after `peak_bytes`
     (weights + peak activations, measured by the profiling run)."""
     budget = config.cache_config.kv_cache_memory_bytes
@@ -86,7 +88,9 @@ def check_fits(config: EngineConfig, spec: KVCacheSpec, num_blocks: int) -> None
         )
 
 
-def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int, device: torch.device) -> list[torch.Tensor]:
+def allocate_kv_caches(
+    spec: KVCacheSpec, num_blocks: int, device: torch.device
+) -> list[torch.Tensor]:
     shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
     # Zeros, not empty: padding slots are read (then masked) and must not hold NaN.
     return [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]

@@ -10,17 +10,19 @@ import torch
 from torch import nn
 
 from pagedllm.config import EngineConfig
+from pagedllm.distributed import parallel_state as ps
 from pagedllm.engine.scheduler_output import (
     ModelRunnerOutput,
-    SampledLogprobs,
     ScheduledRequest,
     SchedulerOutput,
 )
 from pagedllm.layers.attention.metadata import PoolingMetadata
 from pagedllm.layers.sampler import Sampler, compute_prompt_logprobs
 from pagedllm.layers.sampling_metadata import SamplingMetadata
+from pagedllm.models.pipeline import IntermediateTensors
 from pagedllm.worker import kv_cache as kvc
-from pagedllm.worker.input_prep import StepInputs, prepare_inputs
+from pagedllm.worker.async_output import AsyncModelRunnerOutput, unpack_logprobs
+from pagedllm.worker.input_prep import BlockTableBuffer, StepInputs, prepare_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,15 @@ class ModelRunner:
         self.is_pooling = config.model_config.runner == "pooling"
         self.cuda_graphs: Any = None
         self.pooler: Any = None
+        max_blocks = -(-config.model_config.max_model_len // self.block_size)
+        self.block_tables = BlockTableBuffer(max_blocks)
+        # The last step's sampled tokens (device) and each request's row in them.
+        self.prev_sampled: torch.Tensor | None = None
+        self.prev_rows: dict[str, int] = {}
+        # This process's pipeline stage (parallel_state is set before the runner is made).
+        self.pp_size = ps.get_pipeline_model_parallel_world_size()
+        self.is_first_stage = ps.is_pipeline_first_stage()
+        self.is_last_stage = ps.is_pipeline_last_stage()
 
     # ---- set-up -------------------------------------------------------------
     def load_model(self) -> None:
@@ -55,15 +66,17 @@ class ModelRunner:
 
     @property
     def num_attention_layers(self) -> int:
+        """Attention layers this rank holds (its pipeline stage's only)."""
         from pagedllm.layers.attention.layer import Attention
 
         assert self.model is not None
         return sum(1 for m in self.model.modules() if isinstance(m, Attention))
 
-    def kv_cache_spec(self, tp_size: int = 1) -> kvc.KVCacheSpec:
-        return kvc.kv_cache_spec(self.config, self.num_attention_layers, tp_size)
+    def kv_cache_spec(self, tp_size: int | None = None) -> kvc.KVCacheSpec:
+        tp = tp_size or self.config.parallel_config.tensor_parallel_size
+        return kvc.kv_cache_spec(self.config, self.num_attention_layers, tp)
 
-    def determine_num_blocks(self, tp_size: int = 1) -> int:
+    def determine_num_blocks(self, tp_size: int | None = None) -> int:
         spec = self.kv_cache_spec(tp_size)
         override = self.config.cache_config.num_gpu_blocks_override
         if override is not None:
@@ -84,11 +97,13 @@ class ModelRunner:
         torch.cuda.empty_cache()
         return int(peak)
 
-    def initialize_kv_cache(self, num_blocks: int, tp_size: int = 1) -> None:
+    def initialize_kv_cache(self, num_blocks: int, tp_size: int | None = None) -> None:
         spec = self.kv_cache_spec(tp_size)
         kvc.check_fits(self.config, spec, num_blocks)
         self.kv_caches = kvc.allocate_kv_caches(spec, num_blocks, self.device)
-        if self.device.type == "cuda" and not self.config.enforce_eager and not self.is_pooling:
+        # Graphs replay whole-model decode steps: not with activations sent between stages.
+        graphs_ok = not self.config.enforce_eager and not self.is_pooling and self.pp_size == 1
+        if self.device.type == "cuda" and graphs_ok:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner
 
             self.cuda_graphs = CudaGraphRunner(self)
@@ -96,17 +111,24 @@ class ModelRunner:
 
     # ---- one step ---------------------------------------------------------
     @torch.inference_mode()
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(
+        self, scheduler_output: SchedulerOutput
+    ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
+        """Launch the step; `.get()` on the result waits for its tokens."""
         for req_id in scheduler_output.finished_req_ids:
             self.generators.pop(req_id, None)
             self.prompt_ids.pop(req_id, None)
+        self.block_tables.release(scheduler_output.finished_req_ids)
         scheduled = scheduler_output.scheduled
         req_ids = [s.req_id for s in scheduled]
         if not scheduled:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
         self._remember_prompts(scheduled)
-        inputs = prepare_inputs(scheduler_output, self.block_size, self.device)
-        hidden = self._forward(inputs)
+        inputs = prepare_inputs(scheduler_output, self.block_size, self.device, self.block_tables)
+        self._fill_placeholders(inputs)
+        hidden = self._forward(inputs) if self.pp_size == 1 else self._forward_stage(inputs)
+        if hidden is None:  # a pipeline stage before the last: nothing to sample
+            return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[None] * len(req_ids))
         if self.is_pooling:
             return self._pool(scheduled, inputs, hidden)
         output = self._sample(scheduled, inputs, hidden)
@@ -124,6 +146,26 @@ class ModelRunner:
             return self.cuda_graphs.run(inputs)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata)
 
+    def _forward_stage(self, inputs: StepInputs) -> torch.Tensor | None:
+        """One pipeline stage: receive the previous stage's activations (unless first),
+        run this stage's layers, send them on (unless last). Stages run one after
+        the other within a step (no micro-batch overlap). Hidden states on the last
+        stage, None elsewhere."""
+        assert self.model is not None
+        received: IntermediateTensors | None = None
+        if not self.is_first_stage:
+            received = self.model.make_empty_intermediate_tensors(
+                inputs.num_tokens, self.config.model_config.dtype, self.device
+            )
+            ps.pipeline_recv(received.tensors())
+        out = self.model(
+            inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata, received
+        )
+        if self.is_last_stage:
+            return out
+        ps.pipeline_send(out.tensors())
+        return None
+
     def _generator(self, s: ScheduledRequest) -> torch.Generator | None:
         sp = s.sampling_params
         if sp is None or sp.seed is None:
@@ -137,44 +179,62 @@ class ModelRunner:
 
     def _sample(
         self, scheduled: list[ScheduledRequest], inputs: StepInputs, hidden: torch.Tensor
-    ) -> ModelRunnerOutput:
+    ) -> AsyncModelRunnerOutput:
+        """Sample on the device; the tokens stay there for the next step's placeholders
+        and travel to the host without blocking."""
         assert self.model is not None
+        req_ids = [s.req_id for s in scheduled]
         rows = [scheduled[i] for i in inputs.sample_rows]
-        sampled: list[int | None] = [None] * len(scheduled)
-        logprobs: list[SampledLogprobs | None] | None = None
-        if rows:
-            logits = self.model.compute_logits(hidden[inputs.logits_indices])
-            metadata = SamplingMetadata.build(
-                [s.sampling_params for s in rows],
-                [_output_ids(s) for s in rows],
-                [self.prompt_ids.get(s.req_id, []) for s in rows],
-                [self._generator(s) for s in rows],
-                self.device,
-                logits.shape[-1],
-            )
-            out = self.sampler(logits, metadata)
-            tokens = out.sampled_token_ids.tolist()
-            for row, token in zip(inputs.sample_rows, tokens):
-                sampled[row] = token
-            if out.logprobs is not None:
-                logprobs = _unpack_logprobs(out, inputs.sample_rows, len(scheduled))
-        return ModelRunnerOutput(
-            req_ids=[s.req_id for s in scheduled], sampled_token_ids=sampled, logprobs=logprobs
+        if not rows:
+            return AsyncModelRunnerOutput.start_copy(req_ids, [], None, None)
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        metadata = SamplingMetadata.build(
+            [s.sampling_params for s in rows],
+            [_output_ids(s) for s in rows],
+            [self.prompt_ids.get(s.req_id, []) for s in rows],
+            [self._generator(s) for s in rows],
+            self.device,
+            logits.shape[-1],
         )
+        out = self.sampler(logits, metadata)
+        self.prev_sampled = out.sampled_token_ids
+        self.prev_rows = {s.req_id: j for j, s in enumerate(rows)}
+        logprobs = None
+        if out.logprobs is not None:
+            assert out.logprobs_token_ids is not None and out.ranks is not None
+            logprobs = (out.logprobs_token_ids, out.logprobs, out.ranks)
+        return AsyncModelRunnerOutput.start_copy(
+            req_ids, inputs.sample_rows, out.sampled_token_ids, logprobs
+        )
+
+    def _fill_placeholders(self, inputs: StepInputs) -> None:
+        """Input tokens sampled by the previous step (still on the device) replace
+        their -1 placeholders, without a trip through the host."""
+        if not inputs.placeholder_req_ids:
+            return
+        assert self.prev_sampled is not None, "a placeholder token with no step before it"
+        rows = [self.prev_rows[r] for r in inputs.placeholder_req_ids]
+        index = torch.tensor(inputs.placeholder_index, device=self.device)
+        source = torch.tensor(rows, device=self.device)
+        inputs.input_ids[index] = self.prev_sampled[source]
 
     def _add_prompt_logprobs(
         self,
         scheduled: list[ScheduledRequest],
         inputs: StepInputs,
         hidden: torch.Tensor,
-        output: ModelRunnerOutput,
+        output: AsyncModelRunnerOutput,
     ) -> None:
         assert self.model is not None
         qsl = inputs.attn_metadata.query_start_loc_cpu
         assert qsl is not None
         for i, s in enumerate(scheduled):
             sp = s.sampling_params
-            if sp is None or sp.prompt_logprobs is None or s.num_computed_tokens >= s.num_prompt_tokens:
+            if (
+                sp is None
+                or sp.prompt_logprobs is None
+                or s.num_computed_tokens >= s.num_prompt_tokens
+            ):
                 continue
             prompt = self.prompt_ids[s.req_id]
             # Position p predicts prompt token p + 1; positions past the prompt are not scored.
@@ -186,9 +246,14 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden[lo : lo + end - start])
             targets = torch.tensor(prompt[start + 1 : end + 1], device=logits.device)
             out = compute_prompt_logprobs(logits, targets, sp.prompt_logprobs)
-            output.prompt_logprobs[s.req_id] = _unpack_logprobs(
-                out, list(range(end - start)), end - start
-            )  # type: ignore[assignment]
+            unpacked = unpack_logprobs(
+                out.logprobs_token_ids,
+                out.logprobs,
+                out.ranks,
+                list(range(end - start)),
+                end - start,
+            )
+            output.prompt_logprobs[s.req_id] = [lp for lp in unpacked if lp is not None]
 
     def _pool(
         self, scheduled: list[ScheduledRequest], inputs: StepInputs, hidden: torch.Tensor
@@ -214,14 +279,3 @@ def _output_ids(s: ScheduledRequest) -> list[int]:
     if s.output_token_ids is not None:
         return s.output_token_ids
     return []
-
-
-def _unpack_logprobs(out: Any, rows: list[int], num_rows: int) -> list[SampledLogprobs | None]:
-    """One .tolist() per tensor, then per-row SampledLogprobs."""
-    token_ids = out.logprobs_token_ids.tolist()
-    values = out.logprobs.tolist()
-    ranks = out.ranks.tolist()
-    result: list[SampledLogprobs | None] = [None] * num_rows
-    for j, row in enumerate(rows):
-        result[row] = SampledLogprobs(token_ids[j], values[j], ranks[j])
-    return result

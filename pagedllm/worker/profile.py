@@ -11,7 +11,6 @@ import torch
 from pagedllm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker import kv_cache as kvc
-from pagedllm.worker.input_prep import prepare_inputs
 
 if TYPE_CHECKING:
     from pagedllm.worker.model_runner import ModelRunner

@@ -11,9 +11,15 @@ from pagedllm.sampling_params import SamplingParams
 
 
 def make_scheduler(
-    num_blocks: int = 64, block_size: int = 4, budget: int = 16, max_seqs: int = 8, caching: bool = False
+    num_blocks: int = 64,
+    block_size: int = 4,
+    budget: int = 16,
+    max_seqs: int = 8,
+    caching: bool = False,
 ) -> Scheduler:
-    config = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=256)
+    config = SchedulerConfig(
+        max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=256
+    )
     return Scheduler(config, KVCacheManager(num_blocks, block_size, caching))
 
 
@@ -85,7 +91,9 @@ def test_preemption_by_recompute_when_blocks_run_out() -> None:
     out, _ = run_step(sched)  # position 8 needs a third block: b (the newest) is preempted
     assert [s.req_id for s in out.scheduled] == ["a"]
     b = sched.waiting[0]
-    assert b.request_id == "b" and b.status == RequestStatus.PREEMPTED and b.num_computed_tokens == 0
+    assert (
+        b.request_id == "b" and b.status == RequestStatus.PREEMPTED and b.num_computed_tokens == 0
+    )
     assert sched.stats.num_preemptions == 1
     while sched.has_unfinished_requests():
         run_step(sched)

@@ -1,82 +1,30 @@
 """Real servers for the entrypoint tests: subprocesses on free local ports with the
-embedded SmolLM2-135M-Instruct. The three servers (OpenAI, OpenAI with --api-key,
-legacy /generate) start together, once per session, the first time one is needed."""
+embedded SmolLM2-135M-Instruct (and all-MiniLM-L6-v2 for embeddings). The servers
+(OpenAI, OpenAI with --api-key, legacy /generate, embeddings) start together, once per
+session, the first time one is needed, and stop when the last test of this directory
+is done (so the rest of the suite does not carry four idle servers)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
-import requests
+from remote_server import API_KEY, EMBED_FLAGS, SERVER_FLAGS, RemoteServer
 
-MODEL_NAME = "SmolLM2-135M-Instruct"  # the served name of the embedded default model
-API_KEY = "test-secret-key"
-# Small context and KV budget: fast start, 2 CPU cores.
-SERVER_FLAGS = [
-    "--max-model-len",
-    "2048",
-    "--kv-cache-memory-bytes",
-    "256M",
-    "--disable-uvicorn-access-log",
-]
-STARTUP_TIMEOUT_S = 420.0
+HERE = Path(__file__).resolve().parent
+_RUNNING: list[RemoteServer] = []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _stop_all() -> None:
+    while _RUNNING:
+        _RUNNING.pop().stop()
 
 
-class RemoteServer:
-    """`python -m <module> --host 127.0.0.1 --port <free> <args>`, logging to a file."""
-
-    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="pagedllm-server-", suffix=".log")[1])
-        cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port), *args]
-        full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-    def log_tail(self, num_chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-num_chars:]
-
-    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.log_tail()}")
-            try:
-                if requests.get(self.url("/health"), timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"the server did not become healthy:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if nextitem is None or HERE not in Path(nextitem.path).resolve().parents:
+        _stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -87,14 +35,15 @@ def servers() -> Iterator[dict[str, RemoteServer]]:
             "pagedllm.entrypoints.openai.api_server", [*SERVER_FLAGS, "--api-key", API_KEY]
         ),
         "legacy": RemoteServer("pagedllm.entrypoints.api_server", SERVER_FLAGS),
+        "embed": RemoteServer("pagedllm.entrypoints.openai.api_server", EMBED_FLAGS),
     }
+    _RUNNING.extend(started.values())
     try:
         for server in started.values():
             server.wait_ready()
         yield started
     finally:
-        for server in started.values():
-            server.stop()
+        _stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +59,8 @@ def auth_server(servers: dict[str, RemoteServer]) -> RemoteServer:
 @pytest.fixture(scope="session")
 def legacy_server(servers: dict[str, RemoteServer]) -> RemoteServer:
     return servers["legacy"]
+
+
+@pytest.fixture(scope="session")
+def client(server: RemoteServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)

@@ -3,35 +3,10 @@ models, completions, chat, tokenize/detokenize, metrics (greedy, few tokens)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import openai
 import pytest
 import requests
-from conftest import MODEL_NAME, RemoteServer
-from prometheus_client.parser import text_string_to_metric_families
-
-PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def client(server: RemoteServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
-
-
-def complete(client: openai.OpenAI, prompt: Any, **kwargs: Any) -> Any:
-    args = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 6, "temperature": 0.0, **kwargs}
-    return client.completions.create(**args)
-
-
-def metric_samples(server: RemoteServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(server.url("/metrics"), timeout=10).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "model_name"))
-            samples[(sample.name, labels)] = sample.value
-    return samples
+from remote_server import MODEL_NAME, PROMPT, RemoteServer, complete, metric_samples
 
 
 def test_models_list(client: openai.OpenAI) -> None:
@@ -89,6 +64,12 @@ def test_completion_logprobs(client: openai.OpenAI) -> None:
         assert max(top.values()) == pytest.approx(lp, abs=1e-4)
         assert token in top
     assert logprobs.text_offset == sorted(logprobs.text_offset)
+    echoed = complete(client, PROMPT, logprobs=1, echo=True, max_tokens=2)
+    echo_logprobs = echoed.choices[0].logprobs
+    assert len(echo_logprobs.tokens) == echoed.usage.prompt_tokens + 2
+    assert echo_logprobs.token_logprobs[0] is None  # the first prompt token has no logprob
+    assert all(lp is not None for lp in echo_logprobs.token_logprobs[1:])
+    assert "".join(echo_logprobs.tokens) == echoed.choices[0].text
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:
@@ -97,7 +78,10 @@ def test_chat_completion(client: openai.OpenAI) -> None:
         {"role": "user", "content": "What is the capital of France?"},
     ]
     result = client.chat.completions.create(
-        model=MODEL_NAME, messages=messages, max_tokens=12, temperature=0.0  # type: ignore[arg-type]
+        model=MODEL_NAME,
+        messages=messages,
+        max_tokens=12,
+        temperature=0.0,  # type: ignore[arg-type]
     )
     message = result.choices[0].message
     assert message.role == "assistant" and "Paris" in (message.content or "")

@@ -92,12 +92,16 @@ CASES = {
 def test_matches_reference(case: str, heads: tuple[int, int], block_size: int) -> None:
     q_lens, ctx_lens = CASES[case]
     num_heads, num_kv_heads = heads
-    query, key, value, kv_cache, meta = _make_case(q_lens, ctx_lens, num_heads, num_kv_heads, 16, block_size)
+    query, key, value, kv_cache, meta = _make_case(
+        q_lens, ctx_lens, num_heads, num_kv_heads, 16, block_size
+    )
     backend = TorchAttentionBackend()
     backend.write_kv(key, value, kv_cache, meta.slot_mapping)
     out = backend.forward(query, kv_cache, meta, scale=0.25)
     assert out.shape == query.shape and out.dtype == query.dtype
-    torch.testing.assert_close(out, _reference(query, kv_cache, meta, 0.25, True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, _reference(query, kv_cache, meta, 0.25, True), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("case", ["prefill", "mixed"])
@@ -107,7 +111,9 @@ def test_non_causal(case: str) -> None:
     backend = TorchAttentionBackend()
     backend.write_kv(key, value, kv_cache, meta.slot_mapping)
     out = backend.forward(query, kv_cache, meta, scale=0.3, causal=False)
-    torch.testing.assert_close(out, _reference(query, kv_cache, meta, 0.3, False), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, _reference(query, kv_cache, meta, 0.3, False), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_write_kv_puts_tokens_in_their_slots_and_skips_negative_slots() -> None:
@@ -126,7 +132,10 @@ def test_padded_tokens_past_num_actual_tokens_are_ignored() -> None:
     query, key, value, kv_cache, meta = _make_case([3, 1], [0, 5], 4, 2, 8, 4, seed=5)
     pad = 2
     query_p = torch.cat([query, torch.randn(pad, 4, 8)])
-    key_p, value_p = torch.cat([key, torch.randn(pad, 2, 8)]), torch.cat([value, torch.randn(pad, 2, 8)])
+    key_p, value_p = (
+        torch.cat([key, torch.randn(pad, 2, 8)]),
+        torch.cat([value, torch.randn(pad, 2, 8)]),
+    )
     meta.slot_mapping = torch.cat([meta.slot_mapping, torch.full((pad,), -1)])
     backend = TorchAttentionBackend()
     before = kv_cache.clone()
@@ -134,16 +143,22 @@ def test_padded_tokens_past_num_actual_tokens_are_ignored() -> None:
     assert int((kv_cache != before).any(-1).sum()) == 2 * 4 * 2  # 4 new tokens, k and v, 2 heads
     out = backend.forward(query_p, kv_cache, meta, scale=0.5)
     assert out.shape == query_p.shape
-    torch.testing.assert_close(out[:4], _reference(query, kv_cache, meta, 0.5, True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out[:4], _reference(query, kv_cache, meta, 0.5, True), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_bfloat16_softmax_in_float32() -> None:
-    query, key, value, kv_cache, meta = _make_case([6, 1], [0, 9], 4, 2, 16, 4, dtype=torch.bfloat16, seed=7)
+    query, key, value, kv_cache, meta = _make_case(
+        [6, 1], [0, 9], 4, 2, 16, 4, dtype=torch.bfloat16, seed=7
+    )
     backend = TorchAttentionBackend()
     backend.write_kv(key, value, kv_cache, meta.slot_mapping)
     out = backend.forward(query, kv_cache, meta, scale=0.25)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), _reference(query, kv_cache, meta, 0.25, True), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        out.float(), _reference(query, kv_cache, meta, 0.25, True), atol=1e-2, rtol=1e-2
+    )
 
 
 @pytest.mark.parametrize("causal", [True, False])

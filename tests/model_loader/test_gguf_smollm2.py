@@ -9,6 +9,7 @@ from harness import PagedHarness, load_model
 from tiny_configs import hf_greedy
 
 from pagedllm.model_loader import get_tokenizer
+from pagedllm.model_loader.gguf import iterate_gguf_weights
 
 PROMPTS = ["The capital of France is", "请用一句话介绍一下长城。"]
 MAX_TOKENS = 20
@@ -30,6 +31,7 @@ def hf_smollm2(smollm2):
     model_config = smollm2[1]
     hf_model = AutoModelForCausalLM.from_config(model_config.hf_config, dtype=torch.float32)
     tensors = load_gguf_checkpoint(model_config.model, return_tensors=True, model_to_load=hf_model)
+    hf_model.reference_tensors = tensors["tensors"]
     missing, unexpected = hf_model.load_state_dict(tensors["tensors"], strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     hf_model.tie_weights()
@@ -44,6 +46,17 @@ def test_config_and_dtype(smollm2) -> None:
     assert model_config.architecture == "LlamaForCausalLM"
     assert model_config.load_format == "gguf" and model_config.dtype == torch.float32
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied
+
+
+def test_streaming_reader_equals_transformers(smollm2, hf_smollm2) -> None:
+    """pagedllm's streaming GGUF reader yields exactly transformers' tensors."""
+    model_config = smollm2[1]
+    expected = hf_smollm2.reference_tensors
+    ours = dict(iterate_gguf_weights(model_config.model, model_config.hf_config))
+    assert sorted(ours) == sorted(expected)
+    for name, tensor in ours.items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor, expected[name]), name
 
 
 def test_greedy_matches_hf_english_and_chinese(smollm2, hf_smollm2) -> None:

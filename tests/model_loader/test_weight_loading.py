@@ -39,7 +39,9 @@ def test_pytorch_bin(tmp_path: Path) -> None:
 def test_opt_checkpoint_without_model_prefix(tmp_path: Path) -> None:
     hf_model = save_tiny(tiny_configs()["opt"], tmp_path)
     state = load_file(tmp_path / "model.safetensors")
-    save_file({k.removeprefix("model."): v for k, v in state.items()}, tmp_path / "model.safetensors")
+    save_file(
+        {k.removeprefix("model."): v for k, v in state.items()}, tmp_path / "model.safetensors"
+    )
     _assert_matches_hf(tmp_path, hf_model)
 
 
@@ -76,8 +78,12 @@ def test_missing_tensor_is_a_clear_error(tmp_path: Path) -> None:
 def test_unknown_architecture(tmp_path: Path) -> None:
     save_tiny(tiny_configs()["llama"], tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["FancyNewForCausalLM"]}))
-    with pytest.raises(ValueError, match="FancyNewForCausalLM.*supported architectures:.*LlamaForCausalLM"):
+    (tmp_path / "config.json").write_text(
+        json.dumps({**config, "architectures": ["FancyNewForCausalLM"]})
+    )
+    with pytest.raises(
+        ValueError, match="FancyNewForCausalLM.*supported architectures:.*LlamaForCausalLM"
+    ):
         load_model(str(tmp_path))
     with pytest.raises(ValueError, match="not supported"):
         get_model_class("FancyNewForCausalLM")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pagedllm.config import EngineArgs, ModelConfig
-from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.model_loader import get_model
 
 
@@ -41,7 +41,9 @@ class PagedHarness:
     ) -> None:
         self.model = model
         self.block_size = block_size
-        shape = (2, num_blocks, block_size, model_config.num_kv_heads, model_config.head_dim)
+        # This rank's kv heads (fewer than the config's under tensor parallelism).
+        attn = next(m for m in model.modules() if isinstance(m, Attention))
+        shape = (2, num_blocks, block_size, attn.num_kv_heads, attn.head_dim)
         self.kv_caches = [
             torch.zeros(shape, dtype=model_config.dtype) for _ in range(model_config.num_layers)
         ]

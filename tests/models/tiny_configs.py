@@ -26,6 +26,7 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
         LlamaConfig,
         MistralConfig,
         OPTConfig,
+        Phi3Config,
         Qwen2Config,
         Qwen3Config,
     )
@@ -69,6 +70,17 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
             num_attention_heads=4,
             do_layer_norm_before=False,
             init_std=0.1,
+        ),
+        "phi3-partial-rope": Phi3Config(
+            **_LLAMA_LIKE,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+            },
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
         ),
         "gpt2": GPT2Config(
             vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1

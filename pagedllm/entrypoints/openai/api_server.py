@@ -105,7 +105,7 @@ def _make_engine(
     llm_engine = LLMEngine.from_engine_args(engine_args)
     config = llm_engine.engine_config
     prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
-    engine = AsyncLLM(llm_engine, not engine_args.disable_log_stats, [prometheus])
+    engine = AsyncLLM(llm_engine, not engine_args.disable_log_stats, [prometheus], owns_engine=True)
     return engine, prometheus
 
 

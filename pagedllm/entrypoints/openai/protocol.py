@@ -66,6 +66,12 @@ class SamplingRequestMixin(OpenAIBaseModel):
     truncate_prompt_tokens: int | None = Field(default=None, ge=1)
     prompt_logprobs: int | None = None
 
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> SamplingRequestMixin:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("Stream options can only be defined when `stream=True`.")
+        return self
+
 
 class CompletionRequest(SamplingRequestMixin):
     prompt: list[int] | list[list[int]] | str | list[str]

@@ -28,7 +28,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
 )
 from pagedllm.entrypoints.openai.sse import SSE_DONE, sse_event
 from pagedllm.entrypoints.utils import merge_async_iterators
-from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -101,11 +101,12 @@ class OpenAIServingCompletion(OpenAIServing):
         """Logprobs of (the echoed prompt, when `prompt` is given, and) the new tokens."""
         if request.logprobs is None:
             return None
-        token_ids, steps = list(comp.token_ids), list(comp.logprobs or [])
+        token_ids = list(comp.token_ids)
+        steps: list[dict[int, Logprob] | None] = list(comp.logprobs or [])
         if prompt is not None:
             prompt_steps = list(output.prompt_logprobs or [None] * len(prompt.token_ids))
             token_ids = prompt.token_ids + token_ids
-            steps = prompt_steps + steps  # type: ignore[operator]
+            steps = prompt_steps + steps
         return completion_logprobs(token_ids, steps, request.logprobs, self.tokenizer, text_offset)
 
     def _response(

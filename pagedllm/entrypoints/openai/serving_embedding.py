@@ -64,8 +64,8 @@ class OpenAIServingEmbedding(OpenAIServing):
                 self.engine.encode(prompt.engine_input(), params, f"{request_id}-{i}")
             )
         finals: list[PoolingRequestOutput | None] = [None] * len(prompts)
-        async for i, output in merge_async_iterators(*generators):
-            finals[i] = output
+        async for i, pooled in merge_async_iterators(*generators):
+            finals[i] = pooled
         data = []
         for i, output in enumerate(finals):
             if output is None:

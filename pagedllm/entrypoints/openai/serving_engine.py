@@ -18,8 +18,6 @@ from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Sampling fields whose request default (None) falls back to the model's generation config.
-_GENERATION_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 _MAX_LOGGED_PROMPT_CHARS = 200
 
 
@@ -111,6 +109,7 @@ class OpenAIServing:
         defaults = self.model_config.generation_config or {}
 
         def pick(name: str, fallback: Any) -> Any:
+            """The request's value, else the model's generation config, else vLLM's default."""
             value = getattr(request, name)
             if value is not None:
                 return value

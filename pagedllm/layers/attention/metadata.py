@@ -26,7 +26,9 @@ import torch
 
 @dataclass
 class AttentionMetadata:
-    num_actual_tokens: int  # T: tokens in this step (tensors below may be padded past T for CUDA graphs)
+    num_actual_tokens: (
+        int  # T: tokens in this step (tensors below may be padded past T for CUDA graphs)
+    )
     max_query_len: int
     max_seq_len: int
     query_start_loc: torch.Tensor  # [B + 1] int32, cu_seqlens_q

@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 
 
 def get_attention_backend(device: torch.device) -> AttentionBackend:
-    name = os.environ.get("PAGEDLLM_ATTENTION_BACKEND") or ("triton" if device.type == "cuda" else "torch")
+    name = os.environ.get("PAGEDLLM_ATTENTION_BACKEND") or (
+        "triton" if device.type == "cuda" else "torch"
+    )
     if name not in ("torch", "triton"):
         raise ValueError(f"PAGEDLLM_ATTENTION_BACKEND must be 'torch' or 'triton', got {name!r}")
     if name == "triton":

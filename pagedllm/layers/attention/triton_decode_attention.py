@@ -192,7 +192,7 @@ def decode_attention(
     out: torch.Tensor | None = None,  # [B, num_heads, head_dim]
     block_n: int = 64,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int = 3,
 ) -> torch.Tensor:  # [B, num_heads, head_dim], query.dtype
     """Attend query row b (the last token of sequence b) to its seq_lens[b] cached tokens.
 

@@ -1,0 +1,115 @@
+"""The app in process over the real engine (the session's shared SmolLM2 engine):
+injected faults (a failed step answers 500 and the server recovers; a broken engine
+makes /health 500; an unexpected exception in a handler is a 500 JSON body, never a
+crash) and --chat-template overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pagedllm.config import EngineArgs
+from pagedllm.engine.async_engine import AsyncLLM
+from pagedllm.entrypoints.openai.api_server import build_app
+from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+
+BODY = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0.0}
+
+
+class FlakyEngine:
+    """The real engine whose step / abort_request can be made to fail."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.fail_steps = False
+        self.fail_aborts = False
+        self.request_ids: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def add_request(self, request_id: str, *args: Any, **kwargs: Any) -> None:
+        self.request_ids.append(request_id)
+        self.real.add_request(request_id, *args, **kwargs)
+
+    def step(self) -> Any:
+        if self.fail_steps:
+            raise RuntimeError("injected step failure")
+        return self.real.step()
+
+    def abort_request(self, request_ids: str | Iterable[str]) -> None:
+        if self.fail_aborts:
+            raise RuntimeError("injected abort failure")
+        self.real.abort_request(request_ids)
+
+
+@pytest.fixture()
+def flaky(smol_llm: Any) -> Iterator[tuple[FlakyEngine, TestClient]]:
+    engine = FlakyEngine(smol_llm.llm_engine)
+    app = build_app(EngineArgs(), engine=AsyncLLM(engine, log_stats=False))  # type: ignore[arg-type]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield engine, client
+    smol_llm.llm_engine.abort_request(engine.request_ids)  # leave the shared engine clean
+    assert not smol_llm.llm_engine.has_unfinished_requests()
+
+
+def test_failed_step_is_500_then_recovers(flaky: tuple[FlakyEngine, TestClient]) -> None:
+    engine, client = flaky
+    assert client.post("/v1/completions", json=BODY).status_code == 200
+    engine.fail_steps = True
+    for body in (BODY, {**BODY, "stream": True}):
+        failed = client.post("/v1/completions", json=body)
+        assert failed.status_code == 500
+        assert "injected step failure" in failed.json()["error"]["message"]
+    engine.fail_steps = False
+    assert client.get("/health").status_code == 200
+    assert "Paris" in client.post("/v1/completions", json=BODY).json()["choices"][0]["text"]
+
+
+def test_broken_engine_makes_health_fail(flaky: tuple[FlakyEngine, TestClient]) -> None:
+    engine, client = flaky
+    engine.fail_steps = engine.fail_aborts = True
+    assert client.post("/v1/completions", json=BODY).status_code == 500
+    health = client.get("/health")
+    assert health.status_code == 500 and "dead" in health.json()["error"]["message"]
+    assert client.post("/v1/completions", json=BODY).status_code == 503
+
+
+def test_unexpected_handler_error_is_json_500(
+    flaky: tuple[FlakyEngine, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = flaky
+
+    async def explode(self: Any, request: Any) -> Any:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(OpenAIServingCompletion, "create_completion", explode)
+    response = client.post("/v1/completions", json=BODY)
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "InternalServerError"
+    assert client.get("/health").status_code == 200
+
+
+TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
+
+
+def test_chat_template_override(smol_llm: Any, tmp_path: Path) -> None:
+    path = tmp_path / "template.jinja"
+    path.write_text(TEMPLATE)
+    engine = AsyncLLM(smol_llm.llm_engine, log_stats=False)
+    app = build_app(EngineArgs(), chat_template=str(path), engine=engine)
+    messages = [{"role": "user", "content": "你好"}]
+    with TestClient(app) as client:
+        tokens = client.post("/tokenize", json={"messages": messages}).json()["tokens"]
+        text = client.post("/detokenize", json={"tokens": tokens}).json()["prompt"]
+        assert text == "[user] 你好\n[assistant]"
+        per_request = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+        body = {"messages": messages, "chat_template": per_request, "max_tokens": 2}
+        chat = client.post("/v1/chat/completions", json=body).json()
+        assert chat["usage"]["prompt_tokens"] == len(
+            client.post("/tokenize", json={"prompt": "<你好>"}).json()["tokens"]
+        )
