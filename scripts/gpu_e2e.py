@@ -9,8 +9,6 @@ import json
 import os
 import time
 
-import torch
-
 
 def greedy_tokens(model_dir: str, backend: str, enforce_eager: bool) -> list[list[int]]:
     from pagedllm import LLM, SamplingParams
@@ -30,9 +28,7 @@ def greedy_tokens(model_dir: str, backend: str, enforce_eager: bool) -> list[lis
         {"prompt_token_ids": [(i * 37 + j) % 5000 for j in range(n)]}
         for i, n in enumerate((5, 70, 300, 33))
     ]
-    sp = __import__("pagedllm").SamplingParams(
-        temperature=0.0, max_tokens=24, ignore_eos=True, detokenize=False
-    )
+    sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, detokenize=False)
     out = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
     llm.shutdown()
     os.environ.pop("PAGEDLLM_ATTENTION_BACKEND")
@@ -58,6 +54,9 @@ def check_backends(shape: str) -> None:
 
 
 def main() -> None:
+    import multiprocessing
+
+    multiprocessing.set_start_method("spawn", force=True)
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", default="check,T1,L1")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -70,8 +69,20 @@ def main() -> None:
     for wl in ("T1", "T2"):
         if wl in steps:
             t = time.perf_counter()
-            throughput.main(["--workload", wl, "--output-json", f"{args.out}/{wl}.json"])
+            extra = ["--measure-kv-waste"] if wl == "T1" else []
+            throughput.main(["--workload", wl, "--output-json", f"{args.out}/{wl}.json", *extra])
             print(f"{wl} wall {time.perf_counter() - t:.0f}s", flush=True)
+    if "T2tp2" in steps:
+        throughput.main(
+            [
+                "--workload",
+                "T2",
+                "--tensor-parallel-size",
+                "2",
+                "--output-json",
+                f"{args.out}/T2tp2.json",
+            ]
+        )
     for wl in ("T1hf", "T2hf"):
         if wl in steps:
             throughput.main(
@@ -79,8 +90,10 @@ def main() -> None:
             )
     if "L1" in steps:
         latency.main(["--output-json", f"{args.out}/L1.json"])
+    if "L1tp2" in steps:
+        latency.main(["--tensor-parallel-size", "2", "--output-json", f"{args.out}/L1tp2.json"])
     print("SUMMARY")
-    for name in ("T1", "T2", "T1hf", "T2hf", "L1"):
+    for name in ("T1", "T2", "T1hf", "T2hf", "L1", "T2tp2", "L1tp2"):
         path = f"{args.out}/{name}.json"
         if os.path.exists(path):
             print(name, json.dumps(json.load(open(path))))

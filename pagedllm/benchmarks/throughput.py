@@ -30,6 +30,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument(
+        "--measure-kv-waste",
+        action="store_true",
+        help="after the timed run, run the workload again step by step and report the "
+        "allocated-but-unused KV slots at peak KV use",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--output-json", default=None)
     return p.parse_args(argv)
@@ -82,8 +89,33 @@ def run_pagedllm(
     elapsed = time.perf_counter() - start
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
     assert produced == sum(r.output_len for r in requests), "every request must produce its tokens"
+    result = _result("pagedllm", requests, elapsed)
+    if args.measure_kv_waste:
+        result["kv_waste_at_peak"] = measure_kv_waste(llm, prompts, params)
     llm.shutdown()  # give the device memory back before a peer runs in this process
-    return _result("pagedllm", requests, elapsed)
+    return result
+
+
+def measure_kv_waste(llm: Any, prompts: list[Any], params: list[Any]) -> dict[str, float]:
+    """Step the engine through the workload; at the step with the most KV blocks in
+    use, the share of their slots that hold no token (block tails)."""
+    from pagedllm.sampling_params import RequestOutputKind
+
+    engine = llm.llm_engine
+    for i, (prompt, sp) in enumerate(zip(prompts, params)):
+        final_only = sp.clone()
+        final_only.output_kind = RequestOutputKind.FINAL_ONLY  # as generate() does
+        engine.add_request(f"kv-waste-{i}", prompt, final_only)
+    peak_slots, peak_used = 0, 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        slots, used = engine.kv_slot_usage()
+        if slots > peak_slots:
+            peak_slots, peak_used = slots, used
+    waste = 1.0 - peak_used / peak_slots if peak_slots else 0.0
+    return dict(
+        peak_allocated_slots=peak_slots, peak_used_slots=peak_used, waste_fraction=round(waste, 4)
+    )
 
 
 def run_hf(args: argparse.Namespace, shape: str, requests: list[BenchRequest]) -> dict[str, Any]:

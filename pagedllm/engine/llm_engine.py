@@ -230,6 +230,13 @@ class LLMEngine:
     def get_num_free_blocks(self) -> int:
         return self.kv_cache_manager.get_num_free_blocks()
 
+    def kv_slot_usage(self) -> tuple[int, int]:
+        """(slots in allocated blocks, slots holding a token) right now."""
+        kv = self.kv_cache_manager
+        allocated = (kv.num_blocks - kv.get_num_free_blocks()) * kv.block_size
+        used = sum(r.num_computed_tokens for r in self.scheduler.running)
+        return allocated, used
+
     def get_kv_cache_usage(self) -> float:
         return self.kv_cache_manager.usage
 

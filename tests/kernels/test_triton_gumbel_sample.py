@@ -8,13 +8,40 @@ import torch
 
 from pagedllm.layers.triton_gumbel_sample import gumbel_sample, gumbel_sample_ref
 
-# Critical chi-square values at p = 0.001 (df = vocabulary size - 1).
-CHI2_CRIT_P001 = {7: 24.32, 15: 37.70}
+# Critical chi-square values at p = 0.001, by degrees of freedom.
+CHI2_CRIT_P001 = {
+    1: 10.83,
+    2: 13.82,
+    3: 16.27,
+    4: 18.47,
+    5: 20.52,
+    6: 22.46,
+    7: 24.32,
+    8: 26.12,
+    9: 27.88,
+    10: 29.59,
+    11: 31.26,
+    12: 32.91,
+    13: 34.53,
+    14: 36.12,
+    15: 37.70,
+}
 
 
-def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    expected = probs * counts.sum()
-    return float(((counts - expected) ** 2 / expected).sum())
+def chi_square_ok(counts: torch.Tensor, probs: torch.Tensor) -> bool:
+    """Pearson's test at p = 0.001; bins expecting fewer than 5 draws are pooled
+    (the chi-square approximation needs it)."""
+    expected = probs.double() * counts.sum()
+    order = torch.argsort(expected)
+    small = order[expected[order].cumsum(0) < 5]
+    keep = torch.ones_like(expected, dtype=torch.bool)
+    keep[small] = False
+    obs = torch.cat([counts.double()[keep], counts.double()[small].sum().reshape(1)])
+    exp = torch.cat([expected[keep], expected[small].sum().reshape(1)])
+    if small.numel() == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    stat = float(((obs - exp) ** 2 / exp.clamp_min(1e-12)).sum())
+    return stat < CHI2_CRIT_P001[len(obs) - 1]
 
 
 @pytest.mark.parametrize("vocab,temperature", [(8, 1.0), (16, 0.5)])
@@ -27,10 +54,10 @@ def test_distribution_matches_softmax(vocab: int, temperature: float) -> None:
     tokens = gumbel_sample(batch, temp, seed=1234)
     counts = torch.bincount(tokens, minlength=vocab).float()
     probs = torch.softmax(logits / temperature, dim=-1)
-    assert chi_square(counts, probs) < CHI2_CRIT_P001[vocab - 1]
+    assert chi_square_ok(counts, probs)
     ref = gumbel_sample_ref(batch, temp, torch.Generator().manual_seed(0))
     ref_counts = torch.bincount(ref, minlength=vocab).float()
-    assert chi_square(ref_counts, probs) < CHI2_CRIT_P001[vocab - 1]
+    assert chi_square_ok(ref_counts, probs)
 
 
 def test_masked_tokens_never_drawn_and_seed_is_deterministic() -> None:
@@ -56,4 +83,4 @@ def test_gpu_large_vocab_distribution() -> None:
     counts = torch.bincount(tokens, minlength=vocab).float().cpu()
     probs = torch.softmax(logits.to(torch.bfloat16).float(), dim=-1).cpu()
     assert int(tokens.max()) < vocab
-    assert chi_square(counts, probs) < CHI2_CRIT_P001[vocab - 1]
+    assert chi_square_ok(counts, probs)
