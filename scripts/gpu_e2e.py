@@ -53,6 +53,39 @@ def check_backends(shape: str) -> None:
         )
 
 
+def count_syncs() -> None:
+    """Run decode steps with torch's sync debug mode on: every host<->device sync
+    inside the engine step is reported (the hot path should have one per step, in
+    the output's event wait)."""
+    import collections
+    import warnings
+
+    import torch
+
+    from pagedllm import LLM, SamplingParams
+    from pagedllm.benchmarks.workload import shape_dir
+
+    llm = LLM(model=shape_dir("qwen3-0.6b"), load_format="dummy", skip_tokenizer_init=True,
+              max_model_len=2048, gpu_memory_utilization=0.5, max_num_seqs=64)
+    engine = llm.llm_engine
+    for i in range(32):
+        engine.add_request(str(i), {"prompt_token_ids": [i + 1] * (20 + i)},
+                           SamplingParams(max_tokens=40, ignore_eos=True, detokenize=False))
+    for _ in range(3):
+        engine.step()
+    places: collections.Counter[str] = collections.Counter()
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            engine.step()
+    torch.cuda.set_sync_debug_mode(0)
+    for w in caught:  # the warning points at the Python line that synchronized
+        places[f"{w.filename}:{w.lineno}"] += 1
+    print(f"SYNCS in 10 decode steps: {len(caught)}; by place: {places.most_common(8)}", flush=True)
+    llm.shutdown()
+
+
 def main() -> None:
     import multiprocessing
 
@@ -64,6 +97,8 @@ def main() -> None:
     steps = args.steps.split(",")
     if "check" in steps:
         check_backends("qwen3-0.6b")
+    if "syncs" in steps:
+        count_syncs()
     from pagedllm.benchmarks import latency, throughput
 
     for wl in ("T1", "T2"):

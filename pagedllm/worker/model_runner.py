@@ -214,8 +214,8 @@ class ModelRunner:
             return
         assert self.prev_sampled is not None, "a placeholder token with no step before it"
         rows = [self.prev_rows[r] for r in inputs.placeholder_req_ids]
-        index = torch.tensor(inputs.placeholder_index, device=self.device)
-        source = torch.tensor(rows, device=self.device)
+        index = _host_to_device(inputs.placeholder_index, self.device)
+        source = _host_to_device(rows, self.device)
         inputs.input_ids[index] = self.prev_sampled[source]
 
     def _add_prompt_logprobs(
@@ -279,3 +279,12 @@ def _output_ids(s: ScheduledRequest) -> list[int]:
     if s.output_token_ids is not None:
         return s.output_token_ids
     return []
+
+
+def _host_to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A pageable host->device copy would wait for the device to drain the stream
+    (no overlap with the running step); pinned + non-blocking does not."""
+    tensor = torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)

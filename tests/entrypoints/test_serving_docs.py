@@ -1,24 +1,27 @@
-"""docs/serving.md's examples, run as written against the real servers (ports 8000,
-8001 and 8002 in the text are the test servers' ports)."""
+"""The README's serving examples, run as written against the real servers (ports
+8000, 8001 and 8002 in the text are the test servers' ports)."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from remote_server import RemoteServer
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import readme_blocks  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 PORTS = {"8000": "openai", "8001": "embed", "8002": "legacy"}
 
 
 def code_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    return readme_blocks.code_blocks(language, "Serving")
 
 
 def localize(code: str, servers: dict[str, RemoteServer]) -> str:
