@@ -23,6 +23,7 @@ from pagedllm.distributed.parallel_state import (
     tensor_model_parallel_all_gather,
     tensor_model_parallel_all_reduce,
 )
+from pagedllm.layers.cpu_linear import linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -112,7 +113,7 @@ class LogitsProcessor(nn.Module):
 
     def forward(self, head: VocabParallelEmbedding, hidden_states: torch.Tensor) -> torch.Tensor:
         bias = getattr(head, "bias", None)
-        logits = F.linear(hidden_states, head.weight, bias)
+        logits = linear(hidden_states, head.weight, bias)
         logits = tensor_model_parallel_all_gather(logits, dim=-1)[..., : self.vocab_size]
         logits = logits.float()
         if self.scale != 1.0:
