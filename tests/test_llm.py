@@ -184,3 +184,21 @@ def test_async_scheduling_gives_the_same_outputs(tiny_llama_dir: str) -> None:
     assert asyn.llm_engine.get_stats().num_preemptions > 0
     assert asyn.llm_engine.get_num_free_blocks() == 40
     asyn.llm_engine.check_integrity()
+
+
+def test_async_engine_loop_ends_when_work_is_done(tiny_llama_dir: str) -> None:
+    """Stepping until has_unfinished_requests() is False terminates (an empty step
+    leaves nothing pending) and every request gets its final output."""
+    llm = tiny_llm(tiny_llama_dir, async_scheduling=True)
+    engine = llm.llm_engine
+    for i in range(5):
+        engine.add_request(str(i), {"prompt_token_ids": [i + 1] * 7}, SamplingParams(max_tokens=3 + i))
+    finished, steps = {}, 0
+    while engine.has_unfinished_requests():
+        steps += 1
+        assert steps < 100, "the engine never became idle"
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = len(out.outputs[0].token_ids)
+    assert finished == {str(i): 3 + i for i in range(5)}
+    assert not engine.has_unfinished_requests() and engine.step() == []

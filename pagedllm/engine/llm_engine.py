@@ -194,7 +194,9 @@ class LLMEngine:
             return outputs + self._fail_step([s.req_id for s in scheduler_output.scheduled])
         outputs += self._finish_pending()
         self._pending = (scheduler_output, result)
-        if not self.async_scheduling:
+        if not self.async_scheduling or scheduler_output.is_empty:
+            # Nothing in flight to overlap with: finish now, so that an idle engine
+            # reports no unfinished work.
             outputs += self._finish_pending()
         return outputs
 
