@@ -65,12 +65,21 @@ def count_syncs() -> None:
     from pagedllm import LLM, SamplingParams
     from pagedllm.benchmarks.workload import shape_dir
 
-    llm = LLM(model=shape_dir("qwen3-0.6b"), load_format="dummy", skip_tokenizer_init=True,
-              max_model_len=2048, gpu_memory_utilization=0.5, max_num_seqs=64)
+    llm = LLM(
+        model=shape_dir("qwen3-0.6b"),
+        load_format="dummy",
+        skip_tokenizer_init=True,
+        max_model_len=2048,
+        gpu_memory_utilization=0.5,
+        max_num_seqs=64,
+    )
     engine = llm.llm_engine
     for i in range(32):
-        engine.add_request(str(i), {"prompt_token_ids": [i + 1] * (20 + i)},
-                           SamplingParams(max_tokens=40, ignore_eos=True, detokenize=False))
+        engine.add_request(
+            str(i),
+            {"prompt_token_ids": [i + 1] * (20 + i)},
+            SamplingParams(max_tokens=40, ignore_eos=True, detokenize=False),
+        )
     for _ in range(3):
         engine.step()
     places: collections.Counter[str] = collections.Counter()

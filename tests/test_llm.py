@@ -192,7 +192,9 @@ def test_async_engine_loop_ends_when_work_is_done(tiny_llama_dir: str) -> None:
     llm = tiny_llm(tiny_llama_dir, async_scheduling=True)
     engine = llm.llm_engine
     for i in range(5):
-        engine.add_request(str(i), {"prompt_token_ids": [i + 1] * 7}, SamplingParams(max_tokens=3 + i))
+        engine.add_request(
+            str(i), {"prompt_token_ids": [i + 1] * 7}, SamplingParams(max_tokens=3 + i)
+        )
     finished, steps = {}, 0
     while engine.has_unfinished_requests():
         steps += 1

@@ -10,10 +10,22 @@ import time
 from typing import Any
 
 TOPICS = [
-    "the ocean", "machine learning", "the history of Rome", "healthy breakfast ideas",
-    "how rainbows form", "Python decorators", "the moon landing", "photosynthesis",
-    "the stock market", "learning a new language", "black holes", "baking bread",
-    "the French revolution", "electric cars", "meditation", "volcanoes",
+    "the ocean",
+    "machine learning",
+    "the history of Rome",
+    "healthy breakfast ideas",
+    "how rainbows form",
+    "Python decorators",
+    "the moon landing",
+    "photosynthesis",
+    "the stock market",
+    "learning a new language",
+    "black holes",
+    "baking bread",
+    "the French revolution",
+    "electric cars",
+    "meditation",
+    "volcanoes",
 ]
 PROMPTS = [f"Write a short paragraph about {t}." for t in TOPICS] * 2
 
@@ -29,8 +41,13 @@ def run(llm: Any, batch: int, max_tokens: int) -> dict[str, Any]:
         outputs = llm.chat(conversations[i : i + batch], sp, use_tqdm=False)
         tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
     elapsed = time.perf_counter() - start
-    return dict(batch=batch, prompts=len(PROMPTS), output_tokens=tokens,
-                elapsed_s=round(elapsed, 2), output_tokens_per_s=round(tokens / elapsed, 1))
+    return dict(
+        batch=batch,
+        prompts=len(PROMPTS),
+        output_tokens=tokens,
+        elapsed_s=round(elapsed, 2),
+        output_tokens_per_s=round(tokens / elapsed, 1),
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -45,7 +62,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     llm.chat([{"role": "user", "content": "Hi"}], use_tqdm=False)  # warm-up
     results = [run(llm, int(b), args.max_tokens) for b in args.batches.split(",")]
     for r in results:
-        print(f"C1 batch={r['batch']}: {r['output_tokens_per_s']} output tokens/s ({r['elapsed_s']} s)")
+        print(
+            f"C1 batch={r['batch']}: {r['output_tokens_per_s']} output tokens/s ({r['elapsed_s']} s)"
+        )
         print("RESULT " + json.dumps(r), flush=True)
     if args.output_json:
         with open(args.output_json, "w") as f:

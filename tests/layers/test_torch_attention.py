@@ -83,6 +83,7 @@ CASES = {
     "chunked": ([4, 7], [6, 13]),
     "decode": ([1, 1, 1, 1], [3, 16, 30, 0]),
     "mixed": ([1, 8, 3, 1, 5], [20, 0, 9, 2, 0]),
+    "single_decode": ([1], [37]),  # batch-1 decoding takes its own unpadded path
 }
 
 

@@ -71,6 +71,27 @@ def _attend_group(
     return out[q_valid], q_index[q_valid]
 
 
+def _single_decode(
+    query: torch.Tensor,  # [1, H, D]
+    key_store: torch.Tensor,  # [S, KH, D]
+    value_store: torch.Tensor,  # [S, KH, D]
+    key_slots: torch.Tensor,  # [max_k] int64
+    metadata: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:  # [1, H, D]
+    """One sequence, one new token (batch-1 decoding): it sees all of its keys, so no
+    padding and no mask; a handful of ops instead of the padded general path."""
+    seq_len = metadata.max_seq_len
+    slots = key_slots[:seq_len]
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    group = num_heads // key_store.shape[1]
+    q = query.float().view(key_store.shape[1], group, 1, head_dim)  # [KH, G, 1, D]
+    k = key_store[slots].float().transpose(0, 1).unsqueeze(1)  # [KH, 1, L, D]
+    v = value_store[slots].float().transpose(0, 1).unsqueeze(1)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [KH, G, 1, D]
+    return out.reshape(1, num_heads, head_dim).to(query.dtype)
+
+
 def paged_attention(
     query: torch.Tensor,  # [T, H, D]
     key_store: torch.Tensor,  # [S, KH, D]
@@ -88,6 +109,8 @@ def paged_attention(
     q_lens_cpu = (qsl_cpu[1:] - qsl_cpu[:-1]).long()
     qsl = metadata.query_start_loc.long()
     q_lens = qsl[1:] - qsl[:-1]
+    if qsl_cpu.shape[0] == 2 and int(q_lens_cpu[0]) == 1 and query.shape[0] == 1:
+        return _single_decode(query, key_store, value_store, key_slots[0], metadata, scale)
     out = torch.zeros_like(query)
     is_decode = q_lens_cpu == 1
     for select in (is_decode, ~is_decode):
