@@ -1,0 +1,180 @@
+"""EngineArgs -> EngineConfig: resolve the model, then derive every setting once
+(device, dtype, context length, runner, cache, scheduler and parallel configs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from pagedllm.config import (
+    DTYPE_ALIASES,
+    CacheConfig,
+    DeviceConfig,
+    EngineArgs,
+    EngineConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+)
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device='cuda' was asked for but no CUDA GPU is available; use device='cpu'"
+        )
+    return torch.device(name)
+
+
+def _pick_dtype(
+    name: str, checkpoint_dtype: torch.dtype | None, device: torch.device
+) -> torch.dtype:
+    if name != "auto":
+        return DTYPE_ALIASES[name]
+    if device.type == "cpu":
+        return torch.float32  # half precision matmuls are slow on most CPUs
+    if checkpoint_dtype in (torch.float16, torch.bfloat16):
+        return checkpoint_dtype
+    return torch.bfloat16
+
+
+def _pick_runner(args: EngineArgs, hf_config: Any) -> str:
+    if args.runner != "auto":
+        return args.runner
+    if args.task in ("embed", "embedding"):
+        return "pooling"
+    if args.task == "generate":
+        return "generate"
+    from pagedllm.model_loader.registry import is_pooling_architecture
+
+    archs = getattr(hf_config, "architectures", None) or []
+    return "pooling" if archs and is_pooling_architecture(archs[0]) else "generate"
+
+
+def build_engine_config(args: EngineArgs) -> EngineConfig:
+    from pagedllm.model_loader.resolve import resolve_model
+
+    resolved = resolve_model(args.model, args.download_dir, args.load_format, args.revision)
+    hf_config = resolved.hf_config
+    device = _pick_device(args.device)
+    dtype = _pick_dtype(args.dtype, resolved.checkpoint_dtype, device)
+    max_model_len = _pick_max_model_len(args.max_model_len, hf_config, resolved.path)
+    runner = _pick_runner(args, hf_config)
+    model_config = ModelConfig(
+        model=resolved.path,
+        tokenizer=args.tokenizer or resolved.tokenizer_path,
+        hf_config=hf_config,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        seed=args.seed if args.seed is not None else 0,
+        trust_remote_code=args.trust_remote_code,
+        load_format=resolved.load_format,
+        quantization=args.quantization,
+        served_model_name=args.served_model_name or resolved.name,
+        runner=runner,
+        pooling_type=args.pooling_type.upper() if args.pooling_type else None,
+        pooling_normalize=args.pooling_normalize,
+        revision=args.revision,
+        max_logprobs=args.max_logprobs,
+        generation_config=resolved.generation_config,
+    )
+    return EngineConfig(
+        model_config=model_config,
+        cache_config=_cache_config(args),
+        scheduler_config=_scheduler_config(args, max_model_len, device),
+        parallel_config=_parallel_config(args),
+        device_config=DeviceConfig(device=device),
+        enforce_eager=args.enforce_eager,
+        max_seq_len_to_capture=args.max_seq_len_to_capture,
+    )
+
+
+def _sentence_transformers_max_len(path: str) -> int | None:
+    """sentence-transformers models cap their input (max_seq_length), as vLLM honours."""
+    file = os.path.join(path, "sentence_bert_config.json")
+    if not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        value = json.load(f).get("max_seq_length")
+    return int(value) if value else None
+
+
+def _pick_max_model_len(requested: int | None, hf_config: Any, path: str) -> int:
+    derived = None
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(hf_config, key, None)
+        if value:
+            derived = int(value)
+            break
+    if derived is None:
+        derived = 2048
+    st_len = _sentence_transformers_max_len(path)
+    if st_len is not None:
+        derived = min(derived, st_len)
+    if requested is None:
+        return derived
+    if requested > derived:
+        raise ValueError(
+            f"max_model_len={requested} is larger than the model's maximum context "
+            f"length ({derived}, from its config)"
+        )
+    return requested
+
+
+def _cache_config(args: EngineArgs) -> CacheConfig:
+    return CacheConfig(
+        block_size=args.block_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        swap_space=args.swap_space,
+        enable_prefix_caching=args.enable_prefix_caching,
+        cpu_offload_gb=args.cpu_offload_gb,
+        kv_cache_dtype=args.kv_cache_dtype,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+    )
+
+
+def _scheduler_config(
+    args: EngineArgs, max_model_len: int, device: torch.device
+) -> SchedulerConfig:
+    max_tokens = args.max_num_batched_tokens or max(8192, args.max_num_seqs or 0)
+    max_num_seqs = args.max_num_seqs or min(256, max_tokens)
+    if not args.enable_chunked_prefill:
+        max_tokens = max(max_tokens, max_model_len)
+    if max_tokens < max_num_seqs:
+        raise ValueError(
+            f"max_num_batched_tokens ({max_tokens}) must be >= max_num_seqs ({max_num_seqs})"
+        )
+    return SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_tokens,
+        max_model_len=max_model_len,
+        enable_chunked_prefill=args.enable_chunked_prefill,
+        log_stats=not args.disable_log_stats,
+        async_scheduling=_pick_async_scheduling(args, device),
+    )
+
+
+def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:
+    one_worker = args.tensor_parallel_size * args.pipeline_parallel_size == 1
+    if args.async_scheduling is None:
+        return device.type == "cuda" and one_worker
+    if args.async_scheduling and not one_worker:
+        raise ValueError("async_scheduling needs a single worker (tensor/pipeline parallel size 1)")
+    return args.async_scheduling
+
+
+def _parallel_config(args: EngineArgs) -> ParallelConfig:
+    world = args.tensor_parallel_size * args.pipeline_parallel_size
+    backend = args.distributed_executor_backend or ("uni" if world == 1 else "mp")
+    return ParallelConfig(
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        distributed_executor_backend=backend,
+        disable_custom_all_reduce=args.disable_custom_all_reduce,
+    )
