@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check pagedllm tests
+	$(BIN)/mypy pagedllm
 	$(BIN)/python -m pytest
 
 gpu-check:

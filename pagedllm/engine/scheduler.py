@@ -13,6 +13,7 @@ later from the waiting queue's head.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -239,8 +240,9 @@ class Scheduler:
         self.stats.generation_tokens += 1
         if request.metrics is not None and request.metrics.first_token_time is None:
             request.metrics.first_token_time = time.time()
-        if out.logprobs is not None and out.logprobs[i] is not None:
-            request.logprobs.append(out.logprobs[i])
+        logprobs = out.logprobs[i] if out.logprobs is not None else None
+        if logprobs is not None:
+            request.logprobs.append(logprobs)
         if check_stop(request, self.config.max_model_len):
             self._finish_running(request)
         return True
@@ -253,13 +255,16 @@ class Scheduler:
         self._free(request)
 
     def make_stats(self) -> SchedulerStats:
-        s = self.stats
-        s.num_running_reqs = len(self.running)
-        s.num_waiting_reqs = len(self.waiting)
-        s.kv_cache_usage = self.kv.usage
-        s.prefix_cache_queries = self.kv.prefix_cache_queries
-        s.prefix_cache_hits = self.kv.prefix_cache_hits
-        return s
+        """A snapshot (a new object: the counters keep moving after it is taken)."""
+        return dataclasses.replace(
+            self.stats,
+            num_running_reqs=len(self.running),
+            num_waiting_reqs=len(self.waiting),
+            kv_cache_usage=self.kv.usage,
+            prefix_cache_queries=self.kv.prefix_cache_queries,
+            prefix_cache_hits=self.kv.prefix_cache_hits,
+            finished_reasons=dict(self.stats.finished_reasons),
+        )
 
 
 def uses_token_history(sp: SamplingParams) -> bool:

@@ -41,8 +41,15 @@ class AsyncModelRunnerOutput:
         sampled: torch.Tensor | None,
         logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     ) -> AsyncModelRunnerOutput:
-        lp = logprobs or (None, None, None)
-        out = cls(req_ids, sample_rows, _to_host(sampled), *(_to_host(t) for t in lp))
+        lp_ids, lp_values, lp_ranks = logprobs or (None, None, None)
+        out = cls(
+            req_ids,
+            sample_rows,
+            _to_host(sampled),
+            logprobs_token_ids=_to_host(lp_ids),
+            logprobs=_to_host(lp_values),
+            ranks=_to_host(lp_ranks),
+        )
         if sampled is not None and sampled.device.type == "cuda":
             out.event = torch.cuda.Event()
             out.event.record()

@@ -11,7 +11,7 @@ nothing read), so their outputs are garbage that nobody looks at.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,7 +47,7 @@ class CudaGraphRunner:
         self.query_start_loc = torch.arange(self.max_bs + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self.pool: object | None = None
+        self.pool: Any = None  # the memory pool shared by every captured graph
 
     def _metadata(self, bs: int) -> AttentionMetadata:
         return AttentionMetadata(

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import torch
-from torch import nn
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
@@ -32,7 +31,7 @@ class ModelRunner:
         self.config = config
         self.device = device or config.device_config.device
         self.block_size = config.cache_config.block_size
-        self.model: nn.Module | None = None
+        self.model: Any = None  # an nn.Module of the model contract (docs/architecture.md)
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
@@ -189,7 +188,7 @@ class ModelRunner:
             return AsyncModelRunnerOutput.start_copy(req_ids, [], None, None)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         metadata = SamplingMetadata.build(
-            [s.sampling_params for s in rows],
+            [s.sampling_params for s in rows if s.sampling_params is not None],
             [_output_ids(s) for s in rows],
             [self.prompt_ids.get(s.req_id, []) for s in rows],
             [self._generator(s) for s in rows],
