@@ -13,6 +13,8 @@ Grouped-query heads: query head h reads kv head h // (H / KH) (HF's repeat_kv or
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -28,32 +30,33 @@ def _cache_slots(block_tables: torch.Tensor, block_size: int, max_k: int) -> tor
     return blocks * block_size + pos % block_size
 
 
-def _attend_group(
-    query: torch.Tensor,  # [T, H, D]
-    key_store: torch.Tensor,  # [S, KH, D] flat slots (cache) or flat tokens (no cache)
-    value_store: torch.Tensor,  # [S, KH, D]
-    key_slots: torch.Tensor,  # [B, max_k] int64 index into the stores
+@dataclass
+class _GroupPlan:
+    """Everything about one group of sequences that does not depend on the layer:
+    computed once per step and reused by every attention layer."""
+
+    key_slots: torch.Tensor  # [B, max_k] int64 index into the key/value stores
+    q_index: torch.Tensor  # [B, max_q] flat query token of each padded row (0 on padding)
+    q_valid: torch.Tensor  # [B, max_q] bool
+    mask: torch.Tensor  # [B, 1, G * max_q, max_k] bool, True = may attend
+    tokens: torch.Tensor  # [N] flat token index of each valid row
+    max_q: int
+
+
+def _make_plan(
+    key_slots: torch.Tensor,  # [B, max_k] int64
     q_start: torch.Tensor,  # [B] int64 first flat query token of each sequence
     q_lens: torch.Tensor,  # [B] int64
     seq_lens: torch.Tensor,  # [B] int64
     max_q: int,
-    scale: float,
+    group: int,  # query heads per kv head
     causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (out rows [N, H, D] float32, their flat token indices [N])."""
+) -> _GroupPlan:
     num_seqs, max_k = key_slots.shape
-    num_heads, head_dim = query.shape[1], query.shape[2]
-    num_kv_heads = key_store.shape[1]
-    group = num_heads // num_kv_heads
-    q_off = torch.arange(max_q, device=query.device)
+    q_off = torch.arange(max_q, device=key_slots.device)
     q_valid = q_off[None, :] < q_lens[:, None]  # [B, max_q]
     q_index = torch.where(q_valid, q_start[:, None] + q_off[None, :], 0)
-    # [B, max_q, KH, G, D] -> [B, KH, G * max_q, D]
-    q = query[q_index].float().view(num_seqs, max_q, num_kv_heads, group, head_dim)
-    q = q.permute(0, 2, 3, 1, 4).reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
-    k = key_store[key_slots].float().transpose(1, 2)  # [B, KH, max_k, D]
-    v = value_store[key_slots].float().transpose(1, 2)
-    k_pos = torch.arange(max_k, device=query.device)
+    k_pos = torch.arange(max_k, device=key_slots.device)
     mask = k_pos[None, None, :] < seq_lens[:, None, None]  # [B, 1, max_k]
     if causal:
         q_pos = (seq_lens - q_lens)[:, None] + q_off[None, :]  # [B, max_q]
@@ -65,10 +68,30 @@ def _attend_group(
         .expand(num_seqs, group, max_q, max_k)
         .reshape(num_seqs, 1, group * max_q, max_k)
     )
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return _GroupPlan(key_slots, q_index, q_valid, mask, q_index[q_valid], max_q)
+
+
+def _attend_group(
+    query: torch.Tensor,  # [T, H, D]
+    key_store: torch.Tensor,  # [S, KH, D] flat slots (cache) or flat tokens (no cache)
+    value_store: torch.Tensor,  # [S, KH, D]
+    plan: _GroupPlan,
+    scale: float,
+) -> torch.Tensor:
+    """Returns the valid rows [N, H, D] float32 (their tokens are plan.tokens)."""
+    num_seqs, max_k = plan.key_slots.shape
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = key_store.shape[1]
+    group, max_q = num_heads // num_kv_heads, plan.max_q
+    # [B, max_q, KH, G, D] -> [B, KH, G * max_q, D]
+    q = query[plan.q_index].float().view(num_seqs, max_q, num_kv_heads, group, head_dim)
+    q = q.permute(0, 2, 3, 1, 4).reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
+    k = key_store[plan.key_slots].float().transpose(1, 2)  # [B, KH, max_k, D]
+    v = value_store[plan.key_slots].float().transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale)
     out = out.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)
     out = out.reshape(num_seqs, max_q, num_heads, head_dim)
-    return out[q_valid], q_index[q_valid]
+    return out[plan.q_valid]
 
 
 def _single_decode(
@@ -101,39 +124,66 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [B] keys per sequence
     scale: float,
     causal: bool,
+    cache_key: tuple[object, ...] | None = None,
 ) -> torch.Tensor:
     """Attend every query token of the step; returns [T, H, D] in query dtype."""
     qsl_cpu = metadata.query_start_loc_cpu
     if qsl_cpu is None:
         qsl_cpu = metadata.query_start_loc.cpu()
     q_lens_cpu = (qsl_cpu[1:] - qsl_cpu[:-1]).long()
-    qsl = metadata.query_start_loc.long()
-    q_lens = qsl[1:] - qsl[:-1]
     if qsl_cpu.shape[0] == 2 and int(q_lens_cpu[0]) == 1 and query.shape[0] == 1:
         return _single_decode(query, key_store, value_store, key_slots[0], metadata, scale)
+    group = query.shape[1] // key_store.shape[1]
+    plans = _step_plans(metadata, key_slots, seq_lens, group, causal, q_lens_cpu, cache_key)
     out = torch.zeros_like(query)
+    for plan in plans:
+        rows = _attend_group(query, key_store, value_store, plan, scale)
+        out[plan.tokens] = rows.to(query.dtype)
+    return out
+
+
+def _step_plans(
+    metadata: AttentionMetadata,
+    key_slots: torch.Tensor,  # [B, max_k] int64
+    seq_lens: torch.Tensor,  # [B]
+    group: int,
+    causal: bool,
+    q_lens_cpu: torch.Tensor,  # [B] int64
+    cache_key: tuple[object, ...] | None,
+) -> list[_GroupPlan]:
+    """Decode sequences and the others, as two plans. With a cache_key (key_slots
+    that depend only on the step) they are cached on the step's metadata: every
+    layer shares the key slots, lengths and masks."""
+    cache: dict[tuple[object, ...], list[_GroupPlan]] = metadata.__dict__.setdefault(
+        "_torch_plans", {}
+    )
+    if cache_key is not None and (cache_key, group, causal) in cache:
+        return cache[(cache_key, group, causal)]
+    qsl = metadata.query_start_loc.long()
+    q_lens = qsl[1:] - qsl[:-1]
+    plans = []
     is_decode = q_lens_cpu == 1
     for select in (is_decode, ~is_decode):
         if not bool(select.any()):
             continue
-        idx = select.nonzero().squeeze(1).to(query.device)
         max_q = int(q_lens_cpu[select].max())
         if max_q == 0:  # only padding entries (no query tokens)
             continue
-        rows, tokens = _attend_group(
-            query,
-            key_store,
-            value_store,
-            key_slots[idx],
-            qsl[:-1][idx],
-            q_lens[idx],
-            seq_lens[idx].long(),
-            max_q,
-            scale,
-            causal,
+        idx = select.nonzero().squeeze(1).to(key_slots.device)
+        plans.append(
+            _make_plan(
+                key_slots[idx],
+                qsl[:-1][idx],
+                q_lens[idx],
+                seq_lens[idx].long(),
+                max_q,
+                group,
+                causal,
+            )
         )
-        out[tokens] = rows.to(query.dtype)
-    return out
+    if cache_key is not None:
+        cache[(cache_key, group, causal)] = plans
+    return plans
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -167,9 +217,24 @@ class TorchAttentionBackend(AttentionBackend):
         block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
         key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
         value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)
-        key_slots = _cache_slots(metadata.block_tables, block_size, max(metadata.max_seq_len, 1))
+        max_k = max(metadata.max_seq_len, 1)
+        slots_cache: dict[tuple[int, int], torch.Tensor] = metadata.__dict__.setdefault(
+            "_torch_key_slots", {}
+        )
+        key_slots = slots_cache.get((block_size, max_k))
+        if key_slots is None:  # once per step: every layer reads the same slots
+            key_slots = _cache_slots(metadata.block_tables, block_size, max_k)
+            slots_cache[(block_size, max_k)] = key_slots
         return paged_attention(
-            query, key_cache, value_cache, key_slots, metadata, metadata.seq_lens, scale, causal
+            query,
+            key_cache,
+            value_cache,
+            key_slots,
+            metadata,
+            metadata.seq_lens,
+            scale,
+            causal,
+            cache_key=("paged", block_size, max_k),
         )
 
 
