@@ -9,8 +9,12 @@ other dtypes, autograd) goes through `F.linear`."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 _ENABLED = torch.backends.mkldnn.is_available()
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -35,5 +39,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.shape[0] > 0
         and not torch.is_grad_enabled()
     ):
-        return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, "none", [], "")
+        try:
+            return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, "none", [], "")
+        except RuntimeError:  # a CPU or build without these oneDNN kernels: plain path
+            _disable()
     return F.linear(x, weight, bias)
+
+
+def _disable() -> None:
+    global _ENABLED
+    _ENABLED = False
+    logger.warning("oneDNN packed linear layers are unavailable here; using F.linear")
