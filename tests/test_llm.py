@@ -204,3 +204,20 @@ def test_async_engine_loop_ends_when_work_is_done(tiny_llama_dir: str) -> None:
                 finished[out.request_id] = len(out.outputs[0].token_ids)
     assert finished == {str(i): 3 + i for i in range(5)}
     assert not engine.has_unfinished_requests() and engine.step() == []
+
+
+def test_n_samples_share_prompt_blocks_copy_free(tiny_llama_dir: str) -> None:
+    llm = tiny_llm(tiny_llama_dir)
+    engine = llm.llm_engine
+    prompt = {"prompt_token_ids": list(range(1, 42))}  # 41 tokens: 10 full blocks of 4
+    engine.add_request("p", prompt, SamplingParams(n=4, temperature=1.0, seed=1, max_tokens=5))
+    engine.step()  # every child is scheduled in the first step
+    kv = engine.kv_cache_manager
+    tables = [kv.get_block_ids(f"{i}_p") for i in range(4)]
+    shared = tables[0][:10]
+    assert all(t[:10] == shared for t in tables)  # the same physical prompt blocks
+    assert all(kv.block_pool.blocks[b].ref_cnt == 4 for b in shared)
+    assert len({t[10] for t in tables}) == 4  # each sample's own tail block
+    while engine.has_unfinished_requests():
+        engine.step()
+    engine.check_integrity()
