@@ -60,3 +60,12 @@ def test_greedy_batch_equals_one_by_one(smol_llm: Any) -> None:
     batch = [o.outputs[0].token_ids for o in smol_llm.generate(prompts, sp, use_tqdm=False)]
     alone = [smol_llm.generate([p], sp, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
     assert batch == alone
+
+
+def test_bad_words_are_never_generated(smol_llm: Any) -> None:
+    sp = SamplingParams(temperature=0, max_tokens=12)
+    prompt = ["The capital of France is"]
+    assert "Paris" in smol_llm.generate(prompt, sp, use_tqdm=False)[0].outputs[0].text
+    banned = SamplingParams(temperature=0, max_tokens=12, bad_words=["Paris"])
+    text = smol_llm.generate(prompt, banned, use_tqdm=False)[0].outputs[0].text
+    assert "Paris" not in text and text.strip()

@@ -68,14 +68,32 @@ def check_prompt_length(num_prompt_tokens: int, model_config: ModelConfig, pooli
         )
 
 
+def tokenize_bad_words(bad_words: list[str], tokenizer: Any) -> list[list[int]]:
+    """vLLM's rule: each word as written and with a leading space (how it appears
+    after another word), without special tokens."""
+    if tokenizer is None:
+        raise ValueError("bad_words needs a tokenizer (the engine was started without one)")
+    sequences: list[list[int]] = []
+    for word in bad_words:
+        variants = [word] if word.startswith(" ") else [word, " " + word]
+        for text in variants:
+            ids = list(tokenizer.encode(text, add_special_tokens=False))
+            if ids and ids not in sequences:
+                sequences.append(ids)
+    return sequences
+
+
 def resolve_sampling_params(
     params: SamplingParams,
     num_prompt_tokens: int,
     model_config: ModelConfig,
     eos_token_id: int | None,
+    tokenizer: Any = None,
 ) -> tuple[SamplingParams, int]:
-    """A private copy with EOS resolved, and the effective max_tokens."""
+    """A private copy with EOS and bad words resolved, and the effective max_tokens."""
     sp = params.clone()
+    if sp.bad_words:
+        sp.bad_words_token_ids = tokenize_bad_words(sp.bad_words, tokenizer)
     sp.update_from_generation_config(model_config.generation_config, eos_token_id)
     room = model_config.max_model_len - num_prompt_tokens
     max_tokens = room if sp.max_tokens is None else min(sp.max_tokens, room)

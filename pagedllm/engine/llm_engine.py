@@ -132,7 +132,11 @@ class LLMEngine:
         children = []
         for index in range(n):
             sp, max_tokens = ip.resolve_sampling_params(
-                params, len(processed.prompt_token_ids), self.model_config, self.eos_token_id
+                params,
+                len(processed.prompt_token_ids),
+                self.model_config,
+                self.eos_token_id,
+                self.tokenizer,
             )
             if n > 1 and sp.seed is not None:
                 sp.seed = params.seed + index  # type: ignore[operator]

@@ -275,4 +275,5 @@ def uses_token_history(sp: SamplingParams) -> bool:
         or sp.frequency_penalty != 0.0
         or sp.repetition_penalty != 1.0
         or sp.min_tokens > 0
+        or bool(sp.bad_words_token_ids)
     )

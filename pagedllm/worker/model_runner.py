@@ -194,6 +194,9 @@ class ModelRunner:
             [self._generator(s) for s in rows],
             self.device,
             logits.shape[-1],
+            bad_words_token_ids_list=[
+                s.sampling_params.bad_words_token_ids if s.sampling_params else None for s in rows
+            ],
         )
         out = self.sampler(logits, metadata)
         self.prev_sampled = out.sampled_token_ids
