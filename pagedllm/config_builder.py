@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -31,13 +32,29 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bfloat16() -> bool:
+    """AVX-512 BF16 or AMX: bfloat16 matrix products at twice the float32 rate."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _pick_dtype(
     name: str, checkpoint_dtype: torch.dtype | None, device: torch.device
 ) -> torch.dtype:
     if name != "auto":
         return DTYPE_ALIASES[name]
     if device.type == "cpu":
-        return torch.float32  # half precision matmuls are slow on most CPUs
+        # A bfloat16 checkpoint stays bfloat16 where the CPU multiplies it natively;
+        # everything else runs in float32 (half precision is slow on most CPUs, and
+        # quantized GGUF weights are dequantized to float32).
+        if checkpoint_dtype == torch.bfloat16 and cpu_has_fast_bfloat16():
+            return torch.bfloat16
+        return torch.float32
     if checkpoint_dtype in (torch.float16, torch.bfloat16):
         return checkpoint_dtype
     return torch.bfloat16
