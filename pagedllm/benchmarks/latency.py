@@ -9,7 +9,7 @@ import statistics
 import time
 from typing import Any
 
-from pagedllm.benchmarks.workload import SHAPES, make_requests, shape_dir
+from pagedllm.benchmarks.workload import SHAPES, engine_kwargs, make_requests, shape_dir
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,17 +35,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     model = args.model or shape_dir(args.shape)
-    llm = LLM(
-        model=model,
-        load_format=args.load_format,
-        dtype=args.dtype,
-        skip_tokenizer_init=True,
-        tensor_parallel_size=args.tensor_parallel_size,
-        enforce_eager=args.enforce_eager,
-        device=args.device,
-        max_model_len=args.max_model_len,
-        max_num_seqs=max(8, args.batch_size),
-    )
+    args.max_num_seqs = max(8, args.batch_size)
+    llm = LLM(model=model, **engine_kwargs(args))
     requests = make_requests(
         args.batch_size, (args.input_len, args.input_len), (args.output_len, args.output_len)
     )

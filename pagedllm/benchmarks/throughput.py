@@ -9,7 +9,14 @@ import logging
 import time
 from typing import Any
 
-from pagedllm.benchmarks.workload import SHAPES, WORKLOADS, BenchRequest, make_requests, shape_dir
+from pagedllm.benchmarks.workload import (
+    SHAPES,
+    WORKLOADS,
+    BenchRequest,
+    engine_kwargs,
+    make_requests,
+    shape_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +71,7 @@ def run_pagedllm(
 ) -> dict[str, Any]:
     from pagedllm import LLM, SamplingParams
 
-    llm = LLM(
-        model=model,
-        load_format=args.load_format,
-        dtype=args.dtype,
-        skip_tokenizer_init=True,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        device=args.device,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        enforce_eager=args.enforce_eager,
-    )
+    llm = LLM(model=model, **engine_kwargs(args))
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
     params = [
         SamplingParams(

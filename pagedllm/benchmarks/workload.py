@@ -8,6 +8,7 @@ import os
 import random
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 SHAPES: dict[str, dict[str, object]] = {
     "qwen3-0.6b": dict(
@@ -68,6 +69,24 @@ def make_requests(
         ids = [rng.randint(0, 10000) for _ in range(prompt_len)]
         requests.append(BenchRequest(ids, output_len))
     return requests
+
+
+def engine_kwargs(args: Any) -> dict[str, Any]:
+    """The LLM(...) arguments every benchmark takes from its flags (one list, so that
+    a flag a benchmark accepts is never dropped on the way to the engine)."""
+    names = (
+        "load_format",
+        "dtype",
+        "tensor_parallel_size",
+        "enforce_eager",
+        "device",
+        "max_model_len",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "gpu_memory_utilization",
+    )
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return {"skip_tokenizer_init": True, **kwargs}
 
 
 def shape_dir(shape: str, max_position_embeddings: int | None = None) -> str:
