@@ -3,6 +3,10 @@ engine steps of a workload (default T1), then the top CUDA kernels by total time
 the share of the window the device was busy. On the CPU (no CUDA) it profiles CPU ops.
 
     python scripts/profile_gpu.py --workload T1 --skip-steps 300 --steps 30
+    python scripts/profile_gpu.py --workload T1 --timeline   # whole run, no profiler
+
+--timeline runs the whole workload without the profiler and prints the wall time of
+the steps grouped by how many requests were running (where the seconds of a run go).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.benchmarks.workload import WORKLOADS, make_requests, shape_dir
+from pagedllm.sampling_params import RequestOutputKind
 
 
 def main() -> None:
@@ -25,6 +30,8 @@ def main() -> None:
     ap.add_argument("--skip-steps", type=int, default=300, help="steps before the window")
     ap.add_argument("--steps", type=int, default=30, help="steps in the profiled window")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--timeline", action="store_true", help="whole run, steps by batch size")
+    ap.add_argument("--cprofile", action="store_true", help="Python (host) profile of the window")
     args = ap.parse_args()
     shape, num, in_range, out_range = WORKLOADS[args.workload]
     llm = LLM(
@@ -36,11 +43,31 @@ def main() -> None:
     engine = llm.llm_engine
     for i, r in enumerate(make_requests(args.num or num, in_range, out_range)):
         sp = SamplingParams(
-            temperature=1.0, ignore_eos=True, max_tokens=r.output_len, detokenize=False
+            temperature=1.0,
+            ignore_eos=True,
+            max_tokens=r.output_len,
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # as LLM.generate asks
         )
         engine.add_request(str(i), {"prompt_token_ids": r.prompt_token_ids}, sp)
+    if args.timeline:
+        timeline(engine)
+        return
     for _ in range(args.skip_steps):
         engine.step()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        engine.step()
+    if cuda:
+        torch.cuda.synchronize()
+    plain = (time.perf_counter() - start) / args.steps
+    print(f"without the profiler: {plain * 1e3:.2f} ms/step over {args.steps} steps")
+    if args.cprofile:
+        host_profile(engine, args.steps, args.top)
+        return
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     start = time.perf_counter()
@@ -58,6 +85,47 @@ def main() -> None:
             f"window: {args.steps} steps in {wall * 1e3:.1f} ms wall; device busy {busy * 1e3:.1f} ms "
             f"({100 * busy / wall:.0f}%), {wall / args.steps * 1e3:.2f} ms/step"
         )
+
+
+def host_profile(engine, steps: int, top: int) -> None:  # type: ignore[no-untyped-def]
+    """cProfile of `steps` engine steps: where the host's time goes."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        engine.step()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+BUCKETS = (1, 8, 32, 64, 128, 192, 256, 512, 1 << 30)
+
+
+def timeline(engine) -> None:  # type: ignore[no-untyped-def]
+    """Step wall times grouped by the number of running requests."""
+    rows: dict[int, list[float]] = {}
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        running = len(engine.scheduler.running) + len(engine.scheduler.waiting)
+        t0 = time.perf_counter()
+        engine.step()
+        bucket = next(b for b in BUCKETS if running <= b)
+        rows.setdefault(bucket, []).append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    print(f"timeline: {sum(len(v) for v in rows.values())} steps in {total:.2f} s")
+    lower = 0
+    for bucket in BUCKETS:
+        if bucket in rows:
+            times = rows[bucket]
+            print(
+                f"  running {lower + 1:>4}-{bucket:<5} steps {len(times):>5}  "
+                f"{sum(times):7.2f} s  {1e3 * sum(times) / len(times):6.2f} ms/step"
+            )
+        lower = bucket
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 forward(x)           -> norm(x)
 forward(x, residual) -> (norm(x + residual), x + residual)
+
+On CUDA tensors RMSNorm runs as one fused Triton kernel (layers/triton_rms_norm.py, the
+same rounding as the torch code here); elsewhere it runs as torch ops.
 """
 
 from __future__ import annotations
@@ -30,10 +33,25 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if x.is_cuda and not self.weight_offset and x.shape[-1] > 1 and x.stride(-1) == 1:
+            return _fused_rms_norm(x, self.weight, self.variance_epsilon, residual)
         if residual is None:
             return self._norm(x)
         x = x + residual
         return self._norm(x), x
+
+
+def _fused_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
+    from pagedllm.layers.triton_rms_norm import rms_norm
+
+    if x.dim() > 3 or (residual is not None and residual.stride(-1) != 1):
+        x = x.contiguous()
+        residual = None if residual is None else residual.contiguous()
+    out, new_residual = rms_norm(x, weight, eps, residual)
+    return out if new_residual is None else (out, new_residual)
 
 
 class LayerNorm(nn.LayerNorm):

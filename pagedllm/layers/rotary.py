@@ -5,6 +5,9 @@ Each head's first `rotary_dim` features are rotated in pairs (the rest pass thro
     GPT-J style (interleaved):     pairs (2i, 2i + 1)
 Scaling types: "default", "linear" (positions / factor), "llama3" (Llama 3.1 frequency
 smoothing).
+
+On CUDA tensors the rotation runs as one Triton kernel, in place on q and k
+(layers/triton_rotary.py, the same fp32 arithmetic rounded once).
 """
 
 from __future__ import annotations
@@ -108,12 +111,31 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T]; query [T, nh*head_size]; key [T, nkv*head_size] -> rotated copies."""
+        """positions [T]; query [T, nh*head_size]; key [T, nkv*head_size] -> rotated
+        (copies on the torch path; on CUDA the inputs themselves, rotated in place)."""
+        if query.is_cuda and query.stride(-1) == 1 and key.stride(-1) == 1:
+            return self._forward_triton(positions, query, key)
         cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
         num_tokens = positions.shape[0]
         q = self._rotate(query.view(num_tokens, -1, self.head_size), cos, sin)
         k = self._rotate(key.view(num_tokens, -1, self.head_size), cos, sin)
         return q.reshape(query.shape), k.reshape(key.shape)
+
+    def _forward_triton(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
+        from pagedllm.layers.triton_rotary import rotary_embedding
+
+        num_tokens = positions.shape[0]
+        rotary_embedding(
+            positions if positions.dtype == torch.int64 else positions.long(),
+            query.view(num_tokens, -1, self.head_size),
+            key.view(num_tokens, -1, self.head_size),
+            self.cos_sin_cache,
+            self.is_neox_style,
+        )
+        return query, key
 
 
 # One module per distinct configuration and device: every layer of a model shares it

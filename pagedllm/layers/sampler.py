@@ -247,7 +247,12 @@ def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]
     (rows need not be normalised). Modifies probs."""
     noise = torch.empty_like(probs)
     if len(generators) < probs.shape[0]:
-        noise.exponential_()  # one batched draw for the unseeded rows
+        # One batched draw for the unseeded rows. On the CPU, -log(U) with U ~ U(0, 1) is
+        # the same Exponential(1) and about 4x faster there than exponential_().
+        if probs.is_cuda:
+            noise.exponential_()
+        else:
+            noise.uniform_().log_().neg_()
     for row, generator in generators.items():
         # Exactly what torch.empty(V).exponential_(generator=g) would draw.
         noise[row].exponential_(generator=generator)

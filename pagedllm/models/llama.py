@@ -83,10 +83,34 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:
-            q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
-        q, k = self.rotary_emb(positions, q, k)
+        if self.qk_norm and self._fuse_qk_norm_rotary(qkv):
+            self._qk_norm_rotary(positions, q, k)
+        else:
+            if self.qk_norm:
+                q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
+            q, k = self.rotary_emb(positions, q, k)
         return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+
+    def _fuse_qk_norm_rotary(self, qkv: torch.Tensor) -> bool:
+        """The fused kernel's case: CUDA, neox rotation of the whole power-of-two head."""
+        rope, d = self.rotary_emb, self.head_dim
+        return qkv.is_cuda and rope.is_neox_style and rope.rotary_dim == d and d & (d - 1) == 0
+
+    def _qk_norm_rotary(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Qwen3 on CUDA: per-head q/k RMSNorm and rotary in one in-place Triton kernel."""
+        # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
+        from pagedllm.layers.triton_qk_norm_rotary import qk_norm_rotary
+
+        num_tokens = q.shape[0]
+        qk_norm_rotary(
+            positions if positions.dtype == torch.int64 else positions.long(),
+            q.view(num_tokens, -1, self.head_dim),
+            k.view(num_tokens, -1, self.head_dim),
+            self.q_norm.weight,
+            self.k_norm.weight,
+            self.q_norm.variance_epsilon,
+            self.rotary_emb.cos_sin_cache,
+        )
 
 
 class LlamaDecoderLayer(nn.Module):

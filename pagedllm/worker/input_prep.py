@@ -31,6 +31,9 @@ class StepInputs:
     # the previous step's sampled tokens on the device.
     placeholder_index: list[int]  # flat token indices
     placeholder_req_ids: list[str]  # the request of each
+    # Every token is a sampled row (a decode-only step): logits_indices is 0..T-1 and the
+    # runner can take the hidden states as they are, without a gather.
+    samples_every_token: bool = False
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -145,4 +148,5 @@ def prepare_inputs(
         num_tokens=total,
         placeholder_index=placeholder_index.tolist(),
         placeholder_req_ids=[scheduled[i].req_id for i in req_idx[placeholder_index]],
+        samples_every_token=len(sample_rows) == total,
     )

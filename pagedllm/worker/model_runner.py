@@ -186,7 +186,8 @@ class ModelRunner:
         rows = [scheduled[i] for i in inputs.sample_rows]
         if not rows:
             return AsyncModelRunnerOutput.start_copy(req_ids, [], None, None)
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        sampled_hidden = hidden if inputs.samples_every_token else hidden[inputs.logits_indices]
+        logits = self.model.compute_logits(sampled_hidden)
         metadata = SamplingMetadata.build(
             [s.sampling_params for s in rows if s.sampling_params is not None],
             [_output_ids(s) for s in rows],

@@ -1,12 +1,21 @@
 """The fused Gumbel-max sampler draws from softmax(logits / T): chi-square test
-against the exact distribution, rows independent, masked tokens never drawn."""
+against the exact distribution, rows independent, masked tokens never drawn; the
+vocabulary split (stage 1 partials, stage 2 reduce) never changes the tokens."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pagedllm.layers.triton_gumbel_sample import gumbel_sample, gumbel_sample_ref
+from pagedllm.layers.triton_gumbel_sample import (
+    BLOCK_V_CPU,
+    BLOCK_V_CUDA,
+    TARGET_PROGRAMS,
+    choose_num_splits,
+    gumbel_sample,
+    gumbel_sample_ref,
+    reduce_partials,
+)
 
 # Critical chi-square values at p = 0.001, by degrees of freedom.
 CHI2_CRIT_P001 = {
@@ -70,6 +79,117 @@ def test_masked_tokens_never_drawn_and_seed_is_deterministic() -> None:
     assert not torch.equal(a, gumbel_sample(logits, temp, seed=8))
 
 
+@pytest.mark.parametrize(
+    "n,vocab,dtype",
+    [(1, 1000, torch.float32), (3, 2999, torch.bfloat16), (5, 3000, torch.float16)],
+)
+def test_same_tokens_for_every_split_count(n: int, vocab: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(n)
+    logits = (torch.randn(n, vocab) * 3).to(dtype)
+    logits[:, vocab // 3 : vocab // 2] = float("-inf")
+    temp = torch.rand(n) + 0.5
+    chunks = -(-vocab // BLOCK_V_CPU)
+    seed = 99 * n
+    one = gumbel_sample(logits, temp, seed, num_splits=1)
+    assert choose_num_splits(n, vocab, BLOCK_V_CPU) == chunks  # None: one chunk a slice
+    # 2, 5: uneven slices (5 leaves the last one empty at V = 1000); chunks + 3: empty
+    # slices past the end.
+    for splits in (2, 5, chunks + 3, None):
+        assert torch.equal(gumbel_sample(logits, temp, seed, num_splits=splits), one), splits
+
+
+def test_strided_rows_across_splits() -> None:
+    torch.manual_seed(1)
+    wide = torch.randn(4, 1500)
+    logits = wide[:, :1200]  # row stride 1500
+    temp = torch.full((4,), 0.7)
+    one = gumbel_sample(logits.contiguous(), temp, 5, num_splits=1)
+    assert torch.equal(gumbel_sample(logits, temp, 5, num_splits=4), one)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 4, None])
+def test_clear_maximum_wins_from_any_split(splits: int | None) -> None:
+    """With T = 0.01 a logit 1 above all others beats any Gumbel noise (whose span is
+    < 20 after clamping), so the token is known: first, middle and last (partial) chunk."""
+    vocab = 1000
+    targets = [0, 130, 511, 640, 999]
+    torch.manual_seed(2)
+    logits = torch.randn(len(targets), vocab)
+    for r, t in enumerate(targets):
+        logits[r, t] = logits[r].max() + 1.0
+    tokens = gumbel_sample(logits, torch.full((len(targets),), 0.01), 3, num_splits=splits)
+    assert tokens.tolist() == targets
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 8, None])
+def test_exact_ties_resolve_to_smallest_index(splits: int | None) -> None:
+    """+inf logits tie exactly (+inf + finite noise = +inf) wherever they are: the
+    smallest index wins, also when the tied indices lie in different splits."""
+    vocab = 1000
+    pairs = [(3, 900), (130, 131), (200, 700), (999, 0)]
+    logits = torch.randn(len(pairs), vocab)
+    for r, (a, b) in enumerate(pairs):
+        logits[r, a] = logits[r, b] = float("inf")
+    tokens = gumbel_sample(logits, torch.ones(len(pairs)), 11, num_splits=splits)
+    assert tokens.tolist() == [min(p) for p in pairs]
+
+
+def test_all_masked_row_gives_index_zero_for_every_split_count() -> None:
+    logits = torch.full((2, 700), float("-inf"))
+    for splits in (1, 3, 6, 9):
+        assert gumbel_sample(logits, torch.ones(2), 4, num_splits=splits).tolist() == [0, 0]
+
+
+def test_reduce_partials_takes_max_then_smallest_index() -> None:
+    inf = float("inf")
+    part_val = torch.tensor(
+        [
+            [1.0, 3.0, 2.0, 3.0],  # tie at splits 1 and 3: index 7 < 40
+            [5.0, 5.0, 5.0, 5.0],  # four-way tie, indices out of order: 2
+            [-inf, -inf, -inf, -inf],  # nothing drawable: smallest index
+            [-inf, -inf, 0.5, -inf],
+            [inf, 0.0, inf, -1.0],
+        ]
+    )
+    part_idx = torch.tensor(
+        [[0, 40, 80, 7], [90, 2, 50, 11], [5, 3, 9, 4], [0, 10, 20, 30], [12, 1, 6, 0]],
+        dtype=torch.int32,
+    )
+    assert reduce_partials(part_val, part_idx, 100).tolist() == [7, 2, 3, 20, 6]
+    # Non-power-of-two split counts are masked to the real splits.
+    assert reduce_partials(
+        part_val[:, :3].contiguous(), part_idx[:, :3].contiguous(), 100
+    ).tolist() == [40, 2, 3, 20, 6]
+
+
+def test_choose_num_splits() -> None:
+    for n, vocab in [
+        (1, 128256),
+        (7, 151936),
+        (256, 151936),
+        (1, 1000),
+        (1, 1),
+        (600, 151936),
+        (5000, 151936),
+    ]:
+        s = choose_num_splits(n, vocab)
+        chunks = -(-vocab // BLOCK_V_CUDA)
+        per = -(-chunks // s)
+        assert 1 <= s <= chunks
+        assert (s - 1) * per < chunks  # no empty split
+        if n >= TARGET_PROGRAMS:
+            assert s == 1
+    assert choose_num_splits(1, 128256) == 126  # one 1024-chunk a program
+    assert choose_num_splits(256, 151936) == 17  # 9 chunks a program
+    assert choose_num_splits(TARGET_PROGRAMS, 151936) == 1
+    assert choose_num_splits(1, 3000, BLOCK_V_CPU) == 24
+
+
+def test_num_splits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="num_splits"):
+        gumbel_sample(torch.zeros(1, 10), torch.ones(1), 0, num_splits=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_large_vocab_distribution() -> None:
@@ -84,3 +204,20 @@ def test_gpu_large_vocab_distribution() -> None:
     probs = torch.softmax(logits.to(torch.bfloat16).float(), dim=-1).cpu()
     assert int(tokens.max()) < vocab
     assert chi_square_ok(counts, probs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "n,vocab,dtype",
+    [(1, 128256, torch.bfloat16), (256, 151936, torch.float32), (3, 151936, torch.bfloat16)],
+)
+def test_gpu_split_path_matches_one_split(n: int, vocab: int, dtype: torch.dtype) -> None:
+    assert choose_num_splits(n, vocab) > 1
+    torch.manual_seed(0)
+    logits = (torch.randn(n, vocab, device="cuda") * 4).to(dtype)
+    temp = torch.rand(n, device="cuda") + 0.3
+    for seed in (1, 12345):
+        one = gumbel_sample(logits, temp, seed, num_splits=1)
+        for splits in (None, 2, 7, -(-vocab // BLOCK_V_CUDA)):
+            assert torch.equal(gumbel_sample(logits, temp, seed, num_splits=splits), one)

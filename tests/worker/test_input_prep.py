@@ -32,6 +32,15 @@ def test_mixed_step_indices() -> None:
     assert inputs.attn_metadata.query_start_loc.tolist() == [0, 1, 4]
     assert inputs.sample_rows == [0]  # b's chunk does not reach its end: no sampling
     assert inputs.logits_indices.tolist() == [0]
+    assert not inputs.samples_every_token  # 4 tokens, 1 sampled: the runner must gather
+
+
+def test_decode_only_step_samples_every_token() -> None:
+    a = ScheduledRequest("a", [11], 5, [7, 3], 6, SP)
+    b = ScheduledRequest("b", [12], 2, [9], 3, SP)
+    inputs = prepare_inputs(step(a, b), 4, torch.device("cpu"))
+    assert inputs.samples_every_token
+    assert inputs.logits_indices.tolist() == [0, 1]  # the gather it lets the runner skip
 
 
 def test_placeholder_tokens_are_reported() -> None:
