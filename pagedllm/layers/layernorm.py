@@ -10,6 +10,7 @@ same rounding as the torch code here); elsewhere it runs as torch ops.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,6 +36,16 @@ class RMSNorm(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.is_cuda and not self.weight_offset and x.shape[-1] > 1 and x.stride(-1) == 1:
             return _fused_rms_norm(x, self.weight, self.variance_epsilon, residual)
+        if (
+            x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not self.weight_offset
+        ):
+            # float32: torch's one-kernel rms_norm is the same arithmetic as _norm.
+            if residual is not None:
+                x = x + residual
+                return F.rms_norm(x, (x.shape[-1],), self.weight, self.variance_epsilon), x
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.variance_epsilon)
         if residual is None:
             return self._norm(x)
         x = x + residual

@@ -73,6 +73,9 @@ class RotaryEmbedding(nn.Module):
         # [max_position, rotary_dim] float32: cos in the first half, sin in the second.
         self.cos_sin_cache: torch.Tensor
         self.register_buffer("cos_sin_cache", cache, persistent=False)
+        # (positions, version, (cos, sin)) of the last step, shared by every layer of the
+        # step (see _step_cos_sin); one attribute, so threads see it whole.
+        self._step: tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _compute_cos_sin_cache(
         self, max_position: int, base: float, scaling: dict[str, Any] | None
@@ -115,11 +118,51 @@ class RotaryEmbedding(nn.Module):
         (copies on the torch path; on CUDA the inputs themselves, rotated in place)."""
         if query.is_cuda and query.stride(-1) == 1 and key.stride(-1) == 1:
             return self._forward_triton(positions, query, key)
-        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+        cos, sin = self._step_cos_sin(positions)
         num_tokens = positions.shape[0]
+        if self._rotates_in_place(query, key):
+            for x in (query, key):
+                self._rotate_in_place(x.view(num_tokens, -1, self.head_size), cos, sin)
+            return query, key
         q = self._rotate(query.view(num_tokens, -1, self.head_size), cos, sin)
         k = self._rotate(key.view(num_tokens, -1, self.head_size), cos, sin)
         return q.reshape(query.shape), k.reshape(key.shape)
+
+    def _step_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, rotary_dim/2] of these positions. Every layer of a step passes
+        the same positions tensor, so the rows are gathered once per step: they are
+        reused while the same tensor object comes back (held here, so its id cannot be
+        recycled) with the same version counter. Inference tensors (the engine runs in
+        inference mode) have no version counter: the input preparation makes a new
+        positions tensor every step and nothing writes into it."""
+        version = -1 if positions.is_inference() else positions._version
+        step = self._step
+        if step is not None and step[0] is positions and step[1] == version:
+            return step[2]
+        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+        self._step = (positions, version, (cos, sin))
+        return cos, sin
+
+    def _rotates_in_place(self, query: torch.Tensor, key: torch.Tensor) -> bool:
+        """float32 neox rotation of whole heads: the same arithmetic written back into
+        q and k (a few ops instead of slicing, casting and concatenating copies)."""
+        return (
+            self.is_neox_style
+            and self.rotary_dim == self.head_size
+            and query.dtype == torch.float32
+            and key.dtype == torch.float32
+            and query.stride(-1) == 1
+            and key.stride(-1) == 1
+        )
+
+    def _rotate_in_place(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        # x [T, n, head_size] float32 (a view into the qkv projection's output)
+        half = self.rotary_dim // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        o1 = x1 * cos - x2 * sin
+        o2 = x2 * cos + x1 * sin
+        x1.copy_(o1)
+        x2.copy_(o2)
 
     def _forward_triton(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor

@@ -71,6 +71,12 @@ def _make_plan(
     return _GroupPlan(key_slots, q_index, q_valid, mask, q_index[q_valid], max_q)
 
 
+def _rows(store: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """store[index] for an integer index of any shape: index_select over the flattened
+    index, several times faster on the CPU than advanced indexing (same result)."""
+    return store.index_select(0, index.reshape(-1)).view(*index.shape, *store.shape[1:])
+
+
 def _attend_group(
     query: torch.Tensor,  # [T, H, D]
     key_store: torch.Tensor,  # [S, KH, D] flat slots (cache) or flat tokens (no cache)
@@ -84,10 +90,11 @@ def _attend_group(
     num_kv_heads = key_store.shape[1]
     group, max_q = num_heads // num_kv_heads, plan.max_q
     # [B, max_q, KH, G, D] -> [B, KH, G * max_q, D]
-    q = query[plan.q_index].float().view(num_seqs, max_q, num_kv_heads, group, head_dim)
+    q = _rows(query, plan.q_index).float()
+    q = q.view(num_seqs, max_q, num_kv_heads, group, head_dim)
     q = q.permute(0, 2, 3, 1, 4).reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
-    k = key_store[plan.key_slots].float().transpose(1, 2)  # [B, KH, max_k, D]
-    v = value_store[plan.key_slots].float().transpose(1, 2)
+    k = _rows(key_store, plan.key_slots).float().transpose(1, 2)  # [B, KH, max_k, D]
+    v = _rows(value_store, plan.key_slots).float().transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale)
     out = out.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)
     out = out.reshape(num_seqs, max_q, num_heads, head_dim)
@@ -103,19 +110,16 @@ def _single_decode(
     scale: float,
 ) -> torch.Tensor:  # [1, H, D]
     """One sequence, one new token (batch-1 decoding): it sees all of its keys, so no
-    padding and no mask. Two batched matrix products over the kv heads, each serving
-    its G query heads (SDPA's math path would first copy K/V out to every query head:
-    about 4x slower on the CPU at SmolLM2's shapes)."""
+    padding and no mask. SDPA with grouped-query heads on strided views of the gathered
+    keys/values (no copy per query head and no transposed copy: about 5x faster on the
+    CPU than expanding K/V to every query head at SmolLM2's shapes)."""
     seq_len = metadata.max_seq_len
     slots = key_slots[:seq_len]
     num_heads, head_dim = query.shape[1], query.shape[2]
-    num_kv_heads = key_store.shape[1]
-    group = num_heads // num_kv_heads
-    q = query.float().view(num_kv_heads, group, head_dim)  # [KH, G, D]
-    k = key_store.index_select(0, slots).float().transpose(0, 1).contiguous()  # [KH, L, D]
-    v = value_store.index_select(0, slots).float().transpose(0, 1).contiguous()
-    scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # [KH, G, L]
-    out = torch.bmm(scores.softmax(dim=-1), v)  # [KH, G, D]
+    q = query.float().view(1, num_heads, 1, head_dim)
+    k = key_store.index_select(0, slots).float().unsqueeze(0).transpose(1, 2)  # [1, KH, L, D]
+    v = value_store.index_select(0, slots).float().unsqueeze(0).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
     return out.reshape(1, num_heads, head_dim).to(query.dtype)
 
 
