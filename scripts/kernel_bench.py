@@ -37,6 +37,7 @@ from pagedllm.layers.attention.triton_reshape_and_cache import (  # noqa: E402
     reshape_and_cache_ref,
 )
 from pagedllm.layers.triton_activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
+from pagedllm.layers.triton_gemv import gemv  # noqa: E402
 from pagedllm.layers.triton_rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 from pagedllm.layers.triton_rotary import (  # noqa: E402
     make_cos_sin_cache,
@@ -290,6 +291,59 @@ def bench_silu_and_mul() -> list[Row]:
     ]
 
 
+def _rotating(fn: Callable[[torch.Tensor], object], weights: list[torch.Tensor]) -> Fn:
+    """Each call uses the next weight copy, so that no call finds its weight in L2."""
+    state = {"i": 0}
+
+    def call() -> object:
+        state["i"] = (state["i"] + 1) % len(weights)
+        return fn(weights[state["i"]])
+
+    return call
+
+
+def bench_gemv() -> list[Row]:
+    """Batch-1/4 decode linear layers of the Llama-3.1-8B shape: the Triton skinny product
+    against torch's F.linear (cuBLAS), each weight read from memory (copies rotated)."""
+    rows = []
+    shapes = {
+        "qkv_proj": (6144, 4096),
+        "o_proj": (4096, 4096),
+        "gate_up_proj": (28672, 4096),
+        "down_proj": (4096, 14336),
+        "lm_head": (128256, 4096),
+    }
+    for name, (n, k) in shapes.items():
+        copies = max(2, -(-(256 * 2**20) // (n * k * 2)))  # >= 256 MiB in rotation
+        weights = [rand(n, k) for _ in range(copies)]
+        for m in (1, 4):
+            x = rand(m, k)
+            t = bench(_rotating(partial(gemv, x), weights))
+            ref = bench(_rotating(partial(F.linear, x), weights))
+            rows.append(Row(f"gemv {name}", f"M={m} N={n} K={k}", t, ref, bytes_moved=n * k * 2))
+        for splits, bn, bk, warps, stages in [
+            (None, 64, 256, 4, 3),
+            (None, 128, 128, 8, 4),
+            (1, 64, 128, 4, 4),
+        ]:
+            x = rand(1, k)
+            fn = partial(
+                gemv,
+                x,
+                num_splits=splits,
+                block_n=bn,
+                block_k=bk,
+                num_warps=warps,
+                num_stages=stages,
+            )
+            t = bench(_rotating(fn, weights))
+            cfg = f"M=1 N={n} splits={splits} bn={bn} bk={bk} w={warps} st={stages}"
+            rows.append(Row(f"gemv {name} cfg", cfg, t, bytes_moved=n * k * 2))
+        del weights
+        torch.cuda.empty_cache()
+    return rows
+
+
 def copy_bandwidth_row() -> Row:
     src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -307,20 +361,28 @@ def markdown(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument(
+        "--steps", default=None, help="comma-separated bench_* names (default: all)"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_bench.py needs a CUDA GPU")
     torch.manual_seed(0)
     rows: list[Row] = [copy_bandwidth_row()]
-    for step in (
+    steps = (
         bench_reshape_and_cache,
         bench_decode,
         bench_prefill,
         bench_rms_norm,
         bench_rotary,
         bench_silu_and_mul,
+        bench_gemv,
         bench_tuning,
-    ):
+    )
+    if args.steps:
+        wanted = set(args.steps.split(","))
+        steps = tuple(s for s in steps if s.__name__ in wanted or s.__name__[6:] in wanted)
+    for step in steps:
         print(f"-- {step.__name__}", flush=True)
         rows += step()
         torch.cuda.empty_cache()
