@@ -5,9 +5,10 @@ greedy tokens each, all 32 at once and one at a time. `pagedllm bench cpu-chat`.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
+
+from pagedllm.benchmarks.workload import publish_results
 
 TOPICS = [
     "the ocean",
@@ -65,10 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(
             f"C1 batch={r['batch']}: {r['output_tokens_per_s']} output tokens/s ({r['elapsed_s']} s)"
         )
-        print("RESULT " + json.dumps(r), flush=True)
-    if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(results, f, indent=2)
+    publish_results(results, args.output_json)
     return results
 
 

@@ -4,12 +4,17 @@ tokens), timed end to end after a warm-up; reports decode tokens/s."""
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any
 
-from pagedllm.benchmarks.workload import SHAPES, engine_kwargs, make_requests, shape_dir
+from pagedllm.benchmarks.workload import (
+    SHAPES,
+    engine_kwargs,
+    make_requests,
+    publish_results,
+    shape_dir,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,10 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"latency: {result['median_s']} s for {args.output_len} tokens -> {result['tokens_per_s']} tokens/s"
     )
-    print("RESULT " + json.dumps(result), flush=True)
-    if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish_results(result, args.output_json)
     return result
 
 

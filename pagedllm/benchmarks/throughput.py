@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from typing import Any
@@ -15,6 +14,7 @@ from pagedllm.benchmarks.workload import (
     BenchRequest,
     engine_kwargs,
     make_requests,
+    publish_results,
     shape_dir,
 )
 
@@ -154,10 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{r['total_tokens_per_s']:.1f} total tokens/s, {r['output_tokens_per_s']:.1f} output tokens/s "
             f"({r['elapsed_s']} s)"
         )
-        print("RESULT " + json.dumps(r), flush=True)
-    if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(results, f, indent=2)
+    publish_results(results, args.output_json)
     return results
 
 

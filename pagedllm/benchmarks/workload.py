@@ -101,3 +101,13 @@ def shape_dir(shape: str, max_position_embeddings: int | None = None) -> str:
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     return path
+
+
+def publish_results(results: object, output_json: str | None) -> None:
+    """Print one machine-readable `RESULT {json}` line per result (a dict, or each dict of
+    a list) and write them all to `output_json` when given."""
+    for r in results if isinstance(results, list) else [results]:
+        print("RESULT " + json.dumps(r), flush=True)
+    if output_json:
+        with open(output_json, "w") as f:
+            json.dump(results, f, indent=2)

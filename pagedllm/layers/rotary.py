@@ -172,7 +172,7 @@ class RotaryEmbedding(nn.Module):
 
         num_tokens = positions.shape[0]
         rotary_embedding(
-            positions if positions.dtype == torch.int64 else positions.long(),
+            positions.long(),  # no copy when already int64
             query.view(num_tokens, -1, self.head_size),
             key.view(num_tokens, -1, self.head_size),
             self.cos_sin_cache,

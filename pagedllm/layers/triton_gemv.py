@@ -98,8 +98,7 @@ def gemv(
     if m == 0 or n == 0:
         return out
     if num_splits is None:
-        sms = 132 if x.device.type != "cuda" else _num_sms(x.device)
-        num_splits = choose_num_splits(n, k, block_n, block_k, sms)
+        num_splits = choose_num_splits(n, k, block_n, block_k, tu.num_sms(x.device))
     chunks = tu.cdiv(tu.cdiv(k, block_k), num_splits)
     splits = tu.cdiv(tu.cdiv(k, block_k), chunks)  # drop splits that would be empty
     target = (
@@ -128,10 +127,6 @@ def gemv(
     if splits > 1:
         out.copy_(target.sum(dim=0))
     return out
-
-
-def _num_sms(device: torch.device) -> int:
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:

@@ -19,13 +19,9 @@ import triton
 import triton.language as tl
 
 from pagedllm.layers.triton_rms_norm import rms_norm_ref
-from pagedllm.layers.triton_rotary import rotary_embedding_ref
+from pagedllm.layers.triton_rotary import check_rotary_args, rotary_embedding_ref
 from pagedllm.layers.triton_utils import (
-    FLOAT_DTYPES,
     check_contiguous,
-    check_dtype,
-    check_last_dim_contiguous,
-    check_ndim,
     check_same_device,
     launch,
     next_power_of_2,
@@ -141,37 +137,18 @@ def _check(
     k_weight: torch.Tensor,
     cos_sin_cache: torch.Tensor,
 ) -> None:
-    check_ndim("positions", positions, 1)
-    check_ndim("query", query, 3)
-    check_ndim("key", key, 3)
-    check_dtype("positions", positions, (torch.int64,))
-    check_dtype("query", query, FLOAT_DTYPES)
-    if key.dtype != query.dtype:
-        raise ValueError(f"key dtype {key.dtype} != query dtype {query.dtype}")
+    check_rotary_args(positions, query, key, cos_sin_cache)
     head_dim = query.shape[2]
-    if key.shape[2] != head_dim or not supports(head_dim, cos_sin_cache.shape[1], True):
+    if not supports(head_dim, cos_sin_cache.shape[1], True):
         raise ValueError(
-            f"head_dim {head_dim} (key {key.shape[2]}) must be a power of two equal to "
-            f"the rotary dim {cos_sin_cache.shape[1]}"
+            f"head_dim {head_dim} must be a power of two equal to the rotary dim "
+            f"{cos_sin_cache.shape[1]}"
         )
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if w.shape != (head_dim,):
             raise ValueError(f"{name}: shape {tuple(w.shape)} != ({head_dim},)")
         check_contiguous(name, w)
-    if positions.shape[0] > query.shape[0] or positions.shape[0] > key.shape[0]:
-        raise ValueError("positions has more rows than query or key")
-    check_contiguous("positions", positions)
-    check_contiguous("cos_sin_cache", cos_sin_cache)
-    check_last_dim_contiguous("query", query)
-    check_last_dim_contiguous("key", key)
-    check_same_device(
-        ("query", query),
-        ("key", key),
-        ("positions", positions),
-        ("q_weight", q_weight),
-        ("k_weight", k_weight),
-        ("cos_sin_cache", cos_sin_cache),
-    )
+    check_same_device(("query", query), ("q_weight", q_weight), ("k_weight", k_weight))
 
 
 def qk_norm_rotary_ref(

@@ -99,7 +99,7 @@ def rotary_embedding(
     """Rotate the first rot_dim dims of every q and k head by its token's position.
 
     q/k are typically `.view(T, heads, head_size)` of the fused qkv projection's slices."""
-    _check(positions, query, key, cos_sin_cache)
+    check_rotary_args(positions, query, key, cos_sin_cache)
     num_tokens = positions.shape[0]
     if num_tokens == 0:
         return
@@ -126,9 +126,10 @@ def rotary_embedding(
     )
 
 
-def _check(
+def check_rotary_args(
     positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
 ) -> None:
+    """The argument checks of `rotary_embedding` (shared with triton_qk_norm_rotary)."""
     check_ndim("positions", positions, 1)
     check_ndim("query", query, 3)
     check_ndim("key", key, 3)

@@ -21,6 +21,7 @@ results of 16-bit kernels may differ from the GPU's by one unit in the last plac
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,14 @@ def next_power_of_2(n: int) -> int:
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+@functools.lru_cache(maxsize=8)
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (8 elsewhere: the interpreter's stand-in)."""
+    if device.type != "cuda":
+        return 8
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def launch(kernel: Any, grid: Grid, device: torch.device, *args: Any, **kwargs: Any) -> None:

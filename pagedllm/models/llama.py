@@ -103,7 +103,7 @@ class LlamaAttention(nn.Module):
 
         num_tokens = q.shape[0]
         qk_norm_rotary(
-            positions if positions.dtype == torch.int64 else positions.long(),
+            positions.long(),  # no copy when already int64
             q.view(num_tokens, -1, self.head_dim),
             k.view(num_tokens, -1, self.head_dim),
             self.q_norm.weight,

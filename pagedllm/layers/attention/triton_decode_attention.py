@@ -20,8 +20,6 @@ from host ints only, so it can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -36,6 +34,7 @@ from pagedllm.layers.triton_utils import (
     dot_precision,
     launch,
     next_power_of_2,
+    num_sms,
 )
 
 LOG2_E = 1.4426950408889634
@@ -162,13 +161,6 @@ def _decode_reduce_kernel(
     tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
-
-
 def choose_num_splits(
     num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device
 ) -> int:
@@ -177,7 +169,7 @@ def choose_num_splits(
     Depends on host ints only. A CUDA graph captured with the largest max_seq_len it will
     replay stays correct for shorter sequences (their extra splits are empty)."""
     programs = max(num_seqs * num_kv_heads, 1)
-    wanted = cdiv(2 * _num_sms(device), programs)
+    wanted = cdiv(2 * num_sms(device), programs)
     by_length = cdiv(max(max_seq_len, 1), MIN_TOKENS_PER_SPLIT)
     return max(1, min(wanted, by_length, MAX_SPLITS))
 
