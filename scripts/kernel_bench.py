@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -344,6 +345,91 @@ def bench_gemv() -> list[Row]:
     return rows
 
 
+LLAMA8B_LINEARS = {
+    "qkv_proj": (6144, 4096),
+    "o_proj": (4096, 4096),
+    "gate_up_proj": (28672, 4096),
+    "down_proj": (4096, 14336),
+}
+
+
+def bench_skinny_gemm() -> list[Row]:
+    """cuBLAS (F.linear) at the decode batch sizes of T2's tail and middle: does any row
+    count fall off the bandwidth line? Weights rotated out of L2; the 'triton ms' column
+    is cuBLAS here, the 'torch ms' column the Triton skinny product where it applies."""
+    rows = []
+    for name, (n, k) in LLAMA8B_LINEARS.items():
+        copies = max(2, -(-(256 * 2**20) // (n * k * 2)))
+        weights = [rand(n, k) for _ in range(copies)]
+        for m in (1, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256):
+            x = rand(m, k)
+            t = bench(_rotating(partial(F.linear, x), weights))
+            tri = bench(_rotating(partial(gemv, x), weights)) if m <= 16 else None
+            rows.append(
+                Row(
+                    f"cublas {name}",
+                    f"M={m} N={n} K={k}",
+                    t,
+                    tri,
+                    bytes_moved=n * k * 2,
+                    flops=2 * m * n * k,
+                )
+            )
+        del weights
+        torch.cuda.empty_cache()
+    return rows
+
+
+def bench_blas_choice() -> list[Row]:
+    """F.linear through cuBLAS and through cuBLASLt (torch's preferred_blas_library) at
+    the decode row counts: 'triton ms' column = cuBLAS, 'torch ms' column = cuBLASLt."""
+    rows = []
+    for name, (n, k) in LLAMA8B_LINEARS.items():
+        copies = max(2, -(-(256 * 2**20) // (n * k * 2)))
+        weights = [rand(n, k) for _ in range(copies)]
+        for m in (1, 16, 64, 128, 256):
+            x = rand(m, k)
+            times = []
+            for lib in ("cublas", "cublaslt"):
+                torch.backends.cuda.preferred_blas_library(lib)
+                times.append(bench(_rotating(partial(F.linear, x), weights)))
+            torch.backends.cuda.preferred_blas_library("default")
+            rows.append(
+                Row(
+                    f"blas {name}",
+                    f"M={m} N={n} K={k}",
+                    times[0],
+                    times[1],
+                    bytes_moved=n * k * 2,
+                    flops=2 * m * n * k,
+                )
+            )
+        del weights
+        torch.cuda.empty_cache()
+    return rows
+
+
+def bench_host_mm() -> list[Row]:
+    """Host (CPU) time of launching a prefill-sized F.linear without waiting for it:
+    if this is near the device time, prefill steps are launch-bound on the host."""
+    rows = []
+    for name, (n, k) in LLAMA8B_LINEARS.items():
+        w = rand(n, k)
+        for m in (8192, 8000, 7777):
+            x = rand(m, k)
+            for _ in range(3):
+                F.linear(x, w)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(20):
+                F.linear(x, w)
+            host = (time.perf_counter() - start) / 20 * 1e3
+            torch.cuda.synchronize()
+            dev = bench(partial(F.linear, x, w), rep=50)
+            rows.append(Row(f"host launch {name}", f"M={m} host ms={host:.3f}", dev, flops=2 * m * n * k))
+    return rows
+
+
 def copy_bandwidth_row() -> Row:
     src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -378,6 +464,9 @@ def main() -> None:
         bench_silu_and_mul,
         bench_gemv,
         bench_tuning,
+        bench_skinny_gemm,
+        bench_host_mm,
+        bench_blas_choice,
     )
     if args.steps:
         wanted = set(args.steps.split(","))

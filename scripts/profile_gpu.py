@@ -32,6 +32,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--timeline", action="store_true", help="whole run, steps by batch size")
     ap.add_argument("--cprofile", action="store_true", help="Python (host) profile of the window")
+    ap.add_argument(
+        "--windows",
+        default=None,
+        help="several windows in one run: START:STEPS[c],... (engine steps from the start; "
+        "a trailing c profiles that window's host side with cProfile instead)",
+    )
+    ap.add_argument("--trace-dir", default=None, help="write a Chrome trace of each window here")
     args = ap.parse_args()
     shape, num, in_range, out_range = WORKLOADS[args.workload]
     llm = LLM(
@@ -53,37 +60,77 @@ def main() -> None:
     if args.timeline:
         timeline(engine)
         return
-    for _ in range(args.skip_steps):
-        engine.step()
+    windows = parse_windows(args.windows) if args.windows else [(args.skip_steps, args.steps)]
+    done = 0
+    for start_step, steps, host in windows:
+        for _ in range(start_step - done):
+            engine.step()
+        print(f"=== window: steps {start_step}..{start_step + 2 * steps - 1} ===")
+        before = allocator_counts()
+        trace = f"{args.trace_dir}/trace_{start_step}.json" if args.trace_dir else None
+        profile_window(engine, steps, args.top, args.cprofile or host, trace)
+        after = allocator_counts()
+        print("allocator:", {k: after[k] - before[k] for k in after})
+        done = start_step + 2 * steps  # a plain pass, then the profiled one
+
+
+def parse_windows(text: str) -> list[tuple[int, int, bool]]:
+    """'5:10c,100:20' -> [(5, 10, True), (100, 20, False)]; each window runs 2 x STEPS
+    steps (plain, then profiled); c: profile the host (cProfile) rather than the device."""
+    windows = []
+    for part in text.split(","):
+        start, steps = part.split(":")
+        windows.append((int(start), int(steps.rstrip("c")), steps.endswith("c")))
+    for (a, n, _), (b, _, _) in zip(windows, windows[1:], strict=False):
+        if b < a + 2 * n:
+            raise ValueError(f"--windows must not overlap: {text}")
+    return windows
+
+
+def allocator_counts() -> dict[str, int]:
+    """The caching allocator's counters that show device mallocs, frees and retries."""
+    if not torch.cuda.is_available():
+        return {}
+    stats = torch.cuda.memory_stats()
+    keys = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")
+    return {k: int(stats.get(k, 0)) for k in keys}
+
+
+def profile_window(  # type: ignore[no-untyped-def]
+    engine, steps: int, top: int, cprofile: bool, trace: str | None = None
+) -> None:
+    """Time `steps` engine steps plainly, then profile the next `steps`."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         engine.step()
     if cuda:
         torch.cuda.synchronize()
-    plain = (time.perf_counter() - start) / args.steps
-    print(f"without the profiler: {plain * 1e3:.2f} ms/step over {args.steps} steps")
-    if args.cprofile:
-        host_profile(engine, args.steps, args.top)
+    plain = (time.perf_counter() - start) / steps
+    print(f"without the profiler: {plain * 1e3:.2f} ms/step over {steps} steps")
+    if cprofile:
+        host_profile(engine, steps, top)
         return
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     start = time.perf_counter()
     with profile(activities=activities) as prof:
-        for _ in range(args.steps):
+        for _ in range(steps):
             engine.step()
         if cuda:
             torch.cuda.synchronize()
     wall = time.perf_counter() - start
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=args.top))
+    print(prof.key_averages().table(sort_by=key, row_limit=top))
+    if trace:
+        prof.export_chrome_trace(trace)
     if cuda:
         busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
         print(
-            f"window: {args.steps} steps in {wall * 1e3:.1f} ms wall; device busy {busy * 1e3:.1f} ms "
-            f"({100 * busy / wall:.0f}%), {wall / args.steps * 1e3:.2f} ms/step"
+            f"window: {steps} steps in {wall * 1e3:.1f} ms wall; device busy {busy * 1e3:.1f} ms "
+            f"({100 * busy / wall:.0f}%), {wall / steps * 1e3:.2f} ms/step"
         )
 
 

@@ -5,6 +5,11 @@ replay of a graph captured for the smallest bucket >= B. Inputs are copied into
 static buffers first; rows past B are padding (slot -1: nothing written; seq_len 0:
 nothing read), so their outputs are garbage that nobody looks at.
 
+The graph ends with the LM head (logits of every row): every row of a decode step is
+sampled, and the head's matrix product then runs at the bucket's row count, one of a
+few shapes loaded at capture, instead of at every batch size the run passes through
+(a cuBLAS product at a row count not seen before costs host time, at worst a wait).
+
     static buffers   [0 ........ B) real rows | [B ...... bucket) padding
 """
 
@@ -46,7 +51,8 @@ class CudaGraphRunner:
         self.block_tables = torch.zeros((self.max_bs, max_blocks), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(self.max_bs + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        # (hidden states, logits) of each bucket's graph (graphs serve generative models)
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pool: Any = None  # the memory pool shared by every captured graph
 
     def _metadata(self, bs: int) -> AttentionMetadata:
@@ -60,12 +66,13 @@ class CudaGraphRunner:
             slot_mapping=self.slot_mapping[:bs],
         )
 
-    def _forward(self, bs: int) -> torch.Tensor:
+    def _forward(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.runner.model
         assert model is not None
-        return model(
+        hidden = model(
             self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs)
         )
+        return hidden, model.compute_logits(hidden)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -91,7 +98,9 @@ class CudaGraphRunner:
             and md.block_tables.shape[1] <= self.block_tables.shape[1]
         )
 
-    def run(self, inputs: StepInputs) -> torch.Tensor:
+    def run(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states, logits) of the step's rows, views of the graph's static
+        outputs: valid until the next replay."""
         md = inputs.attn_metadata
         n = md.num_seqs
         bs = next(s for s in self.sizes if s >= n)
@@ -103,4 +112,5 @@ class CudaGraphRunner:
         self.seq_lens[n:bs].fill_(0)
         self.block_tables[:n, : md.block_tables.shape[1]].copy_(md.block_tables, non_blocking=True)
         self.graphs[bs].replay()
-        return self.outputs[bs][:n]
+        hidden, logits = self.outputs[bs]
+        return hidden[:n], logits[:n]

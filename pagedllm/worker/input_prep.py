@@ -10,6 +10,7 @@ once (pinned, non-blocking on CUDA):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,15 +25,17 @@ class StepInputs:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
     attn_metadata: AttentionMetadata
-    logits_indices: torch.Tensor  # [S] int64, last token of each sampling request
+    # [S'] int64: the last token of each sampling request, then (S' > S when the runner
+    # asks for row buckets) copies of the last one; logits rows past S are ignored.
+    logits_indices: torch.Tensor
     sample_rows: list[int]  # [S] index into SchedulerOutput.scheduled of each sampled row
     num_tokens: int
     # Async scheduling: input tokens not known yet (-1 on the host), to be taken from
     # the previous step's sampled tokens on the device.
     placeholder_index: list[int]  # flat token indices
     placeholder_req_ids: list[str]  # the request of each
-    # Every token is a sampled row (a decode-only step): logits_indices is 0..T-1 and the
-    # runner can take the hidden states as they are, without a gather.
+    # Every token is a sampled row (a decode-only step) and no padding was asked for:
+    # logits_indices is 0..T-1 and the runner can take the hidden states as they are.
     samples_every_token: bool = False
 
 
@@ -98,12 +101,24 @@ class BlockTableBuffer:
         return self.table[row_ids, :width]
 
 
+def pad_to_bucket(indices: np.ndarray, buckets: Sequence[int] | None) -> np.ndarray:
+    """indices padded with copies of the last one to the smallest bucket that holds
+    them (unchanged when empty, without buckets, or longer than every bucket)."""
+    if not buckets or not len(indices):
+        return indices
+    size = next((b for b in buckets if b >= len(indices)), len(indices))
+    return np.concatenate([indices, np.full(size - len(indices), indices[-1])])
+
+
 def prepare_inputs(
     scheduler_output: SchedulerOutput,
     block_size: int,
     device: torch.device,
     block_tables: BlockTableBuffer | None = None,
+    logits_buckets: Sequence[int] | None = None,
 ) -> StepInputs:
+    """logits_buckets: row counts (ascending) to pad logits_indices to, so that the LM
+    head runs at a few shapes only (see pad_to_bucket)."""
     scheduled = scheduler_output.scheduled
     num_new = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, len(scheduled))
     num_computed = np.fromiter((s.num_computed_tokens for s in scheduled), np.int64, len(scheduled))
@@ -126,7 +141,7 @@ def prepare_inputs(
     input_ids[placeholder_index] = 0
     seq_lens = (num_computed + num_new).astype(np.int32)
     sample_rows = [i for i, s in enumerate(scheduled) if s.samples or s.pools]
-    logits_indices = query_start_loc[1:][sample_rows] - 1
+    logits_indices = pad_to_bucket(query_start_loc[1:][sample_rows] - 1, logits_buckets)
     qsl32 = query_start_loc.astype(np.int32)
     metadata = AttentionMetadata(
         num_actual_tokens=total,
@@ -148,5 +163,5 @@ def prepare_inputs(
         num_tokens=total,
         placeholder_index=placeholder_index.tolist(),
         placeholder_req_ids=[scheduled[i].req_id for i in req_idx[placeholder_index]],
-        samples_every_token=len(sample_rows) == total,
+        samples_every_token=len(sample_rows) == total == len(logits_indices),
     )

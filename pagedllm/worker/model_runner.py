@@ -123,14 +123,24 @@ class ModelRunner:
         if not scheduled:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
         self._remember_prompts(scheduled)
-        inputs = prepare_inputs(scheduler_output, self.block_size, self.device, self.block_tables)
+        inputs = prepare_inputs(
+            scheduler_output,
+            self.block_size,
+            self.device,
+            self.block_tables,
+            logits_buckets=self._logits_buckets(),
+        )
         self._fill_placeholders(inputs)
-        hidden = self._forward(inputs) if self.pp_size == 1 else self._forward_stage(inputs)
+        logits = None
+        if self.pp_size > 1:
+            hidden = self._forward_stage(inputs)
+        else:
+            hidden, logits = self._forward(inputs)
         if hidden is None:  # a pipeline stage before the last: nothing to sample
             return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[None] * len(req_ids))
         if self.is_pooling:
             return self._pool(scheduled, inputs, hidden)
-        output = self._sample(scheduled, inputs, hidden)
+        output = self._sample(scheduled, inputs, hidden, logits)
         self._add_prompt_logprobs(scheduled, inputs, hidden, output)
         return output
 
@@ -139,11 +149,22 @@ class ModelRunner:
             if s.prompt_token_ids is not None and s.req_id not in self.prompt_ids:
                 self.prompt_ids[s.req_id] = s.prompt_token_ids
 
-    def _forward(self, inputs: StepInputs) -> torch.Tensor:
+    def _logits_buckets(self) -> list[int] | None:
+        """On CUDA the LM head's rows are padded to the decode graphs' batch sizes: a
+        cuBLAS product at a row count not seen before costs host time (at worst a wait
+        for the device), and these shapes were all run once when the graphs were
+        captured. Elsewhere no padding (it would be work for nothing)."""
+        return self.cuda_graphs.sizes if self.cuda_graphs is not None else None
+
+    def _forward(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states, logits of every token when a CUDA graph computed them)."""
         assert self.model is not None
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(inputs):
             return self.cuda_graphs.run(inputs)
-        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata)
+        hidden = self.model(
+            inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata
+        )
+        return hidden, None
 
     def _forward_stage(self, inputs: StepInputs) -> torch.Tensor | None:
         """One pipeline stage: receive the previous stage's activations (unless first),
@@ -177,17 +198,21 @@ class ModelRunner:
         return gen
 
     def _sample(
-        self, scheduled: list[ScheduledRequest], inputs: StepInputs, hidden: torch.Tensor
+        self,
+        scheduled: list[ScheduledRequest],
+        inputs: StepInputs,
+        hidden: torch.Tensor,
+        all_logits: torch.Tensor | None = None,
     ) -> AsyncModelRunnerOutput:
         """Sample on the device; the tokens stay there for the next step's placeholders
-        and travel to the host without blocking."""
+        and travel to the host without blocking. `all_logits`: every token's logits,
+        when the step's CUDA graph computed them (a decode step: every token samples)."""
         assert self.model is not None
         req_ids = [s.req_id for s in scheduled]
         rows = [scheduled[i] for i in inputs.sample_rows]
         if not rows:
             return AsyncModelRunnerOutput.start_copy(req_ids, [], None, None)
-        sampled_hidden = hidden if inputs.samples_every_token else hidden[inputs.logits_indices]
-        logits = self.model.compute_logits(sampled_hidden)
+        logits = self._logits(inputs, hidden, all_logits)
         metadata = SamplingMetadata.build(
             [s.sampling_params for s in rows if s.sampling_params is not None],
             [_output_ids(s) for s in rows],
@@ -209,6 +234,19 @@ class ModelRunner:
         return AsyncModelRunnerOutput.start_copy(
             req_ids, inputs.sample_rows, out.sampled_token_ids, logprobs
         )
+
+    def _logits(
+        self, inputs: StepInputs, hidden: torch.Tensor, all_logits: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[S, V] logits of the sampled rows (S = len(inputs.sample_rows))."""
+        assert self.model is not None
+        num_rows = len(inputs.sample_rows)
+        if all_logits is not None and num_rows == all_logits.shape[0]:
+            return all_logits
+        if inputs.samples_every_token:
+            return self.model.compute_logits(hidden)
+        # Padded rows (bucketed shapes) are computed and dropped.
+        return self.model.compute_logits(hidden[inputs.logits_indices])[:num_rows]
 
     def _fill_placeholders(self, inputs: StepInputs) -> None:
         """Input tokens sampled by the previous step (still on the device) replace

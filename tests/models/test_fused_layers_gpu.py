@@ -88,9 +88,10 @@ def test_rotary_cuda_matches_torch_path(
     rope = RotaryEmbedding(128, rotary_dim, 4096, 500000.0, neox, scaling)
     qkv = torch.randn(23, (8 + 2 + 2) * 128, generator=gen).to(dtype)
     positions = torch.randint(0, 4096, (23,), generator=gen)
-    q, k = qkv[:, : 8 * 128], qkv[:, 8 * 128 : 10 * 128]
-    ref_q, ref_k = rope(positions, q, k)
+    # Copied to the GPU first: the float32 torch path rotates its inputs in place too.
     qkv_gpu = qkv.cuda()
+    q, k = qkv.clone()[:, : 8 * 128], qkv.clone()[:, 8 * 128 : 10 * 128]
+    ref_q, ref_k = rope(positions, q, k)
     out_q, out_k = rope.to("cuda")(
         positions.cuda(), qkv_gpu[:, : 8 * 128], qkv_gpu[:, 8 * 128 : 10 * 128]
     )

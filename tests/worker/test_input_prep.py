@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pagedllm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.worker.input_prep import BlockTableBuffer, prepare_inputs
+from pagedllm.worker.input_prep import BlockTableBuffer, pad_to_bucket, prepare_inputs
 
 SP = SamplingParams()
 
@@ -63,3 +64,33 @@ def test_block_table_buffer_appends_rewrites_and_grows() -> None:
     buf.release({"a"})
     c = ScheduledRequest("c", [1], 0, [1], 1, SP)
     assert buf.gather([c, b]).tolist() == [[1], [8]]
+
+
+def test_logits_indices_padded_to_a_bucket() -> None:
+    # Three sampled rows (a decode, two prompts ending) padded to the bucket of 4 with
+    # copies of the last index; b's middle chunk samples nothing.
+    a = ScheduledRequest("a", [11], 5, [7, 3], 6, SP)
+    b = ScheduledRequest("b", [1, 2], 0, [9], 10, SP)
+    c = ScheduledRequest("c", [4, 5, 6], 0, [4], 3, SP)
+    d = ScheduledRequest("d", [8, 9], 0, [2], 2, SP)
+    inputs = prepare_inputs(step(a, b, c, d), 4, torch.device("cpu"), logits_buckets=[1, 2, 4, 8])
+    assert inputs.sample_rows == [0, 2, 3]
+    assert inputs.logits_indices.tolist() == [0, 5, 7, 7]
+
+
+def test_decode_step_with_padding_gathers() -> None:
+    # Two decodes, bucket 4: the runner must gather the padded rows, not use hidden as is.
+    a = ScheduledRequest("a", [11], 5, [7, 3], 6, SP)
+    b = ScheduledRequest("b", [12], 2, [9], 3, SP)
+    inputs = prepare_inputs(step(a, b), 4, torch.device("cpu"), logits_buckets=[4])
+    assert inputs.logits_indices.tolist() == [0, 1, 1, 1]
+    assert not inputs.samples_every_token
+    exact = prepare_inputs(step(a, b), 4, torch.device("cpu"), logits_buckets=[1, 2, 4])
+    assert exact.samples_every_token and exact.logits_indices.tolist() == [0, 1]
+
+
+def test_pad_to_bucket_edges() -> None:
+    assert pad_to_bucket(np.array([], dtype=np.int64), [4]).tolist() == []
+    assert pad_to_bucket(np.array([3, 9]), None).tolist() == [3, 9]
+    assert pad_to_bucket(np.array([3, 9, 10]), [1, 2]).tolist() == [3, 9, 10]  # past every bucket
+    assert pad_to_bucket(np.array([3]), [1, 2]).tolist() == [3]
