@@ -426,7 +426,9 @@ def bench_host_mm() -> list[Row]:
             host = (time.perf_counter() - start) / 20 * 1e3
             torch.cuda.synchronize()
             dev = bench(partial(F.linear, x, w), rep=50)
-            rows.append(Row(f"host launch {name}", f"M={m} host ms={host:.3f}", dev, flops=2 * m * n * k))
+            rows.append(
+                Row(f"host launch {name}", f"M={m} host ms={host:.3f}", dev, flops=2 * m * n * k)
+            )
     return rows
 
 

@@ -42,7 +42,7 @@ TARGET_PROGRAMS = 32 * 132
 PARTIAL_NUM_WARPS = 8  # 2-10% faster than 4 from N = 64 up on an H200
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "chunks_per_split", "num_splits"])  # see triton_utils
 def _gumbel_partial_kernel(
     logits_ptr,  # [N, V] float32 / bf16 / fp16, row stride stride_row, last dim contiguous
     temperature_ptr,  # [N] float32, > 0
@@ -84,7 +84,7 @@ def _gumbel_partial_kernel(
         tl.store(part_idx_ptr + row, idx.to(tl.int64))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # varies by step: see triton_utils
 def _gumbel_reduce_kernel(
     part_val_ptr,  # [N, S] float32
     part_idx_ptr,  # [N, S] int32

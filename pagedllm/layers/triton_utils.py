@@ -17,6 +17,18 @@ before the first interpreted launch (the compiled GPU path is untouched):
   is what the GPU's bf16 dot with fp32 accumulation computes.
 (Its float32 -> bfloat16 cast truncates where the GPU rounds to nearest even: CPU
 results of 16-bit kernels may differ from the GPU's by one unit in the last place.)
+
+Integer arguments that change from step to step are marked `do_not_specialize`. Triton
+otherwise compiles one variant per class of each integer (== 1, divisible by 16,
+other), and a class first met in the middle of a run compiles there, for a second or
+so on the host (a likely cause, not yet confirmed, of the first T2 run on a fresh
+machine, with an empty Triton cache, being about 1 s slower than the next ones). Those
+marked: the sampler's seed and split counts
+(they follow the batch size) and the block-table row stride of the attention kernels
+(the widest sequence of an eager step). None of them reaches a vectorised access: the
+sm_90 code compiled with and without their divisibility is the same
+(`scripts/kernel_resources.py`). Strides of activations, fixed by the model, stay
+specialised, since their divisibility is what lets loads be 16-byte vectors.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.layers.attention.triton_online_softmax import attend_paged_keys
 from pagedllm.layers.attention.triton_prefill_attention import (
     check_paged_args,
     paged_attention_ref,
@@ -42,7 +43,7 @@ MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 32
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # varies by step: see triton_utils
 def _decode_partial_kernel(
     q_ptr,  # [B, num_heads, head_dim], strides (stride_qb, stride_qh, 1)
     k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim] = kv_cache[0], contiguous
@@ -78,7 +79,6 @@ def _decode_partial_kernel(
 
     offs_g = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
     head = kvh * GROUP + offs_g
     # A constant mask where head_dim is a power of two keeps K/V loads 16-byte vectors.
     if BLOCK_D == HEAD_DIM:
@@ -88,44 +88,79 @@ def _decode_partial_kernel(
     gd_mask = (offs_g[:, None] < GROUP) & d_mask[None, :]
     q_off = b.to(tl.int64) * stride_qb + head[:, None] * stride_qh + offs_d[None, :]
     q = tl.load(q_ptr + q_off, mask=gd_mask, other=0.0)
-
-    # Online softmax in base 2. Every loop step holds at least one key < end, and padded
-    # head rows have q = 0, so m turns finite at the first step and never meets inf - inf.
-    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_sum = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     table_row = block_tables_ptr + b.to(tl.int64) * stride_bt
-    for n in range(start, end, BLOCK_N):
-        pos = n + offs_n
-        n_mask = pos < end
-        blk = tl.load(table_row + pos // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        # Row of (slot, kvh) in the contiguous [num_blocks * block_size * num_kv_heads, D] view.
-        row = (blk * BLOCK_SIZE + pos % BLOCK_SIZE) * NUM_KV_HEADS + kvh
-        kv_off = row[:, None] * HEAD_DIM + offs_d[None, :]
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        qk = tl.where(n_mask[None, :], qk * scale_log2, float("-inf"))
-        m_new = tl.maximum(m, tl.max(qk, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_sum = l_sum * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        acc = acc * alpha[:, None] + pv
-        m = m_new
+    acc, l_sum, m = attend_paged_keys(
+        q,
+        0,  # q_pos: not read without CAUSAL
+        k_cache_ptr,
+        v_cache_ptr,
+        table_row,
+        kvh,
+        start,
+        end,
+        scale_log2,
+        d_mask,
+        NUM_KV_HEADS,
+        HEAD_DIM,
+        BLOCK_SIZE,
+        BLOCK_H,
+        BLOCK_D,
+        BLOCK_N,
+        False,  # CAUSAL: the one query token is the last, every key is visible
+        DOT_PRECISION,
+    )
+    _store_split(
+        out_ptr,
+        lse_ptr,
+        acc,
+        l_sum,
+        m,
+        b,
+        head,
+        split,
+        gd_mask,
+        offs_g < GROUP,
+        stride_ob,
+        stride_oh,
+        NUM_KV_HEADS * GROUP,
+        HEAD_DIM,
+        BLOCK_D,
+        NUM_SPLITS,
+    )
 
+
+@triton.jit
+def _store_split(
+    out_ptr,
+    lse_ptr,
+    acc,
+    l_sum,
+    m,
+    b,
+    head,  # [BLOCK_H] q head of each row
+    split,
+    gd_mask,
+    g_mask,  # rows that are real heads
+    stride_ob,
+    stride_oh,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+):
+    """One split's normalised output: the final output when NUM_SPLITS == 1, else a
+    float32 partial and its log-sum-exp for the reduce kernel."""
+    offs_d = tl.arange(0, BLOCK_D)
     has_keys = l_sum > 0.0
     out = acc / tl.where(has_keys, l_sum, 1.0)[:, None]
     if NUM_SPLITS == 1:
         o_off = b.to(tl.int64) * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=gd_mask)
     else:
-        num_heads = NUM_KV_HEADS * GROUP
-        row_s = (b.to(tl.int64) * num_heads + head) * NUM_SPLITS + split  # [BLOCK_H]
+        row_s = (b.to(tl.int64) * NUM_HEADS + head) * NUM_SPLITS + split  # [BLOCK_H]
         tl.store(out_ptr + row_s[:, None] * HEAD_DIM + offs_d[None, :], out, mask=gd_mask)
         lse = tl.where(has_keys, m + tl.log2(tl.where(has_keys, l_sum, 1.0)), float("-inf"))
-        tl.store(lse_ptr + row_s, lse, mask=offs_g < GROUP)
+        tl.store(lse_ptr + row_s, lse, mask=g_mask)
 
 
 @triton.jit

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.layers.attention.triton_online_softmax import attend_paged_keys
 from pagedllm.layers.triton_utils import (
     FLOAT_DTYPES,
     cdiv,
@@ -38,7 +39,7 @@ from pagedllm.layers.triton_utils import (
 LOG2_E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # varies by step: see triton_utils
 def _prefill_attention_kernel(
     q_ptr,  # [T, num_heads, head_dim], strides (stride_qt, stride_qh, 1)
     k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim] = kv_cache[0], contiguous
@@ -77,7 +78,6 @@ def _prefill_attention_kernel(
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
     tok = qt * BLOCK_Q + offs_m // GROUP_PAD  # [BLOCK_M] query index inside the chunk
     g = offs_m % GROUP_PAD
     head = kvh * GROUP + g
@@ -97,34 +97,28 @@ def _prefill_attention_kernel(
     else:
         kv_end = seq_len
 
-    # Online softmax in base 2. Key 0 is visible to every row (q_pos >= 0) and sits in the
-    # first step, so m is finite from then on and no step computes inf - inf.
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_sum = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Key 0 is visible to every row (q_pos >= 0) and sits in the first loop step.
     table_row = block_tables_ptr + b.to(tl.int64) * stride_bt
-    for n in range(0, kv_end, BLOCK_N):
-        pos = n + offs_n
-        n_mask = pos < kv_end
-        blk = tl.load(table_row + pos // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        # Row of (slot, kvh) in the contiguous [num_blocks * block_size * num_kv_heads, D] view.
-        row = (blk * BLOCK_SIZE + pos % BLOCK_SIZE) * NUM_KV_HEADS + kvh
-        kv_off = row[:, None] * HEAD_DIM + offs_d[None, :]
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        visible = n_mask[None, :]
-        if CAUSAL:
-            visible = visible & (pos[None, :] <= q_pos[:, None])
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m, tl.max(qk, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_sum = l_sum * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m = m_new
-
+    acc, l_sum, m = attend_paged_keys(
+        q,
+        q_pos,
+        k_cache_ptr,
+        v_cache_ptr,
+        table_row,
+        kvh,
+        0,
+        kv_end,
+        scale_log2,
+        d_mask,
+        NUM_KV_HEADS,
+        HEAD_DIM,
+        BLOCK_SIZE,
+        BLOCK_M,
+        BLOCK_D,
+        BLOCK_N,
+        CAUSAL,
+        DOT_PRECISION,
+    )
     out = acc / tl.where(l_sum > 0.0, l_sum, 1.0)[:, None]
     o_off = q_row[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
     tl.store(
