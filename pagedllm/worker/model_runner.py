@@ -16,12 +16,13 @@ from pagedllm.engine.scheduler_output import (
     SchedulerOutput,
 )
 from pagedllm.layers.attention.metadata import PoolingMetadata
-from pagedllm.layers.sampler import Sampler, compute_prompt_logprobs
+from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
 from pagedllm.models.pipeline import IntermediateTensors
 from pagedllm.worker import kv_cache as kvc
-from pagedllm.worker.async_output import AsyncModelRunnerOutput, unpack_logprobs
+from pagedllm.worker.async_output import AsyncModelRunnerOutput
 from pagedllm.worker.input_prep import BlockTableBuffer, StepInputs, prepare_inputs
+from pagedllm.worker.prompt_logprobs import add_prompt_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class ModelRunner:
         if self.is_pooling:
             return self._pool(scheduled, inputs, hidden)
         output = self._sample(scheduled, inputs, hidden, logits)
-        self._add_prompt_logprobs(scheduled, inputs, hidden, output)
+        add_prompt_logprobs(self.model, self.prompt_ids, scheduled, inputs, hidden, output)
         return output
 
     def _remember_prompts(self, scheduled: list[ScheduledRequest]) -> None:
@@ -258,43 +259,6 @@ class ModelRunner:
         index = _host_to_device(inputs.placeholder_index, self.device)
         source = _host_to_device(rows, self.device)
         inputs.input_ids[index] = self.prev_sampled[source]
-
-    def _add_prompt_logprobs(
-        self,
-        scheduled: list[ScheduledRequest],
-        inputs: StepInputs,
-        hidden: torch.Tensor,
-        output: AsyncModelRunnerOutput,
-    ) -> None:
-        assert self.model is not None
-        qsl = inputs.attn_metadata.query_start_loc_cpu
-        assert qsl is not None
-        for i, s in enumerate(scheduled):
-            sp = s.sampling_params
-            if (
-                sp is None
-                or sp.prompt_logprobs is None
-                or s.num_computed_tokens >= s.num_prompt_tokens
-            ):
-                continue
-            prompt = self.prompt_ids[s.req_id]
-            # Position p predicts prompt token p + 1; positions past the prompt are not scored.
-            start = s.num_computed_tokens
-            end = min(start + s.num_new_tokens, s.num_prompt_tokens - 1)
-            if end <= start:
-                continue
-            lo = int(qsl[i])
-            logits = self.model.compute_logits(hidden[lo : lo + end - start])
-            targets = torch.tensor(prompt[start + 1 : end + 1], device=logits.device)
-            out = compute_prompt_logprobs(logits, targets, sp.prompt_logprobs)
-            unpacked = unpack_logprobs(
-                out.logprobs_token_ids,
-                out.logprobs,
-                out.ranks,
-                list(range(end - start)),
-                end - start,
-            )
-            output.prompt_logprobs[s.req_id] = [lp for lp in unpacked if lp is not None]
 
     def _pool(
         self, scheduled: list[ScheduledRequest], inputs: StepInputs, hidden: torch.Tensor
