@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One command on the GPU machine: kernel correctness first, then the micro-benchmarks.
+# One command on the GPU machine: the GPU tests (every Triton kernel against its torch
+# reference, the fused layers, tiny models against HF transformers, eager and with CUDA
+# graphs), then workload T1 for pagedllm and the HF transformers peer in the same
+# command, then a short table. GPU_CHECK_KERNEL_BENCH=1 adds the kernel micro-benchmarks.
 # Steps run in order and each logs to $OUT (the device tool's folder, or a temp dir);
 # a failing step is reported and the later steps still run; the exit code is 1 if any
-# step failed. Append new steps (the end-to-end throughput benchmark) at the end.
+# step failed. About 6 minutes on an H200 (the HF peer takes about 3.5 of them).
 #
 #   PYTHONUNBUFFERED=1 bash scripts/gpu_check.sh 2>&1 | tee $OUT/log
 set -uo pipefail
@@ -32,15 +35,20 @@ env_info() {
     git rev-parse --short HEAD 2>/dev/null || echo "commit: unknown"
 }
 
-kernel_tests() {
-    local parallel=()
-    if "$PY" -c 'import xdist' 2>/dev/null; then parallel=(-n 8); fi
-    "$PY" -m pytest -m gpu tests/kernels -p no:cacheprovider -p no:benchmark "${parallel[@]}"
+gpu_tests() {
+    "$PY" -m pytest -m gpu tests/kernels tests/layers tests/models -p no:cacheprovider
 }
 
 step env env_info
-step kernel_tests kernel_tests
-step kernel_bench "$PY" scripts/kernel_bench.py --out "$OUT/kernel_bench.md"
+step gpu_tests gpu_tests
+step t1 "$PY" -m pagedllm.benchmarks.throughput --workload T1 --backend both \
+    --output-json "$OUT/T1.json"
+if [[ "${GPU_CHECK_KERNEL_BENCH:-0}" == 1 ]]; then
+    step kernel_bench "$PY" scripts/kernel_bench.py --out "$OUT/kernel_bench.md"
+fi
+if [[ -f "$OUT/T1.json" ]]; then
+    "$PY" -m pagedllm.benchmarks.summary "$OUT/T1.json"
+fi
 
 if ((${#FAILED[@]})); then
     echo "gpu_check: FAILED steps: ${FAILED[*]}"

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -117,8 +119,23 @@ def measure_kv_waste(llm: Any, prompts: list[Any], params: list[Any]) -> dict[st
 def run_hf(args: argparse.Namespace, shape: str, requests: list[BenchRequest]) -> dict[str, Any]:
     from pagedllm.benchmarks.hf_backend import run_hf_generate
 
-    elapsed = run_hf_generate(SHAPES[shape], requests)
+    elapsed = run_hf_generate(peer_config(args.model, shape), requests)
     return _result("hf-transformers", requests, elapsed)
+
+
+def peer_config(model: str | None, shape: str) -> dict[str, Any]:
+    """The HF peer's model config (random weights of that shape): the config.json of
+    --model when it is a directory, else the workload's shape."""
+    if model is None:
+        return dict(SHAPES[shape])
+    path = os.path.join(model, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"--backend hf/both needs --model to be a directory with a config.json: {model!r}"
+        )
+    with open(path) as f:
+        config: dict[str, Any] = json.load(f)
+    return config
 
 
 def _result(backend: str, requests: list[BenchRequest], elapsed: float) -> dict[str, Any]:
