@@ -4,6 +4,7 @@ for attention, torch's SDPA on the same tokens laid out densely.
 Each row times one call (triton.testing.do_bench, median ms, on random data) and reports
 the bytes the kernel must move (each input read once, each output written once) over its
 time, against the H200's ~4.3 TB/s device-copy rate; prefill attention reports TFLOP/s.
+The linear-layer steps (gemv, skinny_gemm, blas_choice, host_mm) are in linear_bench.py.
 
     python scripts/kernel_bench.py [--out results.md]
 """
@@ -13,9 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +22,14 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import DTYPE, Row, bench, copy_bandwidth_row, markdown, rand  # noqa: E402
+from linear_bench import (  # noqa: E402
+    bench_blas_choice,
+    bench_gemv,
+    bench_host_mm,
+    bench_skinny_gemm,
+)
 
 from pagedllm.layers.attention.triton_decode_attention import (  # noqa: E402
     choose_num_splits,
@@ -38,7 +44,6 @@ from pagedllm.layers.attention.triton_reshape_and_cache import (  # noqa: E402
     reshape_and_cache_ref,
 )
 from pagedllm.layers.triton_activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
-from pagedllm.layers.triton_gemv import gemv  # noqa: E402
 from pagedllm.layers.triton_rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 from pagedllm.layers.triton_rotary import (  # noqa: E402
     make_cos_sin_cache,
@@ -46,50 +51,7 @@ from pagedllm.layers.triton_rotary import (  # noqa: E402
     rotary_embedding_ref,
 )
 
-PEAK_BYTES_PER_S = 4.3e12
-DTYPE = torch.bfloat16
 BLOCK_SIZE = 16
-Fn = Callable[[], object]
-
-
-@dataclass
-class Row:
-    kernel: str
-    shape: str
-    triton_ms: float
-    torch_ms: float | None = None
-    sdpa_ms: float | None = None
-    bytes_moved: float = 0.0
-    flops: float = 0.0
-
-    def cells(self) -> list[str]:
-        gbs = self.bytes_moved / self.triton_ms / 1e6 if self.bytes_moved else None
-        tflops = self.flops / self.triton_ms / 1e9 if self.flops else None
-        return [
-            self.kernel,
-            self.shape,
-            f"{self.triton_ms:.4f}",
-            _fmt(self.torch_ms),
-            _fmt(self.sdpa_ms),
-            "" if gbs is None else f"{gbs:,.0f}",
-            "" if gbs is None else f"{100 * gbs * 1e9 / PEAK_BYTES_PER_S:.0f}%",
-            "" if tflops is None else f"{tflops:.0f}",
-        ]
-
-
-HEADER = ["kernel", "shape", "triton ms", "torch ms", "sdpa ms", "GB/s", "of 4.3TB/s", "TFLOP/s"]
-
-
-def _fmt(ms: float | None) -> str:
-    return "" if ms is None else f"{ms:.4f}"
-
-
-def bench(fn: Fn, rep: int = 200) -> float:
-    return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
-
-
-def rand(*shape: int, dtype: torch.dtype = DTYPE) -> torch.Tensor:
-    return torch.randn(*shape, device="cuda", dtype=dtype)
 
 
 def paged_cache(seq_lens: list[int], num_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, ...]:
@@ -290,160 +252,6 @@ def bench_silu_and_mul() -> list[Row]:
             bytes_moved=3 * num_tokens * inter * 2,
         )
     ]
-
-
-def _rotating(fn: Callable[[torch.Tensor], object], weights: list[torch.Tensor]) -> Fn:
-    """Each call uses the next weight copy, so that no call finds its weight in L2."""
-    state = {"i": 0}
-
-    def call() -> object:
-        state["i"] = (state["i"] + 1) % len(weights)
-        return fn(weights[state["i"]])
-
-    return call
-
-
-def bench_gemv() -> list[Row]:
-    """Batch-1/4 decode linear layers of the Llama-3.1-8B shape: the Triton skinny product
-    against torch's F.linear (cuBLAS), each weight read from memory (copies rotated)."""
-    rows = []
-    shapes = {
-        "qkv_proj": (6144, 4096),
-        "o_proj": (4096, 4096),
-        "gate_up_proj": (28672, 4096),
-        "down_proj": (4096, 14336),
-        "lm_head": (128256, 4096),
-    }
-    for name, (n, k) in shapes.items():
-        copies = max(2, -(-(256 * 2**20) // (n * k * 2)))  # >= 256 MiB in rotation
-        weights = [rand(n, k) for _ in range(copies)]
-        for m in (1, 4):
-            x = rand(m, k)
-            t = bench(_rotating(partial(gemv, x), weights))
-            ref = bench(_rotating(partial(F.linear, x), weights))
-            rows.append(Row(f"gemv {name}", f"M={m} N={n} K={k}", t, ref, bytes_moved=n * k * 2))
-        for splits, bn, bk, warps, stages in [
-            (None, 64, 256, 4, 3),
-            (None, 128, 128, 8, 4),
-            (1, 64, 128, 4, 4),
-        ]:
-            x = rand(1, k)
-            fn = partial(
-                gemv,
-                x,
-                num_splits=splits,
-                block_n=bn,
-                block_k=bk,
-                num_warps=warps,
-                num_stages=stages,
-            )
-            t = bench(_rotating(fn, weights))
-            cfg = f"M=1 N={n} splits={splits} bn={bn} bk={bk} w={warps} st={stages}"
-            rows.append(Row(f"gemv {name} cfg", cfg, t, bytes_moved=n * k * 2))
-        del weights
-        torch.cuda.empty_cache()
-    return rows
-
-
-LLAMA8B_LINEARS = {
-    "qkv_proj": (6144, 4096),
-    "o_proj": (4096, 4096),
-    "gate_up_proj": (28672, 4096),
-    "down_proj": (4096, 14336),
-}
-
-
-def bench_skinny_gemm() -> list[Row]:
-    """cuBLAS (F.linear) at the decode batch sizes of T2's tail and middle: does any row
-    count fall off the bandwidth line? Weights rotated out of L2; the 'triton ms' column
-    is cuBLAS here, the 'torch ms' column the Triton skinny product where it applies."""
-    rows = []
-    for name, (n, k) in LLAMA8B_LINEARS.items():
-        copies = max(2, -(-(256 * 2**20) // (n * k * 2)))
-        weights = [rand(n, k) for _ in range(copies)]
-        for m in (1, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256):
-            x = rand(m, k)
-            t = bench(_rotating(partial(F.linear, x), weights))
-            tri = bench(_rotating(partial(gemv, x), weights)) if m <= 16 else None
-            rows.append(
-                Row(
-                    f"cublas {name}",
-                    f"M={m} N={n} K={k}",
-                    t,
-                    tri,
-                    bytes_moved=n * k * 2,
-                    flops=2 * m * n * k,
-                )
-            )
-        del weights
-        torch.cuda.empty_cache()
-    return rows
-
-
-def bench_blas_choice() -> list[Row]:
-    """F.linear through cuBLAS and through cuBLASLt (torch's preferred_blas_library) at
-    the decode row counts: 'triton ms' column = cuBLAS, 'torch ms' column = cuBLASLt."""
-    rows = []
-    for name, (n, k) in LLAMA8B_LINEARS.items():
-        copies = max(2, -(-(256 * 2**20) // (n * k * 2)))
-        weights = [rand(n, k) for _ in range(copies)]
-        for m in (1, 16, 64, 128, 256):
-            x = rand(m, k)
-            times = []
-            for lib in ("cublas", "cublaslt"):
-                torch.backends.cuda.preferred_blas_library(lib)
-                times.append(bench(_rotating(partial(F.linear, x), weights)))
-            torch.backends.cuda.preferred_blas_library("default")
-            rows.append(
-                Row(
-                    f"blas {name}",
-                    f"M={m} N={n} K={k}",
-                    times[0],
-                    times[1],
-                    bytes_moved=n * k * 2,
-                    flops=2 * m * n * k,
-                )
-            )
-        del weights
-        torch.cuda.empty_cache()
-    return rows
-
-
-def bench_host_mm() -> list[Row]:
-    """Host (CPU) time of launching a prefill-sized F.linear without waiting for it:
-    if this is near the device time, prefill steps are launch-bound on the host."""
-    rows = []
-    for name, (n, k) in LLAMA8B_LINEARS.items():
-        w = rand(n, k)
-        for m in (8192, 8000, 7777):
-            x = rand(m, k)
-            for _ in range(3):
-                F.linear(x, w)
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(20):
-                F.linear(x, w)
-            host = (time.perf_counter() - start) / 20 * 1e3
-            torch.cuda.synchronize()
-            dev = bench(partial(F.linear, x, w), rep=50)
-            rows.append(
-                Row(f"host launch {name}", f"M={m} host ms={host:.3f}", dev, flops=2 * m * n * k)
-            )
-    return rows
-
-
-def copy_bandwidth_row() -> Row:
-    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return Row(
-        "device copy (ceiling)", "2 GiB", bench(lambda: dst.copy_(src)), bytes_moved=2 * src.numel()
-    )
-
-
-def markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -113,7 +113,6 @@ def profile_window(  # type: ignore[no-untyped-def]
     if cprofile:
         host_profile(engine, steps, top)
         return
-    cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     start = time.perf_counter()
     with profile(activities=activities) as prof:
