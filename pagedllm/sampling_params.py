@@ -71,7 +71,8 @@ class SamplingParams:
         if self.temperature < _SAMPLING_EPS:
             # Greedy: the other sampling knobs have no effect.
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
-        self.all_stop_token_ids = set(self.stop_token_ids)
+        # Kept when already resolved (a copy decoded from the front end's message).
+        self.all_stop_token_ids = set(self.stop_token_ids) | set(self.all_stop_token_ids)
 
     def _verify(self) -> None:
         _require(

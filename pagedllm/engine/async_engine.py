@@ -1,12 +1,20 @@
-"""AsyncLLM: an asyncio front end over one LLMEngine driven by one background thread.
+"""AsyncLLM: the asyncio front end of the server, over an engine core that runs on its
+own (in its own process by default: `MPClient`; on a thread: `ThreadedClient`).
 
-Ownership (the invariant everything here relies on):
-- The `LLMEngine` and `_streams` are touched only by the loop thread.
-- Callers (any asyncio loop) reach the loop thread through `_commands`, a deque
-  guarded by `_cond`; results come back on per-request asyncio queues, fed with
-  `loop.call_soon_threadsafe` (one call per event loop per step).
-- A request's stream is in `_streams` from the moment the engine accepted it until
-  its final output was posted, it was aborted, or its step failed.
+Where the work happens:
+- The caller's event loop: `generate()` builds the request (validation; prompts
+  arrive tokenized from the serving layer, which tokenizes off the event loop) and
+  sends it to the core; it then awaits the request's asyncio queue.
+- The client's reader thread (`_on_core_outputs`): each step's outputs are
+  detokenized (OutputProcessor) and handed to the requests' queues, one
+  `call_soon_threadsafe` per event loop per step; stop strings found there are sent
+  back to the core as stops.
+- The engine core: scheduling and the model, never waiting on any of the above.
+
+Ownership: `_lock` guards `_streams` and the OutputProcessor (the callers' threads
+and the reader thread both touch them). A request's stream is in `_streams` from the
+moment it was sent to the core until its final output was posted, it was aborted, or
+the core failed it.
 """
 
 from __future__ import annotations
@@ -15,11 +23,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from pagedllm.core.messages import EngineCoreOutputs
+from pagedllm.core.request import RequestStatus
 from pagedllm.engine.async_stats import LoggingStatLogger, StatLoggerBase
 from pagedllm.engine.async_stream import (
     EngineDeadError,
@@ -30,13 +38,14 @@ from pagedllm.engine.async_stream import (
     group_by_loop,
     post,
 )
-from pagedllm.executor.base import ExecutorDeadError
+from pagedllm.engine.core_client import BackgroundClient
+from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.engine.request_builder import RequestBuilder
 from pagedllm.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
 from pagedllm.sampling_params import PoolingParams, SamplingParams
 
 if TYPE_CHECKING:
     from pagedllm.config import EngineArgs, EngineConfig
-    from pagedllm.engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 
@@ -44,63 +53,51 @@ PromptType = str | dict[str, Any]
 LOG_INTERVAL_S = 5.0
 
 
-@dataclass
-class _AddCommand:
-    stream: RequestStream
-    prompt: PromptType
-    params: SamplingParams | PoolingParams
-    arrival_time: float
-
-
-@dataclass
-class _AbortCommand:
-    request_ids: list[str]
-
-
 class AsyncLLM:
-    """vLLM's AsyncLLM: `generate`/`encode` async iterators over a shared engine."""
+    """vLLM's AsyncLLM: `generate`/`encode` async iterators over an engine core."""
 
     def __init__(
         self,
-        engine: LLMEngine,
+        engine_config: EngineConfig,
+        tokenizer: Any,
+        core_client: BackgroundClient,
         log_stats: bool = True,
         stat_loggers: Iterable[StatLoggerBase] = (),
         log_interval_s: float = LOG_INTERVAL_S,
-        owns_engine: bool = False,
     ) -> None:
-        self.engine = engine
-        self._owns_engine = owns_engine  # shutdown() also shuts the engine (its executor) down
+        self.engine_config = engine_config
+        self.tokenizer = tokenizer
+        self.core_client = core_client
+        engine_config.cache_config.num_gpu_blocks = core_client.num_gpu_blocks
+        self.builder = RequestBuilder(engine_config, tokenizer, core_client.num_gpu_blocks)
+        self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers: list[StatLoggerBase] = list(stat_loggers)
         if log_stats:
             self.stat_loggers.append(LoggingStatLogger())
-        self._log_interval_s = log_interval_s
-        self._cond = threading.Condition()
-        self._commands: deque[_AddCommand | _AbortCommand] = deque()
+        self._lock = threading.Lock()
         self._streams: dict[str, RequestStream] = {}
-        self._stopping = False
         self._dead_error: EngineDeadError | None = None
         self._last_stats = SchedulerStats()
-        self._thread = threading.Thread(target=self._run_loop, name="pagedllm-engine", daemon=True)
-        self._thread.start()
+        self._stopped = threading.Event()
+        self._log_thread = threading.Thread(
+            target=self._log_loop, args=(log_interval_s,), name="pagedllm-stats", daemon=True
+        )
+        self._log_thread.start()
+        core_client.set_output_handler(self._on_core_outputs)
 
     @classmethod
     def from_engine_args(
         cls, engine_args: EngineArgs, stat_loggers: Iterable[StatLoggerBase] = ()
     ) -> AsyncLLM:
-        from pagedllm.engine.llm_engine import LLMEngine
+        from pagedllm.engine.core_process import MPClient
+        from pagedllm.engine.llm_engine import load_tokenizer
 
-        engine = LLMEngine.from_engine_args(engine_args)
-        return cls(engine, not engine_args.disable_log_stats, stat_loggers, owns_engine=True)
+        config = engine_args.create_engine_config()
+        tokenizer = load_tokenizer(config, engine_args.skip_tokenizer_init)
+        client = MPClient(config)
+        return cls(config, tokenizer, client, not engine_args.disable_log_stats, stat_loggers)
 
     # ---- read-only views, safe from any thread -------------------------------------
-
-    @property
-    def engine_config(self) -> EngineConfig:
-        return self.engine.engine_config
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.tokenizer
 
     @property
     def errored(self) -> bool:
@@ -110,13 +107,22 @@ class AsyncLLM:
     def dead_error(self) -> EngineDeadError | None:
         return self._dead_error
 
+    @property
+    def request_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._streams)
+
     def get_stats(self) -> SchedulerStats:
-        """The snapshot taken after the latest loop iteration."""
+        """The snapshot the core sent with its latest outputs."""
         return self._last_stats
 
     async def check_health(self) -> None:
         if self._dead_error is not None:
             raise self._dead_error
+
+    def call_utility(self, method: str, *args: Any) -> Any:
+        """One of the core's utility methods (blocking: call it off the event loop)."""
+        return self.core_client.call_utility(method, *args)
 
     # ---- the request API ---------------------------------------------------------------
 
@@ -144,16 +150,14 @@ class AsyncLLM:
 
     async def abort(self, request_id: str | Iterable[str]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
-        self._submit(_AbortCommand(ids))
+        self._abort(ids)
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout_s)
-        if self._owns_engine and hasattr(self.engine, "shutdown"):
-            self._owns_engine = False  # once
-            self.engine.shutdown()
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.core_client.shutdown()
+        self._fail_streams(EngineDeadError("The engine is shutting down"))
 
     async def _run_request(
         self,
@@ -163,8 +167,7 @@ class AsyncLLM:
         arrival_time: float | None,
     ) -> AsyncIterator[EngineOutput]:
         """Yield the request's outputs; abort it if the consumer goes away early."""
-        stream = RequestStream(request_id, asyncio.get_running_loop())
-        self._submit(_AddCommand(stream, prompt, params, arrival_time or time.time()))
+        stream = self._add(prompt, params, request_id, arrival_time or time.time())
         done = False
         try:
             while not done:
@@ -179,158 +182,122 @@ class AsyncLLM:
                 yield item
         finally:
             if not done:  # cancelled (client disconnect) or the consumer stopped early
-                self._submit(_AbortCommand([request_id]))
+                self._abort([request_id])
 
-    def _submit(self, command: _AddCommand | _AbortCommand) -> None:
-        if self._dead_error is not None and isinstance(command, _AddCommand):
-            raise self._dead_error
-        with self._cond:
-            self._commands.append(command)
-            self._cond.notify()
-
-    # ---- the loop thread ---------------------------------------------------------------
-
-    def _run_loop(self) -> None:
-        next_log = time.monotonic() + self._log_interval_s
-        try:
-            while True:
-                commands = self._wait_for_work(next_log)
-                if commands is None:
-                    break
-                self._apply_commands(commands)
-                if self._dead_error is None and self.engine.has_unfinished_requests():
-                    self._step()
-                self._record_idle_stats()
-                if time.monotonic() >= next_log:
-                    self._log_stats()
-                    next_log = time.monotonic() + self._log_interval_s
-        except Exception as exc:  # a bug in this loop: nothing can be served any more
-            logger.exception("The engine loop crashed")
-            self._mark_dead(exc)
-        finally:
-            self._fail_streams(EngineDeadError("The engine is shutting down"))
-
-    def _wait_for_work(self, next_log: float) -> list[_AddCommand | _AbortCommand] | None:
-        """Block until there is a command or running work; None means stop."""
-        with self._cond:
-            while not self._stopping and not self._commands:
-                if self._dead_error is None and self.engine.has_unfinished_requests():
-                    break
-                timeout = next_log - time.monotonic()
-                if timeout <= 0:
-                    break
-                self._cond.wait(timeout)
-            if self._stopping:
-                return None
-            commands = list(self._commands)
-            self._commands.clear()
-            return commands
-
-    def _apply_commands(self, commands: list[_AddCommand | _AbortCommand]) -> None:
-        for command in commands:
-            if isinstance(command, _AddCommand):
-                self._add(command)
-            else:
-                self._abort(command.request_ids)
-
-    def _add(self, command: _AddCommand) -> None:
-        stream = command.stream
+    def _add(
+        self,
+        prompt: PromptType,
+        params: SamplingParams | PoolingParams,
+        request_id: str,
+        arrival_time: float,
+    ) -> RequestStream:
         if self._dead_error is not None:
-            post({stream.loop: [(stream, self._dead_error)]})
-            return
-        if stream.request_id in self._streams:
-            error = ValueError(f"request id {stream.request_id!r} is already running")
-            post({stream.loop: [(stream, error)]})
-            return
-        try:
-            self.engine.add_request(
-                stream.request_id, command.prompt, command.params, command.arrival_time
-            )
-        except (ValueError, TypeError) as exc:  # a bad request: the caller answers 400
-            post({stream.loop: [(stream, ValueError(str(exc)))]})
-            return
-        except Exception as exc:
-            logger.exception("add_request(%s) failed", stream.request_id)
-            post({stream.loop: [(stream, EngineGenerateError(f"add_request failed: {exc!r}"))]})
-            return
-        self._streams[stream.request_id] = stream
+            raise self._dead_error
+        built = self.builder.build(request_id, prompt, params, arrival_time)  # ValueError: 400
+        stream = RequestStream(request_id, asyncio.get_running_loop())
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already running")
+            self.output_processor.add_request(request_id, built)
+            self._streams[request_id] = stream
+        self.core_client.add_requests(built.children)
+        return stream
 
     def _abort(self, request_ids: list[str]) -> None:
-        streams = [self._streams.pop(rid) for rid in request_ids if rid in self._streams]
+        children: list[str] = []
+        streams: list[RequestStream] = []
+        with self._lock:
+            for rid in request_ids:
+                stream = self._streams.pop(rid, None)
+                if stream is None:
+                    continue
+                streams.append(stream)
+                children += self.output_processor.children_of(rid)
+                self.output_processor.abort(rid)
         if not streams:
             return
-        try:
-            self.engine.abort_request([s.request_id for s in streams])
-        except Exception as exc:
-            logger.exception("abort_request failed")
-            self._mark_dead(exc)
+        self.core_client.abort_requests(children)
         post(group_by_loop([(s, None) for s in streams]))
         logger.info("Aborted request(s) %s", ", ".join(s.request_id for s in streams))
 
-    def _step(self) -> None:
+    # ---- the reader thread ----------------------------------------------------------
+
+    def _on_core_outputs(self, core_outputs: EngineCoreOutputs) -> None:
         try:
-            outputs = self.engine.step()
-        except Exception as exc:
-            logger.exception("Engine step failed; failing %d request(s)", len(self._streams))
-            self._recover_from_step_error(exc)
+            self._process(core_outputs)
+        except Exception as exc:  # a bug here must not leave streams hanging
+            logger.exception("Processing the engine core's outputs failed")
+            self._mark_dead(exc)
+            self._fail_streams(self._dead_error or EngineDeadError(str(exc)))
+
+    def _process(self, core_outputs: EngineCoreOutputs) -> None:
+        if core_outputs.engine_dead is not None:  # every open stream fails with the reason
+            self._record_stats(core_outputs.scheduler_stats, [])
+            self._mark_dead(RuntimeError(core_outputs.engine_dead))
+            self._fail_streams(self._dead_error or EngineDeadError(core_outputs.engine_dead))
             return
         finished: list[EngineOutput] = []
         pairs: list[tuple[RequestStream, StreamItem]] = []
-        for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is None:
-                continue  # aborted by its consumer after this step was scheduled
-            if output.finished:
-                del self._streams[output.request_id]
-                finished.append(output)
-            pairs.append((stream, output))
+        stopped: list[str] = []
+        if core_outputs.outputs:
+            with self._lock:
+                outputs, stopped = self.output_processor.process(core_outputs.outputs)
+                for output in outputs:
+                    stream = self._streams.get(output.request_id)
+                    if stream is None:
+                        continue  # aborted by its consumer meanwhile
+                    if output.finished:
+                        del self._streams[output.request_id]
+                        finished.append(output)
+                    pairs.append((stream, _failed_as_error(output)))
+        if stopped:
+            self.core_client.abort_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        if core_outputs.scheduler_stats is not None or finished:
+            self._record_stats(
+                core_outputs.scheduler_stats, finished
+            )  # before the callers see them
         post(group_by_loop(pairs))
-        self._record_stats(finished)
-
-    def _recover_from_step_error(self, exc: Exception) -> None:
-        """Fail and abort everything in flight; the engine is dead if that fails too."""
-        ids = list(self._streams)
-        if isinstance(exc, ExecutorDeadError):  # a worker is gone: no step can run again
-            self._mark_dead(exc)
-            self._fail_streams(self._dead_error or EngineDeadError(str(exc)))
-            return
-        self._fail_streams(EngineGenerateError(f"The engine step failed: {exc!r}"))
-        try:
-            if ids:
-                self.engine.abort_request(ids)
-            if self.engine.has_unfinished_requests():
-                raise RuntimeError("requests are still in the engine after aborting all of them")
-        except Exception as abort_exc:
-            logger.exception("The engine could not recover from a failed step")
-            self._mark_dead(abort_exc)
 
     def _fail_streams(self, error: BaseException) -> None:
-        pairs: list[tuple[RequestStream, StreamItem]] = [(s, error) for s in self._streams.values()]
-        self._streams.clear()
+        with self._lock:
+            pairs: list[tuple[RequestStream, StreamItem]] = [
+                (s, error) for s in self._streams.values()
+            ]
+            for rid in list(self._streams):
+                self.output_processor.abort(rid)
+            self._streams.clear()
         post(group_by_loop(pairs))
 
     def _mark_dead(self, cause: BaseException) -> None:
         if self._dead_error is None:
-            self._dead_error = EngineDeadError(f"The engine is dead: {cause!r}")
+            self._dead_error = EngineDeadError(f"The engine is dead: {cause}")
+            logger.error("%s", self._dead_error)
 
-    def _record_stats(self, finished: list[EngineOutput]) -> None:
-        try:
-            stats = self.engine.get_stats()
-        except Exception:
-            logger.exception("get_stats failed")
-            return
-        self._last_stats = stats
+    def _record_stats(self, stats: SchedulerStats | None, finished: list[EngineOutput]) -> None:
+        if stats is not None:
+            self._last_stats = stats
         for stat_logger in self.stat_loggers:
-            stat_logger.record(stats, finished)
+            try:
+                stat_logger.record(self._last_stats, finished)
+            except Exception:
+                logger.exception("A stat logger failed")
 
-    def _record_idle_stats(self) -> None:
-        """Refresh the gauges when nothing runs (after aborts, after the last finish)."""
-        if self._dead_error is None and not self.engine.has_unfinished_requests():
-            self._record_stats([])
+    def _log_loop(self, interval_s: float) -> None:
+        while not self._stopped.wait(interval_s):
+            for stat_logger in self.stat_loggers:
+                try:
+                    stat_logger.log()
+                except Exception:
+                    logger.exception("A stat logger failed")
 
-    def _log_stats(self) -> None:
-        for stat_logger in self.stat_loggers:
-            stat_logger.log()
+
+def _failed_as_error(output: EngineOutput) -> StreamItem:
+    """A request whose step failed in the core reaches its consumer as an exception."""
+    if isinstance(output, RequestOutput) and any(
+        c.finish_reason == "error" for c in output.outputs
+    ):
+        return EngineGenerateError(f"The engine failed while running request {output.request_id}")
+    return output
 
 
 AsyncLLMEngine = AsyncLLM

@@ -1,5 +1,6 @@
-"""Requests -> RequestOutputs: detokenize new tokens, apply stop strings, gather the
-n samples of a user request, and emit cumulative / delta / final outputs."""
+"""The core's outputs -> RequestOutputs, in the front end: detokenize new tokens, apply
+stop strings (a stopped child is reported to the caller, which tells the core), gather
+the n samples of a user request, and emit cumulative / delta / final outputs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.core.messages import EngineCoreOutput, EngineCoreRequest
+from pagedllm.core.request import FINISH_REASONS, RequestStatus
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, decode_token
-from pagedllm.engine.request import Request, RequestStatus
-from pagedllm.engine.scheduler_output import SampledLogprobs
+from pagedllm.engine.request_builder import BuiltRequest
 from pagedllm.outputs import (
     CompletionOutput,
     EmbeddingOutput,
@@ -20,6 +22,7 @@ from pagedllm.outputs import (
     RequestOutput,
 )
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.scheduler_output import SampledLogprobs
 
 
 @dataclass
@@ -60,29 +63,31 @@ class OutputProcessor:
         self.states: dict[str, RequestState] = {}
         self.child_to_parent: dict[str, str] = {}
 
-    def add_request(self, parent_id: str, children: list[Request]) -> None:
-        first = children[0]
-        params = first.sampling_params
-        states = {c.request_id: ChildState(self._make_detokenizer(c)) for c in children}
-        assert first.metrics is not None
+    def add_request(self, parent_id: str, built: BuiltRequest) -> None:
+        params = built.params if isinstance(built.params, SamplingParams) else None
+        states = {
+            c.request_id: ChildState(self._make_detokenizer(built, c)) for c in built.children
+        }
         self.states[parent_id] = RequestState(
             request_id=parent_id,
-            prompt=first.prompt,
-            prompt_token_ids=first.prompt_token_ids,
+            prompt=built.prompt,
+            prompt_token_ids=built.prompt_token_ids,
             params=params,
             children=states,
-            child_order=[c.request_id for c in children],
-            metrics=RequestMetrics(arrival_time=first.metrics.arrival_time),
+            child_order=[c.request_id for c in built.children],
+            metrics=RequestMetrics(arrival_time=built.children[0].arrival_time),
         )
-        for c in children:
+        for c in built.children:
             self.child_to_parent[c.request_id] = parent_id
 
-    def _make_detokenizer(self, request: Request) -> IncrementalDetokenizer | None:
-        sp = request.sampling_params
+    def _make_detokenizer(
+        self, built: BuiltRequest, child: EngineCoreRequest
+    ) -> IncrementalDetokenizer | None:
+        sp = child.sampling_params
         if sp is None or not sp.detokenize or self.tokenizer is None:
             return None
         return IncrementalDetokenizer.from_sampling_params(
-            self.tokenizer, request.prompt_token_ids, sp
+            self.tokenizer, built.prompt_token_ids, sp
         )
 
     def has_request(self, parent_id: str) -> bool:
@@ -96,93 +101,87 @@ class OutputProcessor:
         return list(state.child_order) if state else []
 
     def process(
-        self, updated: list[Request]
+        self, core_outputs: list[EngineCoreOutput]
     ) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str]]:
         """Returns the outputs to hand out and the child ids stopped by a stop string
-        (the caller finishes those in the scheduler)."""
+        (the caller tells the core to stop those)."""
         now = time.time()
         touched: dict[str, RequestState] = {}
         stopped: list[str] = []
         pooled: list[PoolingRequestOutput] = []
-        for request in updated:
-            parent_id = self.child_to_parent.get(request.request_id)
+        for out in core_outputs:
+            parent_id = self.child_to_parent.get(out.request_id)
             if parent_id is None:
-                continue
+                continue  # aborted, or stopped here while the core ran on
             state = self.states[parent_id]
-            if request.is_pooling:
-                pooled.append(self._pooling_output(state, request, now))
+            if out.pooled is not None or state.params is None:
+                pooled.append(self._pooling_output(state, out, now))
                 continue
-            if not request.is_finished and _deferrable(state.params):
-                continue  # nothing to emit or check before it finishes: catch up then
-            if self._update_child(state, request, now):
-                stopped.append(request.request_id)
+            if self._update_child(state, out, now):
+                stopped.append(out.request_id)
             touched[parent_id] = state
         outputs: list[RequestOutput | PoolingRequestOutput] = list(pooled)
         for state in touched.values():
-            out = self._make_output(state, now)
-            if out is not None:
-                outputs.append(out)
+            result = self._make_output(state, now)
+            if result is not None:
+                outputs.append(result)
             if state.finished:
                 self._forget(state)
         return outputs, stopped
 
-    def _update_child(self, state: RequestState, request: Request, now: float) -> bool:
-        child = state.children[request.request_id]
-        sp = request.sampling_params
+    def _update_child(self, state: RequestState, out: EngineCoreOutput, now: float) -> bool:
+        child = state.children[out.request_id]
+        if child.finish_reason is not None:
+            return False  # stopped here by a stop string; the core's late tokens are dropped
+        sp = state.params
         assert sp is not None
-        new_tokens = request.output_token_ids[child.num_tokens_seen :]
-        new_logprobs = request.logprobs[child.num_tokens_seen :]
-        child.num_tokens_seen = request.num_output_tokens
+        new_tokens = out.new_token_ids
+        child.num_tokens_seen += len(new_tokens)
         child.token_ids.extend(new_tokens)
         child.updated = True
-        self._update_metrics(state, request, len(new_tokens), now)
-        if (
-            state.prompt_logprobs is None
-            and sp.prompt_logprobs is not None
-            and request.prompt_logprobs
-        ):
-            state.prompt_logprobs = [None] + [
-                self._logprob_dict(lp, sp.prompt_logprobs) for lp in request.prompt_logprobs
-            ]
-        if state.num_cached_tokens == 0:
-            state.num_cached_tokens = max(0, request.num_cached_tokens)
-        for lp in new_logprobs:
+        self._update_metrics(state, out, len(new_tokens), now)
+        if out.new_prompt_logprobs and sp.prompt_logprobs is not None:
+            if state.prompt_logprobs is None:
+                state.prompt_logprobs = [None]
+            k = sp.prompt_logprobs
+            state.prompt_logprobs += [self._logprob_dict(lp, k) for lp in out.new_prompt_logprobs]
+        if out.num_cached_tokens:
+            state.num_cached_tokens = out.num_cached_tokens
+        for lp in out.new_logprobs or ():
             child.cumulative_logprob += lp.logprobs[0]
             if sp.logprobs is not None:
                 child.logprobs.append(self._logprob_dict(lp, sp.logprobs))
-        stop_string = self._detokenize(child, request, new_tokens)
-        if stop_string is not None and not request.is_finished:
+        stop_string = self._detokenize(child, sp, out)
+        if stop_string is not None and not out.finished:
             child.finish_reason, child.stop_reason = "stop", stop_string
             return True
-        if request.is_finished:
-            child.finish_reason = request.finish_reason
-            child.stop_reason = (
-                request.stop_reason if child.stop_reason is None else child.stop_reason
-            )
+        if out.finished:
+            child.finish_reason = FINISH_REASONS[RequestStatus(out.finish_status)]
+            if child.stop_reason is None and out.finish_status != RequestStatus.FINISHED_ERROR:
+                child.stop_reason = out.stop_reason
         return False
 
-    def _detokenize(self, child: ChildState, request: Request, new_tokens: list[int]) -> str | None:
-        if child.detokenizer is None or not new_tokens:
+    def _detokenize(
+        self, child: ChildState, sp: SamplingParams, out: EngineCoreOutput
+    ) -> str | None:
+        if child.detokenizer is None or not out.new_token_ids:
             return None
-        sp = request.sampling_params
-        assert sp is not None
         stopped_by_token = (
-            request.status == RequestStatus.FINISHED_STOPPED
-            and request.output_token_ids[-1] in sp.all_stop_token_ids
+            out.finish_status == RequestStatus.FINISHED_STOPPED
+            and out.new_token_ids[-1] in sp.all_stop_token_ids
         )
-        if child.finish_reason is not None:
-            return None
-        return child.detokenizer.update(new_tokens, stop_terminated=stopped_by_token)
+        return child.detokenizer.update(out.new_token_ids, stop_terminated=stopped_by_token)
 
     def _update_metrics(
-        self, state: RequestState, request: Request, num_new: int, now: float
+        self, state: RequestState, out: EngineCoreOutput, num_new: int, now: float
     ) -> None:
         m = state.metrics
+        if out.first_scheduled_time and m.first_scheduled_time is None:
+            m.first_scheduled_time = out.first_scheduled_time
         if num_new:
             if m.first_token_time is None:
-                # The scheduler stamps the first token (outputs may be deferred).
-                first = request.metrics.first_token_time if request.metrics else None
-                m.first_token_time = first or now
+                # The core stamps the first token (its outputs may come in one piece at the end).
+                m.first_token_time = out.first_token_time or now
             m.last_token_time = now
             m.num_generation_tokens += num_new
 
@@ -249,14 +248,16 @@ class OutputProcessor:
         )
 
     def _pooling_output(
-        self, state: RequestState, request: Request, now: float
+        self, state: RequestState, out: EngineCoreOutput, now: float
     ) -> PoolingRequestOutput:
         state.metrics.finished_time = now
+        if out.first_scheduled_time:
+            state.metrics.first_scheduled_time = out.first_scheduled_time
         self._forget(state)
         return PoolingRequestOutput(
             request_id=state.request_id,
             prompt_token_ids=state.prompt_token_ids,
-            outputs=EmbeddingOutput(embedding=request.pooled or []),
+            outputs=EmbeddingOutput(embedding=out.pooled or []),
             finished=True,
             prompt=state.prompt,
             metrics=state.metrics,
@@ -271,13 +272,3 @@ class OutputProcessor:
         self.states.pop(state.request_id, None)
         for child_id in state.child_order:
             self.child_to_parent.pop(child_id, None)
-
-
-def _deferrable(params: SamplingParams | None) -> bool:
-    """A final-only request without stop strings needs no per-step work: its tokens
-    are detokenized in one go when it finishes."""
-    return (
-        params is not None
-        and params.output_kind == RequestOutputKind.FINAL_ONLY
-        and not params.stop
-    )

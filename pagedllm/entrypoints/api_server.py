@@ -94,7 +94,7 @@ async def generate(raw_request: Request) -> Response:
 async def health(raw_request: Request) -> Response:
     engine: AsyncLLM = raw_request.app.state.engine
     if engine.errored:
-        return error_json(str(engine.dead_error), HTTPStatus.INTERNAL_SERVER_ERROR)
+        return error_json(str(engine.dead_error), HTTPStatus.SERVICE_UNAVAILABLE)
     return Response(status_code=200)
 
 

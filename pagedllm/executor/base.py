@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from pagedllm.config import EngineConfig
-from pagedllm.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pagedllm.config import EngineConfig
-from pagedllm.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.executor.base import Executor
+from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
 from pagedllm.worker.worker import Worker
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pagedllm.engine.scheduler_output import ModelRunnerOutput, SampledLogprobs
+from pagedllm.scheduler_output import ModelRunnerOutput, SampledLogprobs
 
 
 def _to_host(tensor: torch.Tensor | None) -> torch.Tensor | None:

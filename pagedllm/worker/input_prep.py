@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pagedllm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.scheduler_output import ScheduledRequest, SchedulerOutput
 
 
 @dataclass

@@ -10,15 +10,15 @@ import torch
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
-from pagedllm.engine.scheduler_output import (
-    ModelRunnerOutput,
-    ScheduledRequest,
-    SchedulerOutput,
-)
 from pagedllm.layers.attention.metadata import PoolingMetadata
 from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
 from pagedllm.models.pipeline import IntermediateTensors
+from pagedllm.scheduler_output import (
+    ModelRunnerOutput,
+    ScheduledRequest,
+    SchedulerOutput,
+)
 from pagedllm.worker import kv_cache as kvc
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
 from pagedllm.worker.input_prep import BlockTableBuffer, StepInputs, prepare_inputs

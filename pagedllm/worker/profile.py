@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pagedllm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.worker import kv_cache as kvc
 
 if TYPE_CHECKING:

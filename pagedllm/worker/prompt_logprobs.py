@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from pagedllm.engine.scheduler_output import ScheduledRequest
 from pagedllm.layers.sampler import compute_prompt_logprobs
+from pagedllm.scheduler_output import ScheduledRequest
 from pagedllm.worker.async_output import AsyncModelRunnerOutput, unpack_logprobs
 from pagedllm.worker.input_prep import StepInputs
 

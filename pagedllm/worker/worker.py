@@ -15,7 +15,7 @@ import torch
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
-from pagedllm.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.kv_cache import KVCacheSpec
 from pagedllm.worker.model_runner import ModelRunner
 

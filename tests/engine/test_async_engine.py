@@ -1,171 +1,154 @@
-"""AsyncLLM over a scripted engine: streaming, abort on early exit and cancellation,
-bad requests, a failing step (recoverable) and a broken engine (dead)."""
+"""AsyncLLM over a real engine core (a tiny random Llama) on a thread of this process:
+streaming, abort on early exit and cancellation, bad requests, a failing step
+(recoverable: only its requests fail) and a broken core (dead). The same front end
+over the core in its own process is tested in test_core_process.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
-from collections.abc import Iterable
-from types import SimpleNamespace
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from pagedllm.config import EngineArgs
+from pagedllm.core.engine_core import EngineCore
 from pagedllm.engine.async_engine import AsyncLLM, EngineDeadError, EngineGenerateError
 from pagedllm.engine.async_stats import LoggingStatLogger
-from pagedllm.outputs import CompletionOutput, RequestOutput, SchedulerStats
+from pagedllm.engine.core_client import ThreadedClient
+from pagedllm.outputs import RequestOutput, SchedulerStats
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
-
-class ScriptedEngine:
-    """Each request emits one token per step ("t0", "t1", ...) until max_tokens."""
-
-    def __init__(self) -> None:
-        self.engine_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=64))
-        self.tokenizer = None
-        self.requests: dict[str, tuple[SamplingParams, int]] = {}
-        self.aborted: list[str] = []
-        self.fail_next_step = False
-        self.fail_abort = False
-        self.step_thread: threading.Thread | None = None
-        self.stats = SchedulerStats()
-
-    def add_request(
-        self, request_id: str, prompt: Any, params: Any, arrival_time: float | None = None
-    ) -> None:
-        if prompt == "":
-            raise ValueError("The prompt cannot be empty")
-        self.requests[request_id] = (params, 0)
-
-    def abort_request(self, request_ids: str | Iterable[str]) -> None:
-        if self.fail_abort:
-            raise RuntimeError("abort is broken too")
-        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
-        for rid in ids:
-            self.requests.pop(rid, None)
-            self.aborted.append(rid)
-
-    def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
-
-    def step(self) -> list[RequestOutput]:
-        self.step_thread = threading.current_thread()
-        time.sleep(0.001)
-        if self.fail_next_step:
-            self.fail_next_step = False
-            raise RuntimeError("the model exploded")
-        outputs = []
-        for rid, (params, done) in list(self.requests.items()):
-            done += 1
-            finished = done >= (params.max_tokens or 1)
-            self.requests[rid] = (params, done)
-            if finished:
-                del self.requests[rid]
-            comp = CompletionOutput(
-                0, f"t{done - 1}", [done], None, None, "length" if finished else None
-            )
-            outputs.append(RequestOutput(rid, None, [1], None, [comp], finished))
-        self.stats.generation_tokens += len(outputs)
-        return outputs
-
-    def get_stats(self) -> SchedulerStats:
-        self.stats.num_running_reqs = len(self.requests)
-        return self.stats
-
-    def get_num_free_blocks(self) -> int:
-        return 100 - len(self.requests)
+PROMPT = {"prompt_token_ids": [1, 5, 9, 13]}
 
 
-def delta(max_tokens: int) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA)
-
-
-async def collect(engine: AsyncLLM, request_id: str, max_tokens: int, prompt: str = "p") -> str:
-    return "".join(
-        [o.outputs[0].text async for o in engine.generate(prompt, delta(max_tokens), request_id)]
+@pytest.fixture(scope="module")
+def core(tiny_llama_dir: str) -> EngineCore:
+    args = EngineArgs(
+        model=tiny_llama_dir,
+        skip_tokenizer_init=True,
+        max_model_len=256,
+        kv_cache_memory_bytes=8 << 20,
     )
+    return EngineCore(args.create_engine_config())
 
 
 @pytest.fixture()
-def scripted() -> Any:
-    fake = ScriptedEngine()
-    engine = AsyncLLM(fake, log_stats=False)  # type: ignore[arg-type]
-    yield fake, engine
-    engine.shutdown()
+def engine(core: EngineCore) -> Iterator[AsyncLLM]:
+    async_llm = AsyncLLM(core.engine_config, None, ThreadedClient(core), log_stats=False)
+    yield async_llm
+    async_llm.shutdown()
+    assert not core.has_unfinished_requests()
+    assert core.get_num_free_blocks() == core.num_gpu_blocks
+    core.check_integrity()
 
 
-def test_streams_deltas_of_concurrent_requests(scripted: Any) -> None:
-    fake, engine = scripted
-
-    async def main() -> list[str]:
-        return await asyncio.gather(*(collect(engine, f"r{i}", 3 + i) for i in range(4)))
-
-    assert asyncio.run(main()) == ["t0t1t2", "t0t1t2t3", "t0t1t2t3t4", "t0t1t2t3t4t5"]
-    assert fake.step_thread is not threading.current_thread()  # the engine runs on its own thread
-    assert fake.aborted == []
+def delta(max_tokens: int, **kwargs: Any) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, output_kind=RequestOutputKind.DELTA, **kwargs
+    )
 
 
-def test_consumer_leaving_early_aborts(scripted: Any) -> None:
-    fake, engine = scripted
+async def collect(engine: AsyncLLM, request_id: str, params: SamplingParams) -> RequestOutput:
+    """All deltas of a request folded into one output (token ids concatenated)."""
+    tokens: list[int] = []
+    last = None
+    async for out in engine.generate(PROMPT, params, request_id):
+        tokens += out.outputs[0].token_ids
+        last = out
+    assert last is not None and last.finished
+    last.outputs[0].token_ids = tokens
+    return last
 
+
+def test_streams_deltas_of_concurrent_requests(engine: AsyncLLM, core: EngineCore) -> None:
+    async def main() -> list[RequestOutput]:
+        return await asyncio.gather(*(collect(engine, f"r{i}", delta(3 + i)) for i in range(4)))
+
+    outputs = asyncio.run(main())
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [3, 4, 5, 6]
+    assert all(o.outputs[0].finish_reason == "length" for o in outputs)
+    # Greedy: the longer ones continue the shorter ones.
+    assert outputs[3].outputs[0].token_ids[:3] == outputs[0].outputs[0].token_ids
+    assert engine.get_stats().generation_tokens >= 18
+
+
+def test_consumer_leaving_early_aborts(engine: AsyncLLM, core: EngineCore) -> None:
     async def main() -> None:
-        async for _ in engine.generate("p", delta(1000), "early"):
+        async for _ in engine.generate(PROMPT, delta(200), "early"):
             break
-        cancelled = asyncio.ensure_future(collect(engine, "cancelled", 1000))
+        cancelled = asyncio.ensure_future(collect(engine, "cancelled", delta(200)))
         await asyncio.sleep(0.05)
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        for _ in range(100):
-            if not fake.requests:
+        for _ in range(200):
+            if not core.has_unfinished_requests():
                 break
             await asyncio.sleep(0.01)
 
     asyncio.run(main())
-    assert sorted(fake.aborted) == ["cancelled", "early"]
-    assert fake.requests == {}
+    assert engine.request_ids == []
+    assert core.get_stats().finished_reasons.get("abort", 0) >= 2
 
 
-def test_bad_request_raises_value_error_and_engine_goes_on(scripted: Any) -> None:
-    fake, engine = scripted
-
-    async def main() -> str:
+def test_bad_request_raises_value_error_and_engine_goes_on(engine: AsyncLLM) -> None:
+    async def main() -> RequestOutput:
         with pytest.raises(ValueError, match="empty"):
-            await collect(engine, "bad", 3, prompt="")
-        return await collect(engine, "good", 2)
+            async for _ in engine.generate({"prompt_token_ids": []}, delta(3), "bad"):
+                pass
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            async for _ in engine.generate({"prompt_token_ids": [10**6]}, delta(3), "bad2"):
+                pass
+        return await collect(engine, "good", delta(2))
 
-    assert asyncio.run(main()) == "t0t1"
-
-
-def test_failed_step_fails_its_requests_then_recovers(scripted: Any) -> None:
-    fake, engine = scripted
-
-    async def main() -> str:
-        fake.fail_next_step = True
-        with pytest.raises(EngineGenerateError, match="exploded"):
-            await collect(engine, "victim", 5)
-        return await collect(engine, "next", 2)
-
-    assert asyncio.run(main()) == "t0t1"
-    assert "victim" in fake.aborted and not engine.errored
+    assert len(asyncio.run(main()).outputs[0].token_ids) == 2
 
 
-def test_broken_engine_is_dead(scripted: Any) -> None:
-    fake, engine = scripted
+def test_failed_step_fails_its_requests_then_recovers(
+    engine: AsyncLLM, core: EngineCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = core.executor.execute_model
+    calls = {"n": 0}
+
+    def explode_once(scheduler_output: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("the model exploded")
+        return real(scheduler_output)
+
+    monkeypatch.setattr(core.executor, "execute_model", explode_once)
+
+    async def main() -> RequestOutput:
+        with pytest.raises(EngineGenerateError, match="failed while running request victim"):
+            await collect(engine, "victim", delta(5))
+        return await collect(engine, "next", delta(2))
+
+    after = asyncio.run(main())
+    assert after.outputs[0].finish_reason == "length" and not engine.errored
+
+
+def test_broken_core_is_dead(
+    engine: AsyncLLM, core: EngineCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> Any:
+        raise RuntimeError("the scheduler is broken")
+
+    monkeypatch.setattr(core.scheduler, "schedule", broken)
 
     async def main() -> None:
-        fake.fail_next_step = fake.fail_abort = True
-        with pytest.raises(EngineGenerateError):
-            await collect(engine, "victim", 5)
+        with pytest.raises(EngineDeadError, match="scheduler is broken"):
+            await collect(engine, "victim", delta(5))
         with pytest.raises(EngineDeadError):
             await engine.check_health()
         with pytest.raises(EngineDeadError):
-            await collect(engine, "after", 2)
+            await collect(engine, "after", delta(2))
 
     asyncio.run(main())
     assert engine.errored
+    monkeypatch.undo()
+    core.abort_requests(["victim"])  # leave the shared core clean
 
 
 def test_logging_stat_logger_line(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pagedllm.engine.block_pool import BlockPool
-from pagedllm.engine.kv_cache_manager import KVCacheManager
-from pagedllm.engine.request import Request
+from pagedllm.core.block_pool import BlockPool
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.request import Request
 from pagedllm.sampling_params import SamplingParams
 
 

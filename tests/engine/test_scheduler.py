@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pagedllm.config import SchedulerConfig
-from pagedllm.engine.kv_cache_manager import KVCacheManager
-from pagedllm.engine.request import Request, RequestStatus
-from pagedllm.engine.scheduler import Scheduler
-from pagedllm.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.scheduler import Scheduler
+from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
 
 

@@ -1,11 +1,12 @@
-"""The app in process over the real engine (the session's shared SmolLM2 engine):
+"""The app in process over the real engine core (the session's shared SmolLM2 core,
+stepped on a thread of this process):
 injected faults (a failed step answers 500 and the server recovers; a broken engine
 makes /health 500; an unexpected exception in a handler is a 500 JSON body, never a
 crash) and --chat-template overrides."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,68 +15,75 @@ from fastapi.testclient import TestClient
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.async_engine import AsyncLLM
+from pagedllm.engine.core_client import ThreadedClient
 from pagedllm.entrypoints.openai.api_server import build_app
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 
 BODY = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0.0}
 
 
-class FlakyEngine:
-    """The real engine whose step / abort_request can be made to fail."""
+def threaded_engine(llm: Any) -> AsyncLLM:
+    """An AsyncLLM over the shared LLM's engine core, run on a thread of this process."""
+    engine = llm.llm_engine
+    return AsyncLLM(
+        engine.engine_config, engine.tokenizer, ThreadedClient(engine.engine_core), log_stats=False
+    )
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
+
+class Faults:
+    """Switches on the real core: a failing model step, a broken scheduler."""
+
+    def __init__(self, core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.fail_steps = False
-        self.fail_aborts = False
-        self.request_ids: list[str] = []
+        real_execute = core.executor.execute_model
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
+        def execute_model(scheduler_output: Any) -> Any:
+            if self.fail_steps:
+                raise RuntimeError("injected step failure")
+            return real_execute(scheduler_output)
 
-    def add_request(self, request_id: str, *args: Any, **kwargs: Any) -> None:
-        self.request_ids.append(request_id)
-        self.real.add_request(request_id, *args, **kwargs)
+        monkeypatch.setattr(core.executor, "execute_model", execute_model)
+        self.core = core
+        self.monkeypatch = monkeypatch
 
-    def step(self) -> Any:
-        if self.fail_steps:
-            raise RuntimeError("injected step failure")
-        return self.real.step()
+    def break_scheduler(self) -> None:
+        def schedule() -> Any:
+            raise RuntimeError("injected scheduler failure")
 
-    def abort_request(self, request_ids: str | Iterable[str]) -> None:
-        if self.fail_aborts:
-            raise RuntimeError("injected abort failure")
-        self.real.abort_request(request_ids)
+        self.monkeypatch.setattr(self.core.scheduler, "schedule", schedule)
 
 
 @pytest.fixture()
-def flaky(smol_llm: Any) -> Iterator[tuple[FlakyEngine, TestClient]]:
-    engine = FlakyEngine(smol_llm.llm_engine)
-    app = build_app(EngineArgs(), engine=AsyncLLM(engine, log_stats=False))  # type: ignore[arg-type]
+def flaky(smol_llm: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Faults, TestClient]]:
+    core = smol_llm.llm_engine.engine_core
+    faults = Faults(core, monkeypatch)
+    app = build_app(EngineArgs(), engine=threaded_engine(smol_llm))
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield engine, client
-    smol_llm.llm_engine.abort_request(engine.request_ids)  # leave the shared engine clean
-    assert not smol_llm.llm_engine.has_unfinished_requests()
+        yield faults, client
+    monkeypatch.undo()
+    core.abort_requests([r.request_id for r in (*core.scheduler.running, *core.scheduler.waiting)])
+    assert not core.has_unfinished_requests()  # leave the shared engine clean
 
 
-def test_failed_step_is_500_then_recovers(flaky: tuple[FlakyEngine, TestClient]) -> None:
-    engine, client = flaky
+def test_failed_step_is_500_then_recovers(flaky: tuple[Faults, TestClient]) -> None:
+    faults, client = flaky
     assert client.post("/v1/completions", json=BODY).status_code == 200
-    engine.fail_steps = True
+    faults.fail_steps = True
     for body in (BODY, {**BODY, "stream": True}):
         failed = client.post("/v1/completions", json=body)
         assert failed.status_code == 500
-        assert "injected step failure" in failed.json()["error"]["message"]
-    engine.fail_steps = False
+        assert "failed" in failed.json()["error"]["message"]
+    faults.fail_steps = False
     assert client.get("/health").status_code == 200
     assert "Paris" in client.post("/v1/completions", json=BODY).json()["choices"][0]["text"]
 
 
-def test_broken_engine_makes_health_fail(flaky: tuple[FlakyEngine, TestClient]) -> None:
-    engine, client = flaky
-    engine.fail_steps = engine.fail_aborts = True
-    assert client.post("/v1/completions", json=BODY).status_code == 500
+def test_broken_engine_makes_health_fail(flaky: tuple[Faults, TestClient]) -> None:
+    faults, client = flaky
+    faults.break_scheduler()
+    assert client.post("/v1/completions", json=BODY).status_code == 503
     health = client.get("/health")
-    assert health.status_code == 500 and "dead" in health.json()["error"]["message"]
+    assert health.status_code == 503 and "dead" in health.json()["error"]["message"]
     assert client.post("/v1/completions", json=BODY).status_code == 503
 
 
@@ -100,8 +108,7 @@ TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endf
 def test_chat_template_override(smol_llm: Any, tmp_path: Path) -> None:
     path = tmp_path / "template.jinja"
     path.write_text(TEMPLATE)
-    engine = AsyncLLM(smol_llm.llm_engine, log_stats=False)
-    app = build_app(EngineArgs(), chat_template=str(path), engine=engine)
+    app = build_app(EngineArgs(), chat_template=str(path), engine=threaded_engine(smol_llm))
     messages = [{"role": "user", "content": "你好"}]
     with TestClient(app) as client:
         tokens = client.post("/tokenize", json={"messages": messages}).json()["tokens"]

@@ -100,12 +100,11 @@ def _served_names(
 def _make_engine(
     engine_args: EngineArgs, registry: CollectorRegistry
 ) -> tuple[AsyncLLM, PrometheusStatLogger]:
-    from pagedllm.engine.llm_engine import LLMEngine
-
-    llm_engine = LLMEngine.from_engine_args(engine_args)
-    config = llm_engine.engine_config
+    """The engine core starts in its own process; the front end stays here."""
+    engine = AsyncLLM.from_engine_args(engine_args)
+    config = engine.engine_config
     prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
-    engine = AsyncLLM(llm_engine, not engine_args.disable_log_stats, [prometheus], owns_engine=True)
+    engine.stat_loggers.append(prometheus)
     return engine, prometheus
 
 
@@ -131,7 +130,7 @@ def build_app(
     else:
         config = engine.engine_config
         prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
-        engine.stat_loggers.append(prometheus)  # before any request: the loop thread is idle
+        engine.stat_loggers.append(prometheus)  # before any request: nothing is recorded yet
     model_config = engine.engine_config.model_config
     models = ServedModels(
         names or [model_config.served_model_name], model_config.model, model_config.max_model_len
@@ -168,7 +167,7 @@ def build_app(
 async def _health(raw_request: Request) -> Response:
     engine: AsyncLLM = raw_request.app.state.engine
     if engine.errored:
-        return error_json(str(engine.dead_error), HTTPStatus.INTERNAL_SERVER_ERROR)
+        return error_json(str(engine.dead_error), HTTPStatus.SERVICE_UNAVAILABLE)
     return Response(status_code=200)
 
 

@@ -3,7 +3,7 @@ the detokenizer's business (they need text)."""
 
 from __future__ import annotations
 
-from pagedllm.engine.request import Request, RequestStatus
+from pagedllm.core.request import Request, RequestStatus
 
 
 def check_stop(request: Request, max_model_len: int) -> bool:

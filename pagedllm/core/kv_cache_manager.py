@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import itertools
 
-from pagedllm.engine.block_pool import BlockPool, KVCacheBlock, hash_block_tokens
-from pagedllm.engine.request import Request
+from pagedllm.core.block_pool import BlockPool, KVCacheBlock, hash_block_tokens
+from pagedllm.core.request import Request
 
 
 def cdiv(a: int, b: int) -> int:

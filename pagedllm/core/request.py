@@ -7,9 +7,9 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from pagedllm.engine.scheduler_output import SampledLogprobs
 from pagedllm.outputs import RequestMetrics
 from pagedllm.sampling_params import PoolingParams, SamplingParams
+from pagedllm.scheduler_output import SampledLogprobs
 
 
 class RequestStatus(enum.IntEnum):
@@ -69,6 +69,11 @@ class Request:
     metrics: RequestMetrics | None = None
     pooled: list[float] | None = None  # the embedding, for pooling requests
     seen_by_runner: bool = False  # the runner has its prompt (sent on first scheduling)
+    # What the front end has been sent (EngineCore.make_outputs): output tokens and
+    # prompt logprobs so far; stream_outputs=False sends everything once, at the end.
+    stream_outputs: bool = True
+    num_sent_tokens: int = 0
+    num_sent_prompt_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.metrics is None:

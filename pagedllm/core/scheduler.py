@@ -20,12 +20,12 @@ from collections import deque
 from collections.abc import Iterable
 
 from pagedllm.config import SchedulerConfig
-from pagedllm.engine.kv_cache_manager import KVCacheManager
-from pagedllm.engine.request import Request, RequestStatus
-from pagedllm.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
-from pagedllm.engine.stop_checker import check_stop
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.stop_checker import check_stop
 from pagedllm.outputs import SchedulerStats
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 
 logger = logging.getLogger(__name__)
 

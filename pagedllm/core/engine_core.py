@@ -1,0 +1,213 @@
+"""EngineCore: the scheduler, the KV cache manager and the executor, stepped.
+
+It knows token ids only: no tokenizer, no text, no HTTP. The front end
+(`pagedllm.engine`) sends it `EngineCoreRequest`s and aborts, and gets back, per
+step, the new tokens of each request as `EngineCoreOutputs`. It runs in the front
+end's process (offline `LLM`, `InprocClient`) or in its own (`engine_core_proc.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pagedllm.config import EngineConfig
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
+from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.scheduler import Scheduler
+from pagedllm.executor.base import ExecutorDeadError, get_executor_class
+from pagedllm.outputs import SchedulerStats
+from pagedllm.scheduler_output import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, engine_config: EngineConfig) -> None:
+        self.engine_config = engine_config
+        self.executor = get_executor_class(engine_config)(engine_config)
+        num_blocks = self.executor.determine_num_blocks()
+        self.executor.initialize_kv_cache(num_blocks)
+        engine_config.cache_config.num_gpu_blocks = num_blocks
+        cc = engine_config.cache_config
+        self.kv_cache_manager = KVCacheManager(num_blocks, cc.block_size, cc.enable_prefix_caching)
+        self.scheduler = Scheduler(engine_config.scheduler_config, self.kv_cache_manager)
+        self.async_scheduling = engine_config.scheduler_config.async_scheduling
+        self._pending: tuple[SchedulerOutput, Any] | None = None  # launched, not yet finished
+        logger.info(
+            "EngineCore ready: %s, %d KV blocks of %d tokens",
+            engine_config.model_config.model,
+            num_blocks,
+            cc.block_size,
+        )
+
+    @property
+    def num_gpu_blocks(self) -> int:
+        return self.kv_cache_manager.num_blocks
+
+    # ---- requests -----------------------------------------------------------
+    def add_request(self, req: EngineCoreRequest) -> None:
+        request = Request(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            sampling_params=req.sampling_params,
+            pooling_params=req.pooling_params,
+            arrival_time=req.arrival_time,
+            max_tokens=req.max_tokens,
+            stream_outputs=req.stream_outputs,
+        )
+        self.scheduler.add_request(request)
+
+    def abort_requests(
+        self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
+    ) -> None:
+        """Finish requests wherever they are (aborted, or stopped by a stop string
+        the front end saw); their blocks are freed and nothing more is sent for them."""
+        self.scheduler.finish_requests(request_ids, status)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests() or self._pending is not None
+
+    # ---- the step -------------------------------------------------------------
+    def step(self) -> EngineCoreOutputs:
+        """Schedule and launch one step, then finish the previous one (async
+        scheduling: the host prepares step N+1 while the device runs step N) or
+        this one (synchronous). Raises ExecutorDeadError when no step can run again."""
+        updated: list[Request] = []
+        if not self.async_scheduling or self.scheduler.has_history_requests():
+            updated += self._finish_pending()  # sampling needs the latest tokens first
+        scheduler_output = self.scheduler.schedule()
+        try:
+            result = self.executor.execute_model(scheduler_output)
+        except ExecutorDeadError:
+            self._fail([s.req_id for s in scheduler_output.scheduled])
+            raise
+        except Exception:
+            logger.exception("Model execution failed")
+            updated += self._fail([s.req_id for s in scheduler_output.scheduled])
+            return self.make_outputs(updated)
+        updated += self._finish_pending()
+        self._pending = (scheduler_output, result)
+        if not self.async_scheduling or scheduler_output.is_empty:
+            # Nothing in flight to overlap with: finish now, so that an idle core
+            # reports no unfinished work.
+            updated += self._finish_pending()
+        return self.make_outputs(updated)
+
+    def _finish_pending(self) -> list[Request]:
+        if self._pending is None:
+            return []
+        scheduler_output, result = self._pending
+        self._pending = None
+        try:
+            runner_output = result.get()
+        except Exception:
+            logger.exception("Model execution failed")
+            return self._fail([s.req_id for s in scheduler_output.scheduled])
+        return self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def _fail(self, request_ids: list[str]) -> list[Request]:
+        return self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ERROR)
+
+    def fail_all(self) -> EngineCoreOutputs:
+        """Finish every request with an error (the core cannot go on)."""
+        self._pending = None
+        ids = [r.request_id for r in (*self.scheduler.running, *self.scheduler.waiting)]
+        return self.make_outputs(self._fail(ids))
+
+    # ---- outputs ----------------------------------------------------------------
+    def make_outputs(self, updated: list[Request]) -> EngineCoreOutputs:
+        """What is new for each updated request (each once, however often it appears)."""
+        outputs: list[EngineCoreOutput] = []
+        seen: set[str] = set()
+        for request in updated:
+            if request.request_id in seen:
+                continue
+            seen.add(request.request_id)
+            output = _new_output(request)
+            if output is not None:
+                outputs.append(output)
+        return EngineCoreOutputs(outputs=outputs, scheduler_stats=self.get_stats())
+
+    # ---- utilities (also reachable from the front end by name) ------------------
+    def get_stats(self) -> SchedulerStats:
+        return self.scheduler.make_stats()
+
+    def get_num_free_blocks(self) -> int:
+        return self.kv_cache_manager.get_num_free_blocks()
+
+    def get_num_unfinished_requests(self) -> int:
+        return self.scheduler.get_num_unfinished_requests()
+
+    def kv_slot_usage(self) -> tuple[int, int]:
+        """(slots in allocated blocks, slots holding a token) right now."""
+        kv = self.kv_cache_manager
+        allocated = (kv.num_blocks - kv.get_num_free_blocks()) * kv.block_size
+        used = sum(r.num_computed_tokens for r in self.scheduler.running)
+        return allocated, used
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv_cache_manager.reset_prefix_cache()
+
+    def check_integrity(self) -> None:
+        self.kv_cache_manager.check_integrity()
+
+    def check_health(self) -> None:
+        self.executor.check_health()
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+
+
+UTILITY_METHODS = frozenset(
+    {
+        "get_stats",
+        "get_num_free_blocks",
+        "get_num_unfinished_requests",
+        "kv_slot_usage",
+        "reset_prefix_cache",
+        "check_integrity",
+        "check_health",
+        "has_unfinished_requests",
+    }
+)
+
+
+def _new_output(request: Request) -> EngineCoreOutput | None:
+    finished = request.is_finished
+    if request.is_pooling:
+        if not finished:
+            return None
+        return EngineCoreOutput(
+            request.request_id, [], finish_status=int(request.status), pooled=request.pooled
+        )
+    if not finished and not request.stream_outputs:
+        return None  # sent in one piece when it finishes
+    start = request.num_sent_tokens
+    new_tokens = request.output_token_ids[start:]
+    lp_start = request.num_sent_prompt_logprobs
+    new_prompt_lps = request.prompt_logprobs[lp_start:]
+    if not new_tokens and not new_prompt_lps and not finished:
+        return None
+    output = EngineCoreOutput(
+        request.request_id,
+        new_tokens,
+        new_logprobs=request.logprobs[start:] if request.logprobs else None,
+        new_prompt_logprobs=new_prompt_lps or None,
+        finish_status=int(request.status) if finished else 0,
+        stop_reason=request.stop_reason,
+    )
+    if start == 0 and lp_start == 0:
+        _stamp_first(output, request)
+    request.num_sent_tokens = request.num_output_tokens
+    request.num_sent_prompt_logprobs = len(request.prompt_logprobs)
+    return output
+
+
+def _stamp_first(output: EngineCoreOutput, request: Request) -> None:
+    output.num_cached_tokens = max(0, request.num_cached_tokens)
+    m = request.metrics
+    if m is not None:
+        output.first_scheduled_time = m.first_scheduled_time or 0.0
+        output.first_token_time = m.first_token_time or 0.0

@@ -1,0 +1,129 @@
+"""A user request -> the engine core's requests: tokenize, validate once, resolve the
+SamplingParams against the model, and fan n > 1 out into n child requests. Runs in
+the front end, so that the core gets only token ids that are known to be valid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pagedllm.config import EngineConfig
+from pagedllm.core.messages import EngineCoreRequest
+from pagedllm.engine import input_processor as ip
+from pagedllm.layers.pooler import verify_pooling_params
+from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
+
+
+@dataclass
+class BuiltRequest:
+    """What the front end keeps (prompt text) and what the core gets (children)."""
+
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams | PoolingParams
+    children: list[EngineCoreRequest]
+
+
+class RequestBuilder:
+    def __init__(self, engine_config: EngineConfig, tokenizer: Any, num_gpu_blocks: int) -> None:
+        self.model_config = engine_config.model_config
+        self.scheduler_config = engine_config.scheduler_config
+        self.block_size = engine_config.cache_config.block_size
+        self.num_gpu_blocks = num_gpu_blocks
+        self.tokenizer = tokenizer
+        self.eos_token_id: int | None = (
+            getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+        )
+
+    def build(
+        self,
+        request_id: str,
+        prompt: ip.PromptType,
+        params: SamplingParams | PoolingParams,
+        arrival_time: float,
+        add_special_tokens: bool = True,
+    ) -> BuiltRequest:
+        """Raises ValueError (naming the argument) for anything the core cannot run."""
+        pooling = isinstance(params, PoolingParams)
+        self._check_runner(pooling)
+        mc = self.model_config
+        processed = ip.process_prompt(prompt, self.tokenizer, mc, add_special_tokens)
+        ip.check_prompt_length(len(processed.prompt_token_ids), mc, pooling)
+        self._check_fits_cache(len(processed.prompt_token_ids), pooling)
+        if isinstance(params, PoolingParams):
+            verify_pooling_params(params, mc.hf_config, mc.served_model_name)
+            children = [
+                EngineCoreRequest(
+                    request_id, processed.prompt_token_ids, None, params, arrival_time
+                )
+            ]
+        else:
+            children = self._sampling_children(request_id, processed, params, arrival_time)
+        return BuiltRequest(processed.prompt, processed.prompt_token_ids, params, children)
+
+    def _check_runner(self, pooling: bool) -> None:
+        runner = self.model_config.runner
+        if pooling and runner != "pooling":
+            raise ValueError(
+                "This model does not support embeddings: start it with runner='pooling'"
+            )
+        if not pooling and runner == "pooling":
+            raise ValueError(
+                "This model runs as a pooling (embedding) model and cannot generate text"
+            )
+
+    def _check_fits_cache(self, num_prompt_tokens: int, pooling: bool) -> None:
+        needed = -(-(num_prompt_tokens + (0 if pooling else 1)) // self.block_size)
+        if needed > self.num_gpu_blocks:
+            raise ValueError(
+                f"The prompt needs {needed} KV cache blocks but the whole cache has only "
+                f"{self.num_gpu_blocks}; shorten the prompt or give the KV cache more memory"
+            )
+        limit = self.scheduler_config.max_num_batched_tokens
+        if pooling and num_prompt_tokens > limit:
+            raise ValueError(
+                f"The input (length {num_prompt_tokens}) is longer than "
+                f"max_num_batched_tokens={limit}"
+            )
+
+    def _sampling_children(
+        self,
+        request_id: str,
+        processed: ip.ProcessedPrompt,
+        params: SamplingParams,
+        arrival_time: float,
+    ) -> list[EngineCoreRequest]:
+        n = params.n
+        children = []
+        for index in range(n):
+            sp, max_tokens = ip.resolve_sampling_params(
+                params,
+                len(processed.prompt_token_ids),
+                self.model_config,
+                self.eos_token_id,
+                self.tokenizer,
+            )
+            if n > 1 and sp.seed is not None:
+                sp.seed = params.seed + index  # type: ignore[operator]
+            children.append(
+                EngineCoreRequest(
+                    child_request_id(request_id, index, n),
+                    processed.prompt_token_ids,
+                    sp,
+                    None,
+                    arrival_time,
+                    max_tokens=max_tokens,
+                    stream_outputs=needs_streamed_tokens(sp),
+                )
+            )
+        return children
+
+
+def child_request_id(request_id: str, index: int, n: int) -> str:
+    return request_id if n == 1 else f"{index}_{request_id}"
+
+
+def needs_streamed_tokens(params: SamplingParams) -> bool:
+    """A final-only request without stop strings needs no token before it finishes:
+    the core sends them all at the end and the front end detokenizes them in one go."""
+    return params.output_kind != RequestOutputKind.FINAL_ONLY or bool(params.stop)
