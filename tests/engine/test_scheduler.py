@@ -6,8 +6,8 @@ from pagedllm.config import SchedulerConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import Scheduler
-from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 
 def make_scheduler(

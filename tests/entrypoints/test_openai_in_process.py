@@ -88,7 +88,7 @@ def test_broken_engine_makes_health_fail(flaky: tuple[Faults, TestClient]) -> No
 
 
 def test_unexpected_handler_error_is_json_500(
-    flaky: tuple[FlakyEngine, TestClient], monkeypatch: pytest.MonkeyPatch
+    flaky: tuple[Faults, TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, client = flaky
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pagedllm.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagedllm.worker.input_prep import BlockTableBuffer, pad_to_bucket, prepare_inputs
 
 SP = SamplingParams()
