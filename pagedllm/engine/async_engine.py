@@ -42,7 +42,7 @@ from pagedllm.engine.core_client import BackgroundClient
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.request_builder import RequestBuilder
 from pagedllm.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
-from pagedllm.sampling_params import PoolingParams, SamplingParams
+from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
     from pagedllm.config import EngineArgs, EngineConfig
@@ -171,7 +171,7 @@ class AsyncLLM:
         done = False
         try:
             while not done:
-                item = await stream.queue.get()
+                item = await stream.get()
                 if item is None:  # aborted
                     done = True
                     return
@@ -194,7 +194,8 @@ class AsyncLLM:
         if self._dead_error is not None:
             raise self._dead_error
         built = self.builder.build(request_id, prompt, params, arrival_time)  # ValueError: 400
-        stream = RequestStream(request_id, asyncio.get_running_loop())
+        mergeable = getattr(params, "output_kind", None) == RequestOutputKind.DELTA
+        stream = RequestStream(request_id, asyncio.get_running_loop(), mergeable)
         with self._lock:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already running")

@@ -24,12 +24,49 @@ class EngineGenerateError(RuntimeError):
 
 
 class RequestStream:
-    """The per-request asyncio queue, created on the caller's event loop."""
+    """The per-request asyncio queue, created on the caller's event loop.
 
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    `mergeable`: the outputs are deltas, so a consumer that fell behind takes all that
+    is queued as one output (fewer, larger events when the server is loaded, as vLLM)."""
+
+    def __init__(
+        self, request_id: str, loop: asyncio.AbstractEventLoop, mergeable: bool = False
+    ) -> None:
         self.request_id = request_id
         self.loop = loop
+        self.mergeable = mergeable
         self.queue: asyncio.Queue[StreamItem] = asyncio.Queue()
+        self._held: list[StreamItem] = []  # taken from the queue while merging, not yet given
+
+    async def get(self) -> StreamItem:
+        item = self._held.pop() if self._held else await self.queue.get()
+        while self.mergeable and isinstance(item, RequestOutput) and not self.queue.empty():
+            following = self.queue.get_nowait()
+            if not isinstance(following, RequestOutput):
+                self._held.append(following)  # an error or an abort: next, after this output
+                break
+            item = merge_deltas(item, following)
+        return item
+
+
+def merge_deltas(first: RequestOutput, second: RequestOutput) -> RequestOutput:
+    """Two consecutive delta outputs of one request as one."""
+    by_index = {c.index: c for c in first.outputs}
+    for comp in second.outputs:
+        earlier = by_index.get(comp.index)
+        if earlier is None:
+            by_index[comp.index] = comp
+            continue
+        earlier.text += comp.text
+        earlier.token_ids = list(earlier.token_ids) + list(comp.token_ids)
+        if earlier.logprobs is not None and comp.logprobs is not None:
+            earlier.logprobs = earlier.logprobs + comp.logprobs
+        earlier.cumulative_logprob = comp.cumulative_logprob
+        earlier.finish_reason = comp.finish_reason
+        earlier.stop_reason = comp.stop_reason
+    second.outputs = sorted(by_index.values(), key=lambda c: c.index)
+    second.prompt_logprobs = first.prompt_logprobs or second.prompt_logprobs
+    return second
 
 
 def post(pairs: Batches) -> None:

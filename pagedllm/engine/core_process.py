@@ -52,14 +52,21 @@ class MPClient(BackgroundClient):
         output_address = f"ipc://{self._socket_dir}/output"
         self._context = zmq.Context()
         self._input = self._context.socket(zmq.PUSH)
+        self._input.setsockopt(zmq.LINGER, 0)
         self._input.bind(input_address)
         self._output = self._context.socket(zmq.PULL)
+        self._output.setsockopt(zmq.LINGER, 0)
         self._output.bind(output_address)
         self._send_lock = threading.Lock()
         self._encoder = make_encoder()
-        self.proc, self._status_fd, ready = _start_process(
-            engine_config, input_address, output_address
-        )
+        try:
+            self.proc, self._status_fd, ready = _start_process(
+                engine_config, input_address, output_address
+            )
+        except BaseException:
+            self._context.destroy(linger=0)
+            _remove_dir(self._socket_dir)
+            raise
         self.num_gpu_blocks = int(ready["num_gpu_blocks"])
         self._reader = threading.Thread(target=self._read, name="pagedllm-core-reader", daemon=True)
         self._reader.start()

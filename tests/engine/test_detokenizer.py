@@ -116,6 +116,8 @@ def test_decode_window_stays_small(tokenizer: Any) -> None:
     lengths: list[int] = []
 
     class Recording:
+        is_fast = False  # decode through this wrapper, not the Rust tokenizer
+
         def __getattr__(self, name: str) -> Any:
             return getattr(tokenizer, name)
 

@@ -32,7 +32,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     raise_if_failed,
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
-from pagedllm.entrypoints.openai.sse import SSE_DONE, sse_event
+from pagedllm.entrypoints.openai.sse import SSE_DONE, TextChunkEncoder, sse_event
 from pagedllm.outputs import CompletionOutput, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind
 
@@ -154,6 +154,8 @@ class OpenAIServingChat(OpenAIServing):
         for index in range(request.n):
             role = DeltaMessage(role="assistant", content="")
             yield chunk([ChatCompletionResponseStreamChoice(index=index, delta=role)])
+        fast = TextChunkEncoder(request_id, "chat.completion.chunk", created, model, chat=True)
+        running = bool(options and options.continuous_usage_stats)
         try:
             async for output in outputs:
                 raise_if_failed(output)
@@ -161,6 +163,9 @@ class OpenAIServingChat(OpenAIServing):
                     completion_tokens += len(comp.token_ids)
                     if not comp.text and comp.finish_reason is None and not request.logprobs:
                         continue  # nothing to show yet (e.g. half of a multi-byte character)
+                    if comp.finish_reason is None and not request.logprobs and not running:
+                        yield fast.encode(comp.index, comp.text)
+                        continue
                     choice = ChatCompletionResponseStreamChoice(
                         index=comp.index,
                         delta=DeltaMessage(content=comp.text),
@@ -168,7 +173,6 @@ class OpenAIServingChat(OpenAIServing):
                         finish_reason=comp.finish_reason,
                         stop_reason=comp.stop_reason,
                     )
-                    running = options and options.continuous_usage_stats
                     usage = _usage(len(prompt.token_ids), completion_tokens) if running else None
                     yield chunk([choice], usage)
             if options and options.include_usage:

@@ -26,7 +26,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     prefetch,
     raise_if_failed,
 )
-from pagedllm.entrypoints.openai.sse import SSE_DONE, sse_event
+from pagedllm.entrypoints.openai.sse import SSE_DONE, TextChunkEncoder, sse_event
 from pagedllm.entrypoints.utils import merge_async_iterators
 from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -149,17 +149,24 @@ class OpenAIServingCompletion(OpenAIServing):
         created = int(time.time())
         state = _StreamState()
         options = request.stream_options
+        fast = TextChunkEncoder(request_id, "text_completion", created, model, chat=False)
+        plain = not request.echo and request.logprobs is None
+        running_usage = bool(options and options.continuous_usage_stats)
         try:
             async for i, output in outputs:
                 raise_if_failed(output)
                 for comp in output.outputs:
+                    if plain and not running_usage and comp.text and comp.finish_reason is None:
+                        state.completion_tokens += len(comp.token_ids)
+                        yield fast.encode(i * request.n + comp.index, comp.text)
+                        continue
                     choice = self._stream_choice(request, prompts[i], i, output, comp, state)
                     if choice is None:
                         continue
                     chunk = CompletionStreamResponse(
                         id=request_id, created=created, model=model, choices=[choice]
                     )
-                    if options and options.continuous_usage_stats:
+                    if running_usage:
                         chunk.usage = _usage(prompts, state.completion_tokens)
                     yield sse_event(chunk)
             if options and options.include_usage:
