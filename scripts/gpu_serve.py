@@ -39,7 +39,16 @@ TINY_SHAPE: dict[str, Any] = dict(
     vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=2, head_dim=16, torch_dtype="float32",
 )  # fmt: skip
-BENCH_TIMEOUT_S = 240  # one bench serve run; S1 takes 10-50 s on an H200
+# The whole script stays under 8 minutes: every step's timeout is cut to what is left
+# of this budget (a normal S1 run takes 2-3 minutes on an H200).
+DEADLINE = time.monotonic() + 450
+
+
+def time_left(cap_s: float) -> float:
+    left = DEADLINE - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("gpu_serve.py: out of its time budget")
+    return min(cap_s, left)
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,13 +95,27 @@ def offline_child(args: argparse.Namespace) -> None:
     Path(args.offline_child).write_text(json.dumps(result))
 
 
+def run_step(cmd: list[str], log_path: Path | None) -> int:
+    """Run a child to completion within the time budget; its exit code (124: timed out)."""
+    try:
+        if log_path is None:
+            return subprocess.run(cmd, env=ENV, timeout=time_left(240)).returncode
+        with open(log_path, "wb") as log:
+            return subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, timeout=time_left(240)
+            ).returncode
+    except (subprocess.TimeoutExpired, TimeoutError):
+        print(f"TIMED OUT: {' '.join(cmd[:4])} ...", flush=True)
+        return 124
+
+
 def run_offline(model_dir: str, args: argparse.Namespace, out: Path) -> dict[str, Any] | None:
     path = out / "s1_offline.json"
     cmd = [sys.executable, __file__, "--offline-child", str(path), "--model-dir", model_dir]
     cmd += ["--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len)]
     cmd += ["--output-len", str(args.output_len), *(["--tiny"] if args.tiny else [])]
     print(f"=== offline: {args.num_prompts} requests through LLM.generate ===", flush=True)
-    code = subprocess.run(cmd, env=ENV, timeout=300).returncode
+    code = run_step(cmd, None)
     if code != 0 or not path.is_file():
         print(f"offline run FAILED (exit code {code})", flush=True)
         return None
@@ -117,7 +140,7 @@ def start_server(
 
 
 def wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + time_left(240)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited:\n{log_path.read_text()[-4000:]}")
@@ -135,15 +158,14 @@ def bench_serve(model_dir: str, port: int, extra: list[str], log_path: Path) -> 
     cmd = [sys.executable, "-m", "pagedllm.benchmarks.serve", "--port", str(port)]
     cmd += ["--model", model_dir, "--tokenizer", model_dir, "--ignore-eos"]
     cmd += ["--temperature", "1.0", "--disable-tqdm", *extra]
-    with open(log_path, "wb") as log:
-        code = subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, timeout=BENCH_TIMEOUT_S
-        ).returncode
+    code = run_step(cmd, log_path)
     print(log_path.read_text(errors="replace")[-3000:], flush=True)
     return code
 
 
 def run_server_benchmarks(model_dir: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Start the server, warm it up, run bench serve at each rate; the saved results by
+    rate (a rate whose run failed or timed out is missing)."""
     log = out / "server.log"
     server = start_server(model_dir, args, log)
     results: dict[str, Any] = {}
@@ -164,14 +186,20 @@ def run_server_benchmarks(model_dir: str, args: argparse.Namespace, out: Path) -
             bench_serve(model_dir, args.port, flags, out / f"bench_rate_{rate}.log")
             if (out / name).is_file():
                 results[rate] = json.loads((out / name).read_text())
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"server benchmarks FAILED: {exc}", flush=True)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
     return results
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def table(offline: dict[str, Any] | None, served: dict[str, Any], rates: list[str]) -> str:

@@ -77,8 +77,10 @@ async def serve_fake(port: int, interval_s: float) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: FakeStream(streams), "127.0.0.1", port, backlog=4096)
     async with server:
-        while True:
-            await asyncio.sleep(interval_s)
+        next_tick = loop.time()
+        while True:  # ticks on a fixed clock: a slow tick does not delay the next ones
+            next_tick += interval_s
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
             for stream in list(streams):
                 stream.tick()
 

@@ -32,6 +32,7 @@ from pagedllm.benchmarks.serve_client import (
     RequestFuncInput,
     RequestFuncOutput,
     make_session,
+    request_body,
     request_openai_stream,
 )
 from pagedllm.benchmarks.serve_dataset import SampleRequest, sample_random_requests
@@ -137,6 +138,7 @@ async def run_requests(
     from tqdm import tqdm
 
     inputs = [_func_input(args, api_url, model, r) for r in requests]
+    bodies = [request_body(inp) for inp in inputs]
     offsets = arrival_offsets(len(inputs), args.request_rate, args.burstiness, args.seed)
     limit = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
     bar = tqdm(total=len(inputs), disable=args.disable_tqdm)
@@ -145,22 +147,22 @@ async def run_requests(
         if not test.success:
             raise SystemExit(f"the initial test request failed: {test.error}")
 
-        async def send(inp: RequestFuncInput) -> RequestFuncOutput:
+        async def send(inp: RequestFuncInput, body: bytes) -> RequestFuncOutput:
             if limit is None:
-                out = await request_openai_stream(session, inp)
+                out = await request_openai_stream(session, inp, body)
             else:
                 async with limit:
-                    out = await request_openai_stream(session, inp)
+                    out = await request_openai_stream(session, inp, body)
             bar.update(1)
             return out
 
         start, cpu_start = time.perf_counter(), time.process_time()
         tasks = []
-        for inp, offset in zip(inputs, offsets):
+        for inp, body, offset in zip(inputs, bodies, offsets):
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(inp)))
+            tasks.append(asyncio.create_task(send(inp, body)))
         outputs = await asyncio.gather(*tasks)
         duration, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     bar.close()

@@ -155,20 +155,26 @@ async def _stream(response: aiohttp.ClientResponse, state: _StreamState) -> None
         state.on_data(buffer, time.perf_counter())
 
 
+def request_body(inp: RequestFuncInput) -> bytes:
+    """The JSON body, serialised ahead of the timed run."""
+    return json.dumps(request_payload(inp)).encode()
+
+
 async def request_openai_stream(
-    session: aiohttp.ClientSession, inp: RequestFuncInput
+    session: aiohttp.ClientSession, inp: RequestFuncInput, body: bytes | None = None
 ) -> RequestFuncOutput:
-    """Send one streamed request; never raises (a failure is recorded in `error`)."""
+    """Send one streamed request (`body`: request_body(inp), made in advance); never
+    raises (a failure is recorded in `error`)."""
+    body = body if body is not None else request_body(inp)
+    headers = request_headers()
     output = RequestFuncOutput(prompt_len=inp.prompt_len)
     state = _StreamState(output)
     output.start_time = time.perf_counter()
     try:
-        async with session.post(
-            inp.api_url, json=request_payload(inp), headers=request_headers()
-        ) as response:
+        async with session.post(inp.api_url, data=body, headers=headers) as response:
             if response.status != 200:
-                body = await response.text()
-                output.error = f"HTTP {response.status}: {body[:500]}"
+                text = await response.text()
+                output.error = f"HTTP {response.status}: {text[:500]}"
             else:
                 await _stream(response, state)
     except Exception as exc:  # a benchmark counts failures; it does not stop on one
