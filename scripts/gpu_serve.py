@@ -224,11 +224,27 @@ def table(offline: dict[str, Any] | None, served: dict[str, Any], rates: list[st
     return "\n".join(rows)
 
 
+# What the server and the client import: a missing one fails here, not minutes in.
+NEEDED_MODULES = (
+    "fastapi", "uvicorn", "pydantic", "prometheus_client", "zmq", "msgspec", "aiohttp",
+    "transformers", "tokenizers", "numpy", "tqdm",
+)  # fmt: skip
+
+
+def check_modules() -> None:
+    import importlib.util
+
+    missing = [m for m in NEEDED_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"gpu_serve.py: missing Python packages (carry their wheels): {missing}")
+
+
 def main() -> None:
     args = parse_args()
     if args.offline_child:
         offline_child(args)
         return
+    check_modules()
     from pagedllm.benchmarks.word_model import write_word_model
 
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu-serve-"))

@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.request_rate <= 0 or args.burstiness <= 0:
         p.error("--request-rate and --burstiness must be positive")
+    if args.num_prompts < 1:
+        p.error("--num-prompts must be at least 1")
     return args
 
 
@@ -175,7 +177,10 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
         import uvloop
     except ImportError:
         return asyncio.run(coro)
-    return uvloop.run(coro)
+    if hasattr(uvloop, "run"):  # uvloop >= 0.18
+        return uvloop.run(coro)
+    uvloop.install()
+    return asyncio.run(coro)
 
 
 def build_result(

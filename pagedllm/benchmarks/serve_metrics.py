@@ -116,8 +116,8 @@ def format_report(result: dict[str, Any], metrics: list[str], percentiles: list[
     row("Total generated tokens:", result["total_output_tokens"])
     row("Request throughput (req/s):", result["request_throughput"])
     row("Output token throughput (tok/s):", result["output_throughput"])
-    row("Peak concurrent requests:", result["max_concurrent_requests"])
     row("Total Token throughput (tok/s):", result["total_token_throughput"])
+    row("Peak concurrent requests:", result["max_concurrent_requests"])
     for name in metrics:
         lines.append("{s:{c}^{n}}".format(s=METRIC_NAMES[name], n=50, c="-"))
         upper = name.upper()

@@ -8,7 +8,7 @@ and a prompt of N random words is exactly N tokens.
 Ids 0-2 are special (<unk> also serves as the pad token, <s> is bos, </s> is eos);
 every other id is the word "t{id}". Words split on whitespace only, no post-processor
 adds a BOS, and decoding joins the words with single spaces, so encode(decode(ids)) ==
-ids for any ids >= 3.
+ids for any ids >= 3. The chat template joins the messages' contents with spaces.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import tempfile
 from pagedllm.benchmarks.workload import SHAPES
 
 NUM_SPECIAL = 3
+# The messages' contents joined by spaces: a chat request of N words is N tokens too.
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 S1_SHAPE = "qwen3-0.6b"
 
@@ -42,9 +44,11 @@ def build_word_tokenizer(vocab_size: int) -> object:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     # WordPiece without "##" pieces and without cleanup: the words joined by spaces.
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token=UNK, pad_token=UNK, bos_token=BOS, eos_token=EOS
     )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 def _write_json(path: str, data: dict[str, object]) -> None:

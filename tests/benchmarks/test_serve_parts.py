@@ -37,6 +37,8 @@ def test_base_url_and_defaults() -> None:
     assert serve.parse_args(["--request-rate", "20"]).request_rate == 20.0
     with pytest.raises(SystemExit):
         serve.parse_args(["--request-rate", "0"])
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--num-prompts", "0"])
 
 
 def test_arrival_offsets() -> None:

@@ -1,6 +1,6 @@
 """`pagedllm bench serve` end to end against a real pagedllm server on the CPU: a
 2-layer model of the S1 kind (dummy weights, word-level tokenizer), requests at rate
-inf and at a finite rate, the JSON result's counts and latency orderings, and failed
+inf and at a finite rate, on /v1/completions and /v1/chat/completions, the JSON result's counts and latency orderings, and failed
 requests counted with their first error printed."""
 
 from __future__ import annotations
@@ -87,11 +87,22 @@ def test_finite_rate_and_max_concurrency(server: RemoteServer, tmp_path: Path) -
     _check_latencies(r)
 
 
+def test_chat_endpoint(server: RemoteServer, tmp_path: Path) -> None:
+    flags = ["--base-url", server.base_url, "--endpoint", "/v1/chat/completions"]
+    r = _bench(tmp_path, "chat.json", *flags)
+    assert (r["completed"], r["failed"], r["endpoint_type"]) == (6, 0, "openai-chat")
+    assert r["output_lens"] == [4] * 6
+    _check_latencies(r)
+
+
 def test_server_counts_n_words_as_n_tokens(server: RemoteServer, model_dir: str) -> None:
     prompt = sample_random_requests(AutoTokenizer.from_pretrained(model_dir), 1, 16, 1)[0]
     client = openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
     out = client.completions.create(model=model_dir, prompt=prompt.prompt, max_tokens=2)
     assert out.usage is not None and out.usage.prompt_tokens == 16
+    messages: Any = [{"role": "user", "content": prompt.prompt}]
+    chat = client.chat.completions.create(model=model_dir, messages=messages, max_tokens=2)
+    assert chat.usage is not None and chat.usage.prompt_tokens == 16
 
 
 def _seed_with_some_too_long(tokenizer: Any) -> tuple[int, int]:

@@ -45,6 +45,9 @@ def test_n_words_are_n_ids_and_round_trip(tokenizer: Any) -> None:
     assert tokenizer.decode(ids) == text
     assert tokenizer.encode("t3 t151935") == [3, 151935]
     assert tokenizer.convert_ids_to_tokens([3, 4]) == ["t3", "t4"]
+    chat = [{"role": "user", "content": text}]
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert tokenizer(rendered).input_ids == ids  # a chat request of N words: N tokens
 
 
 def test_ids_0_to_2_are_special(tokenizer: Any) -> None:
