@@ -202,24 +202,30 @@ def stop(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
+HEADER = (
+    "| run | output tok/s | TTFT p50 / p99 ms | TPOT p50 ms | ITL p50 / p99 ms "
+    "| server/offline | failed | client CPU |"
+)
+
+
 def table(offline: dict[str, Any] | None, served: dict[str, Any], rates: list[str]) -> str:
-    rows = [
-        "| run | output tok/s | TTFT p50 / p99 ms | TPOT p50 ms | ITL p50 / p99 ms | server/offline | failed |"
-    ]
-    rows.append("|---" * 7 + "|")
+    """The last lines: one row per run ("client CPU": the bench client's CPU time over
+    the run; near 100% the client, not the server, would set the pace)."""
+    rows = [HEADER, "|---" * 8 + "|"]
     base = offline["output_throughput"] if offline else None
     if offline:
-        rows.append(f"| offline LLM.generate | {base:,.1f} | | | | | |")
+        rows.append(f"| offline LLM.generate | {base:,.1f} | | | | | | |")
     for rate in rates:
         r = served.get(rate)
         if r is None:
-            rows.append(f"| server, rate {rate} | FAILED | | | | | |")
+            rows.append(f"| server, rate {rate} | FAILED | | | | | | |")
             continue
         ratio = f"{r['output_throughput'] / base:.2f}" if base else ""
         rows.append(
             f"| server, rate {rate} | {r['output_throughput']:,.1f} | "
             f"{r['median_ttft_ms']:,.1f} / {r['p99_ttft_ms']:,.1f} | {r['median_tpot_ms']:.2f} | "
-            f"{r['median_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} | {ratio} | {r['failed']} |"
+            f"{r['median_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} | {ratio} | {r['failed']} | "
+            f"{r['client_cpu_util']:.0%} |"
         )
     return "\n".join(rows)
 
