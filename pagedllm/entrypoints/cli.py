@@ -3,7 +3,7 @@
     pagedllm serve [MODEL] [--host H] [--port P] [engine flags]     OpenAI-compatible server
     pagedllm generate --prompt TEXT [--prompt TEXT ...] [flags]     offline generation
     pagedllm chat [MODEL] [--system-prompt TEXT] [flags]            interactive chat
-    pagedllm bench {throughput,latency,cpu-chat} [flags]            benchmarks
+    pagedllm bench {throughput,latency,cpu-chat,serve} [flags]      benchmarks
 
 MODEL defaults to the embedded SmolLM2-135M-Instruct. User-facing output is printed.
 """
@@ -29,6 +29,7 @@ BENCHMARKS = {
     "throughput": "pagedllm.benchmarks.throughput",
     "latency": "pagedllm.benchmarks.latency",
     "cpu-chat": "pagedllm.benchmarks.cpu_chat",
+    "serve": "pagedllm.benchmarks.serve",
 }
 
 
@@ -160,7 +161,9 @@ def make_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chat-template", type=str, default=None)
     add_sampling_args(chat, max_tokens=256)
     add_engine_args(chat)
-    sub.add_parser("bench", help="Benchmarks: pagedllm bench {throughput,latency,cpu-chat} --help")
+    sub.add_parser(
+        "bench", help="Benchmarks: pagedllm bench {throughput,latency,cpu-chat,serve} --help"
+    )
     return parser
 
 
