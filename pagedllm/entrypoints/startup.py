@@ -41,6 +41,7 @@ def start_or_exit(
         detail = (
             str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
         )
+        detail = " ".join(line.strip() for line in detail.splitlines() if line.strip())
         _fail(args, f"Could not start the server: {detail}", exc)
     logger.info("Starting the server on http://%s:%d", host, args.port)
     serve_http(
