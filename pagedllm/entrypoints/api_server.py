@@ -6,6 +6,8 @@ benchmarks; use the OpenAI server in production).
 Request: {"prompt": str, "stream": bool, **SamplingParams fields}.
 Response: {"text": [prompt + output for each of the n outputs]}; with "stream": true,
 one such JSON object per line (newline-delimited), each with the full text so far.
+The HTTP flags are the OpenAI server's: --api-key (guards /generate), the body limit,
+CORS, --shutdown-timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.async_engine import AsyncLLM
+from pagedllm.entrypoints.chat_utils import check_text
+from pagedllm.entrypoints.http_options import HTTPOptions
+from pagedllm.entrypoints.middleware import install_http_middleware
 from pagedllm.entrypoints.openai.errors import (
     APIError,
     error_json,
@@ -32,6 +37,7 @@ from pagedllm.entrypoints.openai.errors import (
 )
 from pagedllm.entrypoints.openai.protocol import random_uuid
 from pagedllm.entrypoints.openai.serving_engine import prefetch
+from pagedllm.entrypoints.shutdown import InflightRequests
 from pagedllm.entrypoints.utils import with_cancellation
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -46,7 +52,13 @@ def _parse_request(body: Any, stream_default: bool = False) -> tuple[str, bool, 
     prompt = body.pop("prompt", None)
     if not isinstance(prompt, str):
         raise APIError("'prompt' (a string) is required", param="prompt")
+    check_text(prompt, "prompt")
     stream = bool(body.pop("stream", stream_default))
+    bad_words = body.get("bad_words")
+    if bad_words is not None and not (
+        isinstance(bad_words, list) and all(isinstance(w, str) for w in bad_words)
+    ):
+        raise APIError("'bad_words' must be a list of strings", param="bad_words")
     body["output_kind"] = RequestOutputKind.CUMULATIVE if stream else RequestOutputKind.FINAL_ONLY
     try:
         params = SamplingParams(**body)
@@ -69,9 +81,9 @@ async def _stream_lines(prompt: str, outputs: AsyncIterator[RequestOutput]) -> A
 
 @with_cancellation
 async def _generate(body: Any, raw_request: Request) -> Response:
-    engine: AsyncLLM = raw_request.app.state.engine
+    inflight: InflightRequests = raw_request.app.state.inflight
     prompt, stream, params = _parse_request(body)
-    outputs = engine.generate(prompt, params, random_uuid())
+    outputs = inflight.generate(prompt, params, random_uuid())
     if stream:
         first_ready = await prefetch(outputs)  # errors before the stream starts become a 400
         return StreamingResponse(
@@ -98,7 +110,11 @@ async def health(raw_request: Request) -> Response:
     return Response(status_code=200)
 
 
-def build_app(engine_args: EngineArgs, engine: AsyncLLM | None = None) -> FastAPI:
+def build_app(
+    engine_args: EngineArgs,
+    engine: AsyncLLM | None = None,
+    http_options: HTTPOptions | None = None,
+) -> FastAPI:
     async_engine = engine or AsyncLLM.from_engine_args(engine_args)
 
     @asynccontextmanager
@@ -108,34 +124,40 @@ def build_app(engine_args: EngineArgs, engine: AsyncLLM | None = None) -> FastAP
 
     app = FastAPI(title="pagedllm /generate server", lifespan=lifespan)
     install_error_handlers(app)
+    install_http_middleware(app, http_options or HTTPOptions(api_key_prefixes=("/generate",)))
     app.state.engine = async_engine
+    app.state.inflight = InflightRequests(async_engine)
     app.add_api_route("/generate", generate, methods=["POST"])
     app.add_api_route("/health", health, methods=["GET"])
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    from pagedllm.entrypoints.cli_args import add_engine_args, engine_args_from_namespace
+    from pagedllm.entrypoints.cli_args import (
+        add_engine_args,
+        add_http_args,
+        engine_args_from_namespace,
+        http_options_from_namespace,
+    )
+    from pagedllm.entrypoints.startup import start_or_exit
     from pagedllm.entrypoints.utils import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m pagedllm.entrypoints.api_server")
-    parser.add_argument("--host", type=str, default=None)
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--log-level", type=str, default="info")
-    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
+    group = parser.add_argument_group("server arguments")
+    group.add_argument("--host", type=str, default=None)
+    group.add_argument("--port", type=int, default=8000)
+    group.add_argument("--log-level", dest="uvicorn_log_level", type=str, default="info")
+    group.add_argument("--disable-uvicorn-access-log", action="store_true")
+    add_http_args(group)
     add_engine_args(parser)
     args = parser.parse_args(argv)
     configure_logging()
-    app = build_app(engine_args_from_namespace(args))
-    uvicorn.run(
-        app,
-        host=args.host or "0.0.0.0",
-        port=args.port,
-        log_level=args.log_level,
-        access_log=not args.disable_uvicorn_access_log,
-    )
+
+    def make_app() -> FastAPI:
+        options = http_options_from_namespace(args, ("/generate",))
+        return build_app(engine_args_from_namespace(args), http_options=options)
+
+    start_or_exit(args, make_app)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import types
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from pagedllm.config import (
     TASKS,
     EngineArgs,
 )
+from pagedllm.entrypoints.chat_render import RenderLimits
+from pagedllm.entrypoints.http_options import DEFAULT_MAX_REQUEST_BODY_SIZE, HTTPOptions
 from pagedllm.sampling_params import SamplingParams
 
 _ALIASES: dict[str, list[str]] = {
@@ -136,18 +139,86 @@ def served_model_names(ns: argparse.Namespace) -> list[str] | None:
     return [names] if isinstance(names, str) else list(names)
 
 
-def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    group = parser.add_argument_group("server arguments")
-    group.add_argument("--host", type=str, default=None, help="Host to bind (default: all).")
-    group.add_argument("--port", type=int, default=8000, help="Port (default: 8000).")
+def _list_values(values: list[str]) -> list[str]:
+    """vLLM takes a JSON list ('["*"]'); plain words work too (--allowed-origins a b)."""
+    result: list[str] = []
+    for value in values:
+        if value.strip().startswith("["):
+            parsed = json.loads(value)
+            if not isinstance(parsed, list):
+                raise argparse.ArgumentTypeError(f"not a JSON list: {value!r}")
+            result.extend(str(v) for v in parsed)
+        else:
+            result.append(value)
+    return result
+
+
+def add_http_args(group: argparse._ArgumentGroup) -> None:
+    """The HTTP flags both servers take (vLLM's names where vLLM has one)."""
     group.add_argument(
         "--api-key",
         type=str,
         default=None,
-        help="Require this bearer token on /v1 routes (also PAGEDLLM_API_KEY or VLLM_API_KEY).",
+        help="Require this bearer token on the API routes (also PAGEDLLM_API_KEY or VLLM_API_KEY).",
     )
     group.add_argument(
+        "--max-request-body-size",
+        type=human_int,
+        default=DEFAULT_MAX_REQUEST_BODY_SIZE,
+        metavar="BYTES",
+        help="Largest request body accepted, in bytes (32M = 32 MiB); larger ones get "
+        f"HTTP 413 (default: {DEFAULT_MAX_REQUEST_BODY_SIZE}).",
+    )
+    for name, what in (("origins", "origins"), ("methods", "methods"), ("headers", "headers")):
+        group.add_argument(
+            f"--allowed-{name}",
+            nargs="+",
+            default=["*"],
+            help=f"CORS: allowed {what}, as a JSON list or words (default: *).",
+        )
+    group.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials.")
+    group.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=0.0,
+        help="Seconds to let in-flight requests finish after SIGTERM/SIGINT; the rest are "
+        "aborted with an error event (default: 0, abort at once).",
+    )
+
+
+def http_options_from_namespace(ns: argparse.Namespace, prefixes: tuple[str, ...]) -> HTTPOptions:
+    return HTTPOptions(
+        api_key=ns.api_key,
+        max_request_body_size=ns.max_request_body_size,
+        allowed_origins=_list_values(ns.allowed_origins),
+        allowed_methods=_list_values(ns.allowed_methods),
+        allowed_headers=_list_values(ns.allowed_headers),
+        allow_credentials=ns.allow_credentials,
+        api_key_prefixes=prefixes,
+    )
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("server arguments")
+    group.add_argument("--host", type=str, default=None, help="Host to bind (default: all).")
+    group.add_argument("--port", type=int, default=8000, help="Port (default: 8000).")
+    add_http_args(group)
+    group.add_argument(
         "--chat-template", type=str, default=None, help="A chat template file or string."
+    )
+    group.add_argument(
+        "--chat-template-timeout",
+        type=float,
+        default=RenderLimits.timeout_s,
+        help="Seconds a chat template may render before the request gets HTTP 400 "
+        f"(default: {RenderLimits.timeout_s:g}).",
+    )
+    group.add_argument(
+        "--chat-template-max-chars",
+        type=human_int,
+        default=RenderLimits.max_chars,
+        help="Most characters a chat template may produce; more is HTTP 400 "
+        f"(default: {RenderLimits.max_chars}).",
     )
     group.add_argument(
         "--uvicorn-log-level",

@@ -1,5 +1,5 @@
-"""Helpers shared by the HTTP servers: client-disconnect cancellation and merging
-the output streams of several requests."""
+"""Helpers shared by the HTTP servers: client-disconnect cancellation, merging the
+output streams of several requests, and running blocking work off the event loop."""
 
 from __future__ import annotations
 
@@ -8,12 +8,28 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # no server packages needed for the offline CLI (GPU image)
     from fastapi import Request
 
 T = TypeVar("T")
+_BLOCKING_WORKERS = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _blocking_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_BLOCKING_WORKERS, thread_name_prefix="pagedllm-tokenize")
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn` (tokenization, detokenization of huge inputs) in a thread pool, so the
+    event loop keeps serving meanwhile. HF fast tokenizers release the GIL while they
+    encode, and encoding without truncation or padding changes no tokenizer state,
+    so several threads may share one tokenizer."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_blocking_pool(), functools.partial(fn, *args, **kwargs))
 
 
 async def listen_for_disconnect(request: Request) -> None:

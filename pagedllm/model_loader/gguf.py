@@ -56,10 +56,16 @@ def _parse_gguf(gguf_path: str) -> tuple[PretrainedConfig, Any]:
 
     directory, name = _split(gguf_path)
     logger.info("parsing GGUF metadata of %s (cached afterwards)", gguf_path)
-    return (
-        AutoConfig.from_pretrained(directory, gguf_file=name),
-        AutoTokenizer.from_pretrained(directory, gguf_file=name),
-    )
+    try:
+        return (
+            AutoConfig.from_pretrained(directory, gguf_file=name),
+            AutoTokenizer.from_pretrained(directory, gguf_file=name),
+        )
+    except Exception as exc:  # struct.error, "cannot reshape array", EOFError, ...
+        raise ValueError(
+            f"{gguf_path}: not a valid GGUF file (truncated or corrupt?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _save_cache(target: str, config: PretrainedConfig, tokenizer: Any) -> None:
@@ -182,5 +188,19 @@ def iterate_gguf_weights(
     model_type = getattr(config, "model_type", "")
     logger.info("dequantizing GGUF weights from %s", gguf_path)
     if model_type in _STREAMING_ARCHS or model_type == "mistral":
-        return _stream_weights(gguf_path, config)
-    return _transformers_weights(gguf_path, config)
+        weights = _stream_weights(gguf_path, config)
+    else:
+        weights = _transformers_weights(gguf_path, config)
+    return _naming_file(weights, gguf_path)
+
+
+def _naming_file(
+    weights: Iterator[tuple[str, torch.Tensor]], path: str
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights; an error while reading them names the file."""
+    try:
+        yield from weights
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: cannot read the weights (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from exc

@@ -55,7 +55,11 @@ def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
     for path in files:
-        with safe_open(path, framework="pt", device="cpu") as f:
+        try:
+            handle = safe_open(path, framework="pt", device="cpu")
+        except Exception as exc:  # SafetensorError: a truncated or foreign file
+            raise ValueError(f"{path}: not a valid safetensors file: {exc}") from exc
+        with handle as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 yield name, f.get_tensor(name)
 

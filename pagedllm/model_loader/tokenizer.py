@@ -19,9 +19,13 @@ def get_tokenizer(
         return load_gguf_tokenizer(tokenizer_path)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(
-        tokenizer_path,
-        trust_remote_code=trust_remote_code,
-        revision=revision,
-        use_fast=tokenizer_mode != "slow",
-    )
+    try:
+        return AutoTokenizer.from_pretrained(
+            tokenizer_path,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            use_fast=tokenizer_mode != "slow",
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ValueError(f"{tokenizer_path}: cannot load a tokenizer: {reason}") from exc

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import openai
 import pytest
-from remote_server import API_KEY, EMBED_FLAGS, SERVER_FLAGS, RemoteServer
+from remote_server import (
+    API_KEY,
+    CHAT_TEMPLATE_TIMEOUT_S,
+    EMBED_FLAGS,
+    SERVER_FLAGS,
+    RemoteServer,
+)
 
 HERE = Path(__file__).resolve().parent
 _RUNNING: list[RemoteServer] = []
@@ -30,7 +36,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[dict[str, RemoteServer]]:
     started = {
-        "openai": RemoteServer("pagedllm.entrypoints.openai.api_server", SERVER_FLAGS),
+        "openai": RemoteServer(
+            "pagedllm.entrypoints.openai.api_server",
+            [*SERVER_FLAGS, "--chat-template-timeout", str(CHAT_TEMPLATE_TIMEOUT_S)],
+        ),
         "auth": RemoteServer(
             "pagedllm.entrypoints.openai.api_server", [*SERVER_FLAGS, "--api-key", API_KEY]
         ),

@@ -34,6 +34,7 @@ EMBED_FLAGS = [
     "--disable-uvicorn-access-log",
 ]
 STARTUP_TIMEOUT_S = 420.0
+CHAT_TEMPLATE_TIMEOUT_S = 3.0  # the shared OpenAI server's --chat-template-timeout
 
 
 def free_port() -> int:

@@ -6,6 +6,9 @@ crash) and --chat-template overrides."""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from pagedllm.engine.core_client import ThreadedClient
 from pagedllm.entrypoints.openai.api_server import build_app
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 
+JSON_HEADERS = {"Content-Type": "application/json"}
 BODY = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0.0}
 
 
@@ -120,3 +124,44 @@ def test_chat_template_override(smol_llm: Any, tmp_path: Path) -> None:
         assert chat["usage"]["prompt_tokens"] == len(
             client.post("/tokenize", json={"prompt": "<你好>"}).json()["tokens"]
         )
+
+
+def test_500_keeps_the_connection_and_is_logged_once(
+    smol_llm: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over a real uvicorn socket: the next request on the same keep-alive connection
+    works, and the error is one log record (uvicorn logs nothing)."""
+    import http.client
+    import threading
+
+    import uvicorn
+
+    async def explode(self: Any, request: Any) -> Any:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(OpenAIServingCompletion, "create_completion", explode)
+    app = build_app(EngineArgs(), engine=threaded_engine(smol_llm))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)  # logs reach caplog
+    server = uvicorn.Server(config)
+    logging.getLogger("pagedllm").addHandler(caplog.handler)  # it may not propagate
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/completions", body=json.dumps(BODY), headers=JSON_HEADERS)
+        first = conn.getresponse()
+        assert first.status == 500 and b"InternalServerError" in first.read()
+        sock = conn.sock
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        assert conn.sock is sock and sock is not None  # the same connection
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        logging.getLogger("pagedllm").removeHandler(caplog.handler)
+    errors = list({id(r): r for r in caplog.records if r.levelname == "ERROR"}.values())
+    assert len(errors) == 1 and "KeyError" in errors[0].getMessage()
+    assert errors[0].getMessage().count("Traceback") == 1

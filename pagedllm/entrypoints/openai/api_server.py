@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -27,11 +25,13 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.async_engine import AsyncLLM
+from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.chat_utils import load_chat_template
+from pagedllm.entrypoints.http_options import API_KEY_ENV_VARS, HTTPOptions, resolve_api_key
+from pagedllm.entrypoints.middleware import install_http_middleware
 from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
 from pagedllm.entrypoints.openai.metrics import PrometheusStatLogger
 from pagedllm.entrypoints.openai.routes import router
@@ -40,9 +40,11 @@ from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompleti
 from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from pagedllm.entrypoints.shutdown import InflightRequests
+
+__all__ = ["API_KEY_ENV_VARS", "build_app", "main", "resolve_api_key", "run_server"]
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
-API_KEY_ENV_VARS = ("PAGEDLLM_API_KEY", "VLLM_API_KEY")
 
 
 def package_version() -> str:
@@ -50,41 +52,6 @@ def package_version() -> str:
         return version("pagedllm")
     except PackageNotFoundError:
         return "unknown"
-
-
-def resolve_api_key(api_key: str | None) -> str | None:
-    if api_key:
-        return api_key
-    for name in API_KEY_ENV_VARS:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
-
-
-class AuthenticationMiddleware:
-    """A bearer token on /v1 routes (as vLLM); /health, /metrics, ... stay open."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS":
-            return await self.app(scope, receive, send)
-        path: str = scope["path"]
-        root = scope.get("root_path", "") or ""
-        if path.startswith(root):
-            path = path[len(root) :]
-        if not path.startswith("/v1"):
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
-            return await self.app(scope, receive, send)
-        response = error_json(
-            "Unauthorized: a valid API key is required (Authorization: Bearer <key>)",
-            HTTPStatus.UNAUTHORIZED,
-        )
-        await response(scope, receive, send)
 
 
 def _served_names(
@@ -117,6 +84,8 @@ def build_app(
     engine: AsyncLLM | None = None,
     disable_log_requests: bool = False,
     root_path: str | None = None,
+    http_options: HTTPOptions | None = None,
+    render_limits: RenderLimits | None = None,
 ) -> FastAPI:
     """The app around a new engine (or `engine`, already running)."""
     names = _served_names(engine_args, served_model_name)
@@ -145,18 +114,23 @@ def build_app(
         title="pagedllm OpenAI-compatible server", lifespan=lifespan, root_path=root_path or ""
     )
     install_error_handlers(app)
-    key = resolve_api_key(api_key)
-    if key:
-        app.add_middleware(AuthenticationMiddleware, api_key=key)  # type: ignore[arg-type]
+    options = http_options or HTTPOptions()
+    options.api_key = options.api_key or api_key
+    install_http_middleware(app, options)
     log_requests = not disable_log_requests
+    inflight = InflightRequests(engine)
+    limits = render_limits or RenderLimits()
     state: Any = app.state
     state.engine = engine
+    state.inflight = inflight
     state.models = models
     state.prometheus = prometheus
-    state.completion = OpenAIServingCompletion(engine, models, log_requests)
-    state.chat = OpenAIServingChat(engine, models, template, log_requests)
-    state.embedding = OpenAIServingEmbedding(engine, models, log_requests)
-    state.tokenization = OpenAIServingTokenization(engine, models, template)
+    state.completion = OpenAIServingCompletion(engine, models, log_requests, inflight=inflight)
+    state.chat = OpenAIServingChat(
+        engine, models, template, log_requests, render_limits=limits, inflight=inflight
+    )
+    state.embedding = OpenAIServingEmbedding(engine, models, log_requests, inflight=inflight)
+    state.tokenization = OpenAIServingTokenization(engine, models, template, render_limits=limits)
     app.include_router(router)
     app.add_api_route("/version", lambda: {"version": package_version()}, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
@@ -177,32 +151,31 @@ async def _metrics(raw_request: Request) -> Response:
 
 
 def run_server(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from pagedllm.entrypoints.cli_args import engine_args_from_namespace, served_model_names
+    from pagedllm.entrypoints.cli_args import (
+        engine_args_from_namespace,
+        http_options_from_namespace,
+        served_model_names,
+    )
+    from pagedllm.entrypoints.startup import start_or_exit
     from pagedllm.entrypoints.utils import configure_logging
 
     configure_logging()
     logger.info("pagedllm API server version %s", package_version())
-    logger.info("args: %s", vars(args))
-    app = build_app(
-        engine_args_from_namespace(args),
-        served_model_names(args),
-        args.api_key,
-        args.chat_template,
-        disable_log_requests=args.disable_log_requests,
-        root_path=args.root_path,
-    )
-    host = args.host or "0.0.0.0"
-    logger.info("Starting the server on http://%s:%d", host, args.port)
-    uvicorn.run(
-        app,
-        host=host,
-        port=args.port,
-        log_level=args.uvicorn_log_level,
-        access_log=not args.disable_uvicorn_access_log,
-        timeout_keep_alive=5,
-    )
+    logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
+
+    def make_app() -> FastAPI:
+        return build_app(
+            engine_args_from_namespace(args),
+            served_model_names(args),
+            None,
+            args.chat_template,
+            disable_log_requests=args.disable_log_requests,
+            root_path=args.root_path,
+            http_options=http_options_from_namespace(args, ("/v1",)),
+            render_limits=RenderLimits(args.chat_template_timeout, args.chat_template_max_chars),
+        )
+
+    start_or_exit(args, make_app, timeout_keep_alive=5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,9 @@
 
 Status mapping: ValueError (bad sampling params, engine validation) -> 400,
 request validation (malformed JSON, wrong types; FastAPI's 422) -> 400,
-APIError -> its own status, anything else -> 500. No request can take the server down.
+APIError -> its own status, anything else -> 500 (answered by
+entrypoints.middleware.ServerErrorMiddleware, logged once, on a connection that stays
+open). No request can take the server down.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _ERROR_TYPES = {
     HTTPStatus.UNAUTHORIZED: "AuthenticationError",
     HTTPStatus.NOT_FOUND: "NotFoundError",
     HTTPStatus.METHOD_NOT_ALLOWED: "MethodNotAllowedError",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "RequestTooLargeError",
     HTTPStatus.INTERNAL_SERVER_ERROR: "InternalServerError",
     HTTPStatus.SERVICE_UNAVAILABLE: "ServiceUnavailableError",
 }
@@ -64,8 +67,8 @@ def exception_to_error(exc: BaseException) -> ErrorResponse:
     """The error body for an exception raised while serving (also used mid-stream)."""
     if isinstance(exc, APIError):
         return error_response(exc.message, exc.status, exc.param)
-    if isinstance(exc, ValueError):
-        return error_response(str(exc), HTTPStatus.BAD_REQUEST)
+    if isinstance(exc, ValueError):  # a `param` attribute names the field (chat_utils)
+        return error_response(str(exc), HTTPStatus.BAD_REQUEST, getattr(exc, "param", None))
     if isinstance(exc, EngineDeadError):
         return error_response(str(exc), HTTPStatus.SERVICE_UNAVAILABLE)
     message = f"Internal server error: {type(exc).__name__}: {exc}"
@@ -98,12 +101,6 @@ async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=body.error.code)
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if not isinstance(exc, (ValueError, APIError, EngineDeadError)):
-        logger.exception("Unhandled error while serving %s", request.url.path, exc_info=exc)
-    return await _on_api_error(request, exc)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
@@ -112,7 +109,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(json.JSONDecodeError, _on_api_error)
     app.add_exception_handler(EngineGenerateError, _on_api_error)  # logged by AsyncLLM
     app.add_exception_handler(EngineDeadError, _on_api_error)
-    app.add_exception_handler(Exception, _on_unexpected)
 
 
 def parse_json_body(raw: bytes) -> Any:

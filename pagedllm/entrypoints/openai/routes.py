@@ -50,9 +50,9 @@ async def create_embedding(request: EmbeddingRequest, raw_request: Request) -> A
 
 @router.post("/tokenize")
 async def tokenize(request: TokenizeRequest, raw_request: Request) -> TokenizeResponse:
-    return _state(raw_request).tokenization.tokenize_request(request)  # type: ignore[no-any-return]
+    return await _state(raw_request).tokenization.tokenize_request(request)  # type: ignore[no-any-return]
 
 
 @router.post("/detokenize")
 async def detokenize(request: DetokenizeRequest, raw_request: Request) -> DetokenizeResponse:
-    return _state(raw_request).tokenization.detokenize_request(request)  # type: ignore[no-any-return]
+    return await _state(raw_request).tokenization.detokenize_request(request)  # type: ignore[no-any-return]

@@ -10,7 +10,8 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from pagedllm.engine.async_engine import AsyncLLM
-from pagedllm.entrypoints.chat_utils import render_chat
+from pagedllm.entrypoints.chat_render import RenderLimits
+from pagedllm.entrypoints.chat_utils import render_chat_async
 from pagedllm.entrypoints.openai.errors import APIError, exception_to_error
 from pagedllm.entrypoints.openai.logprobs import chat_logprobs
 from pagedllm.entrypoints.openai.protocol import (
@@ -33,6 +34,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.sse import SSE_DONE, TextChunkEncoder, sse_event
+from pagedllm.entrypoints.shutdown import InflightRequests
 from pagedllm.outputs import CompletionOutput, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind
 
@@ -58,21 +60,31 @@ class OpenAIServingChat(OpenAIServing):
         models: ServedModels,
         chat_template: str | None = None,
         log_requests: bool = True,
+        *,
+        render_limits: RenderLimits | None = None,
+        inflight: InflightRequests | None = None,
     ) -> None:
-        super().__init__(engine, models, log_requests)
+        super().__init__(engine, models, log_requests, inflight=inflight)
         self.chat_template = chat_template
+        self.render_limits = render_limits or RenderLimits()
 
-    def render(self, request: ChatCompletionRequest) -> TokenizedPrompt:
-        text = render_chat(
+    async def render(self, request: ChatCompletionRequest) -> TokenizedPrompt:
+        """The template runs in its own thread (with a deadline), tokenization in the
+        pool: the event loop only waits."""
+        text = await render_chat_async(
             self.tokenizer,
             request.messages,
             request.chat_template or self.chat_template,
             request.add_generation_prompt,
             request.continue_final_message,
             request.chat_template_kwargs,
+            self.render_limits,
         )
         # The template already wrote the special tokens it wants (vLLM's default).
-        return self.tokenize(text, request.add_special_tokens, request.truncate_prompt_tokens)
+        prompts = await self.tokenize_all(
+            [text], request.add_special_tokens, request.truncate_prompt_tokens, "messages"
+        )
+        return prompts[0]
 
     async def create_chat_completion(
         self, request: ChatCompletionRequest
@@ -81,7 +93,7 @@ class OpenAIServingChat(OpenAIServing):
         _check_supported(request)
         num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
         self.check_logprobs(num_logprobs, "top_logprobs")
-        prompt = self.render(request)
+        prompt = await self.render(request)
         requested = request.max_completion_tokens
         if requested is None:
             requested = request.max_tokens
@@ -90,7 +102,7 @@ class OpenAIServingChat(OpenAIServing):
         params = self.sampling_params(request, max_tokens, num_logprobs, kind)
         request_id = f"chatcmpl-{random_uuid()}"
         self.log_request(request_id, prompt, params)
-        outputs = self.engine.generate(prompt.engine_input(), params, request_id)
+        outputs = self.generate(prompt, params, request_id)
         if request.stream:
             first_ready = await prefetch(outputs)
             body = self._stream(request, model, request_id, prompt, first_ready)

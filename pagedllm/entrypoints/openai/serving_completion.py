@@ -59,10 +59,9 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.suffix is not None:
             raise APIError("suffix is not currently supported", param="suffix")
         self.check_logprobs(request.logprobs, "logprobs")
-        prompts = [
-            self.tokenize(p, request.add_special_tokens, request.truncate_prompt_tokens)
-            for p in _prompt_list(request.prompt)
-        ]
+        prompts = await self.tokenize_all(
+            _prompt_list(request.prompt), request.add_special_tokens, request.truncate_prompt_tokens
+        )
         kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
         params = [self._params(request, p, kind) for p in prompts]  # validate all, then run
         request_id = f"cmpl-{random_uuid()}"
@@ -70,7 +69,7 @@ class OpenAIServingCompletion(OpenAIServing):
         for i, (prompt, sp) in enumerate(zip(prompts, params)):
             sub_id = f"{request_id}-{i}"
             self.log_request(sub_id, prompt, sp)
-            generators.append(self.engine.generate(prompt.engine_input(), sp, sub_id))
+            generators.append(self.generate(prompt, sp, sub_id))
         merged = merge_async_iterators(*generators)
         if request.stream:
             first_ready = await prefetch(merged)

@@ -44,10 +44,12 @@ class OpenAIServingEmbedding(OpenAIServing):
                 f"dimensions must be between 1 and {hidden} (got {request.dimensions})",
                 param="dimensions",
             )
-        prompts = [
-            self.tokenize(p, request.add_special_tokens, request.truncate_prompt_tokens)
-            for p in _input_list(request.input)
-        ]
+        prompts = await self.tokenize_all(
+            _input_list(request.input),
+            request.add_special_tokens,
+            request.truncate_prompt_tokens,
+            param="input",
+        )
         for prompt in prompts:
             if len(prompt.token_ids) > self.max_model_len:
                 raise APIError(
@@ -60,9 +62,7 @@ class OpenAIServingEmbedding(OpenAIServing):
         generators = []
         for i, prompt in enumerate(prompts):
             self.log_request(f"{request_id}-{i}", prompt, params)
-            generators.append(
-                self.engine.encode(prompt.engine_input(), params, f"{request_id}-{i}")
-            )
+            generators.append(self.encode(prompt, params, f"{request_id}-{i}"))
         finals: list[PoolingRequestOutput | None] = [None] * len(prompts)
         async for i, pooled in merge_async_iterators(*generators):
             finals[i] = pooled

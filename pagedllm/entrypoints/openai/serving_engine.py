@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pagedllm.engine.async_engine import AsyncLLM, EngineGenerateError
+from pagedllm.entrypoints.chat_utils import check_text
 from pagedllm.entrypoints.openai.errors import APIError
 from pagedllm.entrypoints.openai.protocol import SamplingRequestMixin
 from pagedllm.entrypoints.openai.serving_models import ServedModels
-from pagedllm.outputs import RequestOutput
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.entrypoints.shutdown import InflightRequests
+from pagedllm.entrypoints.utils import run_blocking
+from pagedllm.outputs import PoolingRequestOutput, RequestOutput
+from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +34,18 @@ class TokenizedPrompt:
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncLLM, models: ServedModels, log_requests: bool = True) -> None:
+    def __init__(
+        self,
+        engine: AsyncLLM,
+        models: ServedModels,
+        log_requests: bool = True,
+        *,
+        inflight: InflightRequests | None = None,
+    ) -> None:
         self.engine = engine
         self.models = models
         self.log_requests = log_requests
+        self.inflight = inflight or InflightRequests(engine)  # shutdown aborts these
         self.model_config = engine.engine_config.model_config
         self.max_model_len: int = self.model_config.max_model_len
         self.tokenizer: Any = engine.tokenizer
@@ -46,10 +57,37 @@ class OpenAIServing:
             raise APIError(f"The model `{served}` does not support the {api} API.")
         return served
 
+    def generate(
+        self, prompt: TokenizedPrompt, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        return self.inflight.generate(prompt.engine_input(), params, request_id)
+
+    def encode(
+        self, prompt: TokenizedPrompt, params: PoolingParams, request_id: str
+    ) -> AsyncIterator[PoolingRequestOutput]:
+        return self.inflight.encode(prompt.engine_input(), params, request_id)
+
+    async def tokenize_all(
+        self,
+        prompts: list[str | list[int]],
+        add_special_tokens: bool,
+        truncate: int | None = None,
+        param: str = "prompt",
+    ) -> list[TokenizedPrompt]:
+        """`tokenize` for each prompt, off the event loop (a huge prompt takes seconds)."""
+        return await run_blocking(
+            lambda: [self.tokenize(p, add_special_tokens, truncate, param) for p in prompts]
+        )
+
     def tokenize(
-        self, prompt: str | list[int], add_special_tokens: bool, truncate: int | None = None
+        self,
+        prompt: str | list[int],
+        add_special_tokens: bool,
+        truncate: int | None = None,
+        param: str = "prompt",
     ) -> TokenizedPrompt:
         if isinstance(prompt, str):
+            check_text(prompt, param)
             ids = list(self.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids)
             text = prompt
         else:
@@ -60,9 +98,7 @@ class OpenAIServing:
             ids = ids[-truncate:]  # vLLM keeps the last tokens
             text = self.tokenizer.decode(ids)
         if not ids:
-            raise APIError(
-                "The prompt is empty: it must contain at least one token.", param="prompt"
-            )
+            raise APIError("The prompt is empty: it must contain at least one token.", param=param)
         return TokenizedPrompt(text, ids)
 
     def _check_token_ids(self, ids: list[int]) -> None:

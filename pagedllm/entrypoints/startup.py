@@ -1,0 +1,55 @@
+"""Starting a server the way a user expects: the port is checked before the model
+loads, and a start-up failure (port in use, a corrupt model file, a bad flag value)
+is one clear line and exit status 1; the traceback only at debug log level
+(PAGEDLLM_LOGGING_LEVEL=DEBUG or --uvicorn-log-level debug)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from pagedllm.entrypoints.shutdown import bind_socket, serve_http
+
+logger = logging.getLogger("pagedllm.entrypoints.startup")
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    level = os.environ.get("PAGEDLLM_LOGGING_LEVEL", "").upper()
+    return level == "DEBUG" or getattr(args, "uvicorn_log_level", None) in ("debug", "trace")
+
+
+def _fail(args: argparse.Namespace, message: str, exc: BaseException) -> NoReturn:
+    logger.error("%s", message, exc_info=exc if _debug(args) else None)
+    raise SystemExit(1)
+
+
+def start_or_exit(
+    args: argparse.Namespace, make_app: Callable[[], Any], **uvicorn_kwargs: Any
+) -> None:
+    host = args.host or "0.0.0.0"
+    try:
+        sock = bind_socket(host, args.port)
+    except OSError as exc:
+        _fail(args, f"Cannot listen on {host}:{args.port}: {exc.strerror or exc}", exc)
+    try:
+        app = make_app()
+    except Exception as exc:  # noqa: BLE001 - every start-up failure is reported the same way
+        sock.close()
+        detail = (
+            str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+        )
+        detail = " ".join(line.strip() for line in detail.splitlines() if line.strip())
+        _fail(args, f"Could not start the server: {detail}", exc)
+    logger.info("Starting the server on http://%s:%d", host, args.port)
+    serve_http(
+        app,
+        sock,
+        app.state.inflight,
+        args.shutdown_timeout,
+        log_level=getattr(args, "uvicorn_log_level", "info"),
+        access_log=not args.disable_uvicorn_access_log,
+        **uvicorn_kwargs,
+    )
