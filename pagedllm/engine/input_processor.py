@@ -26,7 +26,7 @@ def process_prompt(
     if token_ids is None:
         if tokenizer is None:
             raise ValueError("a text prompt needs a tokenizer; pass prompt_token_ids instead")
-        token_ids = encode_text(tokenizer, text, "prompt", add_special_tokens)
+        token_ids = encode_text(tokenizer, text or "", "prompt", add_special_tokens)
     _validate_token_ids(token_ids, model_config)
     return ProcessedPrompt(prompt=text, prompt_token_ids=token_ids)
 
