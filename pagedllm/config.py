@@ -225,7 +225,8 @@ class EngineArgs:
         _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)
         _check_positive("swap_space", self.swap_space, allow_zero=True)
         _check_positive("cpu_offload_gb", self.cpu_offload_gb, allow_zero=True)
-        _check_positive("max_logprobs", self.max_logprobs, allow_zero=True)
+        if self.max_logprobs != -1:  # vLLM: -1 lifts the cap (logprobs=-1 then allowed)
+            _check_positive("max_logprobs", self.max_logprobs, allow_zero=True)
         _check_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
         if self.quantization not in (None, "gguf"):
             _check_choice("quantization", self.quantization, (None, "gguf"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,65 +58,25 @@ class SamplingParams:
     bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        elif self.stop is None:
-            self.stop = []
-        else:
-            self.stop = list(self.stop)
-        self.stop_token_ids = list(self.stop_token_ids or [])
-        if self.logit_bias is not None:
-            self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
-        if self.top_k == -1:
-            self.top_k = 0
-        self._verify()
+        self.verify()
         if self.temperature < _SAMPLING_EPS:
             # Greedy: the other sampling knobs have no effect.
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
         # Kept when already resolved (a copy decoded from the front end's message).
-        self.all_stop_token_ids = set(self.stop_token_ids) | set(self.all_stop_token_ids)
+        self.all_stop_token_ids = set(self.stop_token_ids or []) | set(self.all_stop_token_ids)
 
-    def _verify(self) -> None:
-        _require(
-            isinstance(self.n, int) and self.n >= 1, "n", f"must be at least 1, got {self.n!r}"
-        )
-        if self.best_of is not None and self.best_of < self.n:
-            raise ValueError(f"best_of must be >= n, got best_of={self.best_of} and n={self.n}")
-        _require(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]")
-        _require(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]")
-        _require(0.0 < self.repetition_penalty <= 2.0, "repetition_penalty", "must be in (0, 2]")
-        _require(
-            self.temperature >= 0.0, "temperature", f"must be non-negative, got {self.temperature}"
-        )
-        _require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _require(
-            isinstance(self.top_k, int) and self.top_k >= 0,
-            "top_k",
-            f"must be -1 (disable), 0 (disable) or at least 1, got {self.top_k}",
-        )
-        _require(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
-        if self.max_tokens is not None:
-            _require(
-                self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}"
-            )
-        _require(self.min_tokens >= 0, "min_tokens", f"must be non-negative, got {self.min_tokens}")
-        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(
-                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, "
-                f"got {self.min_tokens}"
-            )
-        for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(self, name)
-            if value is not None:
-                _require(value >= 0 or value == -1, name, f"must be non-negative, got {value}")
-        if any(not s for s in self.stop or []):
-            raise ValueError("stop cannot contain an empty string")
-        if self.seed is not None:
-            _require(isinstance(self.seed, int), "seed", f"must be an integer, got {self.seed!r}")
-        if self.truncate_prompt_tokens is not None:
-            _require(self.truncate_prompt_tokens >= 1, "truncate_prompt_tokens", "must be >= 1")
-        for token_id in self.stop_token_ids or []:
-            _require(token_id >= 0, "stop_token_ids", f"must be non-negative, got {token_id}")
+    def verify(self) -> None:
+        """Normalise and check every field (the one validation of sampling parameters).
+
+        `__post_init__` calls it, and the engine calls it again on its private copy
+        when it admits a request, so a field changed after construction (`sp.n = 0`)
+        fails there with a ValueError naming the field, never inside a step. Idempotent.
+
+        seed: any integer torch can seed a generator with, the range vLLM's server
+        accepts: [-2**63, 2**63 - 1]; outside it a ValueError (the server: 400)."""
+        _normalize(self)
+        _verify_numbers(self)
+        _verify_ranges(self)
 
     @property
     def sampling_type(self) -> SamplingType:
@@ -152,6 +114,135 @@ class SamplingParams:
 def _require(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{name} {message}")
+
+
+# Fields that must be integers (None allowed where the default is None) and real numbers.
+_INT_FIELDS = ("n", "top_k", "min_tokens")
+_OPTIONAL_INT_FIELDS = (
+    "best_of",
+    "seed",
+    "max_tokens",
+    "logprobs",
+    "prompt_logprobs",
+    "truncate_prompt_tokens",
+)
+_FLOAT_FIELDS = (
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "temperature",
+    "top_p",
+    "min_p",
+)
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # torch.Generator.manual_seed's int64 range
+
+
+def _as_int(value: object, name: str) -> int:
+    # bool is an int subclass, but `n=True` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _as_float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _int_list(values: object, name: str) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be a list of integers, got {values!r}")
+    return [_as_int(v, name) for v in values]
+
+
+def _str_list(values: object, name: str, hint: str = "") -> list[str]:
+    if isinstance(values, str):
+        return [values]
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{name} must be a string or a list of strings{hint}, got {values!r}")
+    return list(values)
+
+
+def _normalize(sp: SamplingParams) -> None:
+    """Python types and containers of every field (numpy scalars, tuples, a single
+    stop string); a value of the wrong type is a ValueError naming its field."""
+    for name in _INT_FIELDS:
+        setattr(sp, name, _as_int(getattr(sp, name), name))
+    for name in _OPTIONAL_INT_FIELDS:
+        if getattr(sp, name) is not None:
+            setattr(sp, name, _as_int(getattr(sp, name), name))
+    for name in _FLOAT_FIELDS:
+        setattr(sp, name, _as_float(getattr(sp, name), name))
+    sp.stop = [] if sp.stop is None else _str_list(sp.stop, "stop")
+    sp.stop_token_ids = _int_list(sp.stop_token_ids or [], "stop_token_ids")
+    if sp.allowed_token_ids is not None:
+        sp.allowed_token_ids = _int_list(sp.allowed_token_ids, "allowed_token_ids")
+    if sp.bad_words is not None:
+        # vLLM's bad_words are words; token ids would be a type error there too.
+        hint = " (words, not token ids)"
+        sp.bad_words = _str_list(sp.bad_words, "bad_words", hint)
+    if sp.logit_bias is not None:
+        sp.logit_bias = _logit_bias(sp.logit_bias)
+    if sp.top_k == -1:
+        sp.top_k = 0
+    if not isinstance(sp.output_kind, RequestOutputKind):
+        raise ValueError(f"output_kind must be a RequestOutputKind, got {sp.output_kind!r}")
+
+
+def _logit_bias(bias: object) -> dict[int, float]:
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must be a dict of token id -> bias, got {bias!r}")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token_id = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+        out[token_id] = _as_float(value, "logit_bias")
+        _require(not math.isnan(out[token_id]), "logit_bias", "values must not be NaN")
+    return out
+
+
+def _verify_numbers(sp: SamplingParams) -> None:
+    _require(sp.n >= 1, "n", f"must be at least 1, got {sp.n}")
+    if sp.best_of is not None and sp.best_of < sp.n:
+        raise ValueError(f"best_of must be >= n, got best_of={sp.best_of} and n={sp.n}")
+    _require(-2.0 <= sp.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]")
+    _require(-2.0 <= sp.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]")
+    _require(0.0 < sp.repetition_penalty <= 2.0, "repetition_penalty", "must be in (0, 2]")
+    _require(sp.temperature >= 0.0, "temperature", f"must be non-negative, got {sp.temperature}")
+    _require(0.0 < sp.top_p <= 1.0, "top_p", f"must be in (0, 1], got {sp.top_p}")
+    _require(
+        sp.top_k >= 0, "top_k", f"must be -1 (disable), 0 (disable) or at least 1, got {sp.top_k}"
+    )
+    _require(0.0 <= sp.min_p <= 1.0, "min_p", f"must be in [0, 1], got {sp.min_p}")
+    if sp.seed is not None:
+        _require(
+            SEED_MIN <= sp.seed <= SEED_MAX,
+            "seed",
+            f"must be in [-2**63, 2**63 - 1] (a 64-bit integer), got {sp.seed}",
+        )
+
+
+def _verify_ranges(sp: SamplingParams) -> None:
+    if sp.max_tokens is not None:
+        _require(sp.max_tokens >= 1, "max_tokens", f"must be at least 1, got {sp.max_tokens}")
+    _require(sp.min_tokens >= 0, "min_tokens", f"must be non-negative, got {sp.min_tokens}")
+    if sp.max_tokens is not None and sp.min_tokens > sp.max_tokens:
+        raise ValueError(
+            f"min_tokens must be less than or equal to max_tokens={sp.max_tokens}, "
+            f"got {sp.min_tokens}"
+        )
+    for name in ("logprobs", "prompt_logprobs"):
+        value = getattr(sp, name)
+        if value is not None:
+            _require(value >= -1, name, f"must be non-negative or -1 (all), got {value}")
+    _require(all(sp.stop or []), "stop", "cannot contain an empty string")
+    if sp.truncate_prompt_tokens is not None:
+        _require(sp.truncate_prompt_tokens >= 1, "truncate_prompt_tokens", "must be >= 1")
+    for token_id in sp.stop_token_ids or []:
+        _require(token_id >= 0, "stop_token_ids", f"must be non-negative, got {token_id}")
 
 
 @dataclass

@@ -199,11 +199,13 @@ class IncrementalDetokenizer:
         self._prefix_text = self._decode(self._window)
 
     def _flush_pending(self) -> None:
-        """At the end, emit pending tokens even if they end in U+FFFD (the output
-        really ends inside a character), so output_text == decode(all tokens)."""
+        """At the end, emit the complete characters of the pending tokens. When the
+        output ends inside a character (max_tokens cut it), its incomplete bytes are
+        held back for good, as vLLM does: the text never ends in the U+FFFD they
+        decode to (so a real U+FFFD at the very end is dropped too)."""
         if self.stop_reason is not None or self._read_offset == len(self._window):
             return
-        new_text = self._decode(self._window)
+        new_text = self._decode(self._window).rstrip(_REPLACEMENT_CHAR)
         if len(new_text) > len(self._prefix_text):
             self._emit(new_text)
 

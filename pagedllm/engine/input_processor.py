@@ -26,9 +26,22 @@ def process_prompt(
     if token_ids is None:
         if tokenizer is None:
             raise ValueError("a text prompt needs a tokenizer; pass prompt_token_ids instead")
-        token_ids = list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        token_ids = encode_text(tokenizer, text or "", "prompt", add_special_tokens)
     _validate_token_ids(token_ids, model_config)
     return ProcessedPrompt(prompt=text, prompt_token_ids=token_ids)
+
+
+def encode_text(tokenizer: Any, text: str, field: str, add_special_tokens: bool) -> list[int]:
+    """tokenizer.encode, with text that is not valid Unicode (a lone surrogate such as
+    "\\ud800", which JSON can carry) rejected as a ValueError naming the field."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{field} is not valid Unicode: {exc.object[exc.start : exc.end]!r} at index "
+            f"{exc.start} is a lone surrogate"
+        ) from None
+    return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
 def _split_prompt(prompt: PromptType) -> tuple[str | None, list[int] | None]:
@@ -77,7 +90,7 @@ def tokenize_bad_words(bad_words: list[str], tokenizer: Any) -> list[list[int]]:
     for word in bad_words:
         variants = [word] if word.startswith(" ") else [word, " " + word]
         for text in variants:
-            ids = list(tokenizer.encode(text, add_special_tokens=False))
+            ids = encode_text(tokenizer, text, "bad_words", add_special_tokens=False)
             if ids and ids not in sequences:
                 sequences.append(ids)
     return sequences
@@ -89,24 +102,50 @@ def resolve_sampling_params(
     model_config: ModelConfig,
     eos_token_id: int | None,
     tokenizer: Any = None,
+    max_num_seqs: int | None = None,
 ) -> tuple[SamplingParams, int]:
-    """A private copy with EOS and bad words resolved, and the effective max_tokens."""
+    """A private copy, validated again (fields may have changed since construction),
+    with EOS and bad words resolved, and the effective max_tokens.
+
+    This is the admission check: everything that could fail inside an engine step
+    for one request (its seed, token ids, logprob counts) fails here, alone."""
     sp = params.clone()
+    sp.verify()
+    verify_cost(sp, model_config, max_num_seqs)
+    verify_token_ids(sp, model_config.vocab_size)
+    vocab = model_config.vocab_size
+    if any(t >= vocab for t in sp.stop_token_ids or []):
+        raise ValueError(f"stop_token_ids contains a token id outside the vocabulary [0, {vocab})")
     if sp.bad_words:
         sp.bad_words_token_ids = tokenize_bad_words(sp.bad_words, tokenizer)
     sp.update_from_generation_config(model_config.generation_config, eos_token_id)
     room = model_config.max_model_len - num_prompt_tokens
     max_tokens = room if sp.max_tokens is None else min(sp.max_tokens, room)
-    if sp.logprobs is not None and sp.logprobs > model_config.max_logprobs:
-        raise ValueError(
-            f"logprobs must be at most max_logprobs={model_config.max_logprobs}, got {sp.logprobs}"
-        )
-    if sp.prompt_logprobs is not None and sp.prompt_logprobs > model_config.max_logprobs:
-        raise ValueError(
-            f"prompt_logprobs must be at most max_logprobs={model_config.max_logprobs}, got {sp.prompt_logprobs}"
-        )
-    verify_token_ids(sp, model_config.vocab_size)
-    vocab = model_config.vocab_size
-    if any(t >= vocab for t in sp.stop_token_ids or []):
-        raise ValueError(f"stop_token_ids contains a token id outside the vocabulary [0, {vocab})")
     return sp, max_tokens
+
+
+def verify_cost(sp: SamplingParams, model_config: ModelConfig, max_num_seqs: int | None) -> None:
+    """The limits on what one request may cost.
+
+    n (and best_of): at most max_num_seqs, the sequences one step can run; more could
+    never run together and would hold the engine for every other request (vLLM has no
+    limit). logprobs / prompt_logprobs: at most max_logprobs (vLLM's --max-logprobs,
+    default 20); -1 (the whole vocabulary) only when max_logprobs is -1 or covers the
+    vocabulary, as in vLLM."""
+    if max_num_seqs is not None:
+        for name in ("n", "best_of"):
+            value = getattr(sp, name)
+            if value is not None and value > max_num_seqs:
+                raise ValueError(f"{name} must be at most max_num_seqs={max_num_seqs}, got {value}")
+    limit = model_config.max_logprobs
+    for name in ("logprobs", "prompt_logprobs"):
+        value = getattr(sp, name)
+        if value is None or limit == -1:
+            continue
+        if value == -1 and limit < model_config.vocab_size:
+            raise ValueError(
+                f"{name}=-1 (the whole vocabulary) needs max_logprobs=-1 or at least the "
+                f"vocabulary size {model_config.vocab_size}; max_logprobs is {limit}"
+            )
+        if value > limit:
+            raise ValueError(f"{name} must be at most max_logprobs={limit}, got {value}")

@@ -94,17 +94,19 @@ class RequestBuilder:
         arrival_time: float,
     ) -> list[EngineCoreRequest]:
         n = params.n
+        resolved, max_tokens = ip.resolve_sampling_params(
+            params,
+            len(processed.prompt_token_ids),
+            self.model_config,
+            self.eos_token_id,
+            self.tokenizer,
+            max_num_seqs=self.scheduler_config.max_num_seqs,
+        )
         children = []
         for index in range(n):
-            sp, max_tokens = ip.resolve_sampling_params(
-                params,
-                len(processed.prompt_token_ids),
-                self.model_config,
-                self.eos_token_id,
-                self.tokenizer,
-            )
+            sp = resolved if n == 1 else resolved.clone()
             if n > 1 and sp.seed is not None:
-                sp.seed = params.seed + index  # type: ignore[operator]
+                sp.seed = resolved.seed + index  # type: ignore[operator]
             children.append(
                 EngineCoreRequest(
                     child_request_id(request_id, index, n),

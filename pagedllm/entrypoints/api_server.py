@@ -36,7 +36,7 @@ from pagedllm.entrypoints.openai.errors import (
     parse_json_body,
 )
 from pagedllm.entrypoints.openai.protocol import random_uuid
-from pagedllm.entrypoints.openai.serving_engine import prefetch
+from pagedllm.entrypoints.openai.serving_engine import prefetch, raise_if_failed
 from pagedllm.entrypoints.shutdown import InflightRequests
 from pagedllm.entrypoints.utils import with_cancellation
 from pagedllm.outputs import RequestOutput
@@ -74,6 +74,7 @@ def _texts(prompt: str, output: RequestOutput) -> list[str]:
 async def _stream_lines(prompt: str, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
     try:
         async for output in outputs:
+            raise_if_failed(output)
             yield (json.dumps({"text": _texts(prompt, output)}) + "\n").encode("utf-8")
     except Exception as exc:
         yield (exception_to_error(exc).model_dump_json() + "\n").encode("utf-8")
@@ -94,6 +95,7 @@ async def _generate(body: Any, raw_request: Request) -> Response:
         final = output
     if final is None:
         raise RuntimeError("the request ended without an output")
+    raise_if_failed(final)  # an engine failure is a 500, never a 200 with no text
     return JSONResponse({"text": _texts(prompt, final)})
 
 

@@ -99,16 +99,32 @@ def test_cumulative_mode_equals_delta_concatenation(tokenizer: Any) -> None:
     assert detok.get_next_output_text(finished=True, delta=False) == TEXTS[2]
 
 
-def test_output_ending_inside_a_character_is_flushed_at_finish(tokenizer: Any) -> None:
+@pytest.mark.parametrize("delta", [True, False])
+def test_output_ending_inside_a_character_holds_back_its_bytes(tokenizer: Any, delta: bool) -> None:
+    """max_tokens can cut a character: the final text drops its incomplete bytes
+    (issue 14, item 9) instead of ending in U+FFFD, in delta and cumulative mode."""
     token_ids = encode(tokenizer, "ok 你")
     incomplete = token_ids[:-1]  # the last token completes 你: without it, bytes dangle
     full = tokenizer.decode(incomplete)
     assert full.endswith(REPLACEMENT) and REPLACEMENT not in full[:-1]
     detok = make(tokenizer)
     detok.update(incomplete)
-    assert detok.get_next_output_text(finished=False, delta=True) == full[:-1]
-    assert detok.get_next_output_text(finished=True, delta=True) == REPLACEMENT
-    assert detok.output_text == tokenizer.decode(incomplete)
+    running = detok.get_next_output_text(finished=False, delta=delta)
+    assert running == full[:-1]
+    final = detok.get_next_output_text(finished=True, delta=delta)
+    assert final == ("" if delta else full[:-1])
+    assert detok.output_text == full[:-1] == "ok "
+
+
+def test_pending_complete_characters_are_flushed_before_a_cut(tokenizer: Any) -> None:
+    """A finished output whose pending tokens hold whole characters and then a cut
+    one keeps the whole ones."""
+    token_ids = encode(tokenizer, "你好")
+    pieces = [tokenizer.decode(token_ids[:i]) for i in range(1, len(token_ids) + 1)]
+    cut = next(i for i, p in enumerate(pieces) if p.startswith("你") and p.endswith(REPLACEMENT))
+    detok = make(tokenizer)
+    detok.update(token_ids[: cut + 1])
+    assert detok.get_next_output_text(finished=True, delta=False) == "你"
 
 
 def test_decode_window_stays_small(tokenizer: Any) -> None:

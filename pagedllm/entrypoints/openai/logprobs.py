@@ -10,6 +10,8 @@ from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionLogProbs,
     ChatCompletionLogProbsContent,
     CompletionLogProbs,
+    PromptLogprob,
+    PromptLogprobs,
 )
 from pagedllm.outputs import Logprob
 
@@ -81,3 +83,20 @@ def chat_logprobs(
         top = [_chat_entry(tokenizer, t, lp) for t, lp in _ranked(step, num_top)]
         content.append(ChatCompletionLogProbsContent(**entry.model_dump(), top_logprobs=top))
     return ChatCompletionLogProbs(content=content)
+
+
+def prompt_logprobs_json(steps: list[dict[int, Logprob] | None] | None) -> PromptLogprobs | None:
+    """RequestOutput.prompt_logprobs as vLLM's response field (-inf clamped to -9999)."""
+    if steps is None:
+        return None
+    return [
+        None
+        if step is None
+        else {
+            token_id: PromptLogprob(
+                logprob=_clamp(lp.logprob), rank=lp.rank, decoded_token=lp.decoded_token
+            )
+            for token_id, lp in step.items()
+        }
+        for step in steps
+    ]

@@ -13,7 +13,7 @@ from pagedllm.engine.async_engine import AsyncLLM
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.chat_utils import render_chat_async
 from pagedllm.entrypoints.openai.errors import APIError, exception_to_error
-from pagedllm.entrypoints.openai.logprobs import chat_logprobs
+from pagedllm.entrypoints.openai.logprobs import chat_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionLogProbs,
     ChatCompletionRequest,
@@ -143,7 +143,13 @@ class OpenAIServingChat(OpenAIServing):
         ]
         completion_tokens = sum(len(c.token_ids) for c in final.outputs)
         usage = _usage(len(prompt.token_ids), completion_tokens)
-        return ChatCompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
+        return ChatCompletionResponse(
+            id=request_id,
+            model=model,
+            choices=choices,
+            usage=usage,
+            prompt_logprobs=prompt_logprobs_json(final.prompt_logprobs),
+        )
 
     async def _stream(
         self,

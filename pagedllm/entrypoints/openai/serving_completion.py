@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from fastapi.responses import StreamingResponse
 
 from pagedllm.entrypoints.openai.errors import APIError, exception_to_error
-from pagedllm.entrypoints.openai.logprobs import completion_logprobs
+from pagedllm.entrypoints.openai.logprobs import completion_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
     CompletionLogProbs,
     CompletionRequest,
@@ -122,6 +122,7 @@ class OpenAIServingCompletion(OpenAIServing):
             if output is None:
                 raise RuntimeError(f"request {request_id}-{i} ended without a final output")
             raise_if_failed(output)
+            prompt_logprobs = prompt_logprobs_json(output.prompt_logprobs)
             for comp in sorted(output.outputs, key=lambda c: c.index):
                 echo = prompt if request.echo else None
                 choices.append(
@@ -131,6 +132,7 @@ class OpenAIServingCompletion(OpenAIServing):
                         logprobs=self._logprobs(request, echo, output, comp, 0),
                         finish_reason=comp.finish_reason,
                         stop_reason=comp.stop_reason,
+                        prompt_logprobs=prompt_logprobs,
                     )
                 )
                 completion_tokens += len(comp.token_ids)

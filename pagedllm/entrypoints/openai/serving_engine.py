@@ -131,8 +131,8 @@ class OpenAIServing:
         return requested  # < 1 is rejected by SamplingParams with its own message
 
     def check_logprobs(self, num: int | None, param: str) -> None:
-        limit = self.model_config.max_logprobs
-        if num is not None and not 0 <= num <= limit:
+        limit = self.model_config.max_logprobs  # -1: no cap (vLLM's --max-logprobs -1)
+        if num is not None and not (0 <= num and (limit == -1 or num <= limit)):
             raise APIError(f"{param} must be between 0 and {limit} (got {num}).", param=param)
 
     def sampling_params(
