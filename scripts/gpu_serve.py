@@ -60,6 +60,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-offline", action="store_true")
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--tiny", action="store_true", help="check this script on the CPU")
+    p.add_argument(
+        "--py-spy",
+        default=None,
+        help="a py-spy binary: sample the server and its engine core during each rate's run "
+        "(raw stacks with idle frames, per thread) into $OUT/prof_rate_<rate>.txt",
+    )
     p.add_argument("--offline-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -183,14 +189,100 @@ def run_server_benchmarks(model_dir: str, args: argparse.Namespace, out: Path) -
             flags += ["--random-input-len", str(args.input_len)]
             flags += ["--random-output-len", str(args.output_len)]
             flags += ["--save-result", "--result-dir", str(out), "--result-filename", name]
+            metrics_before = server_metrics(args.port)
+            before = cpu_snapshot(server.pid)
+            profiler = start_profiler(args.py_spy, server.pid, out / f"prof_rate_{rate}.txt")
             bench_serve(model_dir, args.port, flags, out / f"bench_rate_{rate}.log")
+            if profiler is not None:
+                profiler.send_signal(2)  # SIGINT: py-spy writes what it has and exits
+                profiler.wait(timeout=60)
+            share = cpu_share(before, cpu_snapshot(server.pid))
+            seen = server_means(metrics_before, server_metrics(args.port))
+            print(f"server-side means over the run (ms): {seen}", flush=True)
             if (out / name).is_file():
-                results[rate] = json.loads((out / name).read_text())
+                saved = json.loads((out / name).read_text())
+                results[rate] = {**saved, "server_cpu": share, "server_means_ms": seen}
     except (RuntimeError, TimeoutError) as exc:
         print(f"server benchmarks FAILED: {exc}", flush=True)
     finally:
         stop(server)
     return results
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    pids: list[int] = []
+    for task in tasks:
+        try:
+            pids += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float]:
+    """CPU seconds of the API server (front end) and of its children (the engine core)."""
+    core = sum(cpu_seconds(c) for c in child_pids(server_pid))
+    return {"front_end": cpu_seconds(server_pid), "core": core, "wall": time.monotonic()}
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    wall = max(after["wall"] - before["wall"], 1e-9)
+    return {k: (after[k] - before[k]) / wall for k in ("front_end", "core")}
+
+
+SERVER_HISTOGRAMS = (
+    "time_to_first_token_seconds",
+    "request_queue_time_seconds",
+    "e2e_request_latency_seconds",
+)
+
+
+def server_metrics(port: int) -> dict[str, float]:
+    """The sums and counts of the server's latency histograms (its own clock: from the
+    request's arrival at the engine, after tokenization, to the core's first token)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in SERVER_HISTOGRAMS:
+            for part in ("_sum", "_count"):
+                if line.startswith(f"pagedllm:{name}{part}{{"):
+                    values[name + part] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    means: dict[str, float] = {}
+    for name in SERVER_HISTOGRAMS:
+        count = after.get(name + "_count", 0.0) - before.get(name + "_count", 0.0)
+        total = after.get(name + "_sum", 0.0) - before.get(name + "_sum", 0.0)
+        if count > 0:
+            means[name.replace("_seconds", "")] = round(1000 * total / count, 2)
+    return means
+
+
+def start_profiler(py_spy: str | None, pid: int, path: Path) -> subprocess.Popen[bytes] | None:
+    if py_spy is None:
+        return None
+    cmd = [py_spy, "record", "-p", str(pid), "--subprocesses", "--idle", "--threads"]
+    cmd += ["-r", "50", "--format", "raw", "-o", str(path), "--nonblocking"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop(server: subprocess.Popen[bytes]) -> None:
@@ -204,28 +296,29 @@ def stop(server: subprocess.Popen[bytes]) -> None:
 
 HEADER = (
     "| run | output tok/s | TTFT p50 / p99 ms | TPOT p50 ms | ITL p50 / p99 ms "
-    "| server/offline | failed | client CPU |"
+    "| server/offline | failed | client CPU | front-end CPU | core CPU |"
 )
 
 
 def table(offline: dict[str, Any] | None, served: dict[str, Any], rates: list[str]) -> str:
     """The last lines: one row per run ("client CPU": the bench client's CPU time over
     the run; near 100% the client, not the server, would set the pace)."""
-    rows = [HEADER, "|---" * 8 + "|"]
+    rows = [HEADER, "|---" * 10 + "|"]
     base = offline["output_throughput"] if offline else None
     if offline:
-        rows.append(f"| offline LLM.generate | {base:,.1f} | | | | | | |")
+        rows.append(f"| offline LLM.generate | {base:,.1f} | | | | | | | | |")
     for rate in rates:
         r = served.get(rate)
         if r is None:
-            rows.append(f"| server, rate {rate} | FAILED | | | | | | |")
+            rows.append(f"| server, rate {rate} | FAILED | | | | | | | | |")
             continue
         ratio = f"{r['output_throughput'] / base:.2f}" if base else ""
         rows.append(
             f"| server, rate {rate} | {r['output_throughput']:,.1f} | "
             f"{r['median_ttft_ms']:,.1f} / {r['p99_ttft_ms']:,.1f} | {r['median_tpot_ms']:.2f} | "
             f"{r['median_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} | {ratio} | {r['failed']} | "
-            f"{r['client_cpu_util']:.0%} |"
+            f"{r['client_cpu_util']:.0%} | {r['server_cpu']['front_end']:.0%} | "
+            f"{r['server_cpu']['core']:.0%} |"
         )
     return "\n".join(rows)
 

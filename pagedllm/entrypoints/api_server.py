@@ -58,7 +58,7 @@ def _parse_request(body: Any, stream_default: bool = False) -> tuple[str, bool, 
     if bad_words is not None and not (
         isinstance(bad_words, list) and all(isinstance(w, str) for w in bad_words)
     ):
-        raise APIError("'bad_words' must be a list of strings", param="bad_words")
+        raise APIError("bad_words must be a list of strings", param="bad_words")
     body["output_kind"] = RequestOutputKind.CUMULATIVE if stream else RequestOutputKind.FINAL_ONLY
     try:
         params = SamplingParams(**body)

@@ -15,7 +15,9 @@ if TYPE_CHECKING:  # no server packages needed for the offline CLI (GPU image)
     from fastapi import Request
 
 T = TypeVar("T")
-_BLOCKING_WORKERS = 4
+# Tokenizing a 1,024-word prompt takes about 2 ms of Rust code that releases the GIL:
+# one thread per core (at least 4) tokenizes a burst of requests in parallel.
+_BLOCKING_WORKERS = max(4, min(32, os.cpu_count() or 4))
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,7 +1,7 @@
 """SchedulerOutput -> the flattened input tensors of one forward step.
 
 All index arithmetic is vectorized in numpy on the host, then copied to the device
-once (pinned, non-blocking on CUDA):
+once (one pinned, non-blocking copy on CUDA: host_to_device.py):
 
     token t belongs to request req_idx[t]; its position is
     positions[t] = num_computed[req_idx[t]] + (t - query_start_loc[req_idx[t]])
@@ -18,6 +18,7 @@ import torch
 
 from pagedllm.layers.attention.metadata import AttentionMetadata
 from pagedllm.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagedllm.worker.host_to_device import pack_to_device
 
 
 @dataclass
@@ -37,13 +38,6 @@ class StepInputs:
     # Every token is a sampled row (a decode-only step) and no padding was asked for:
     # logits_indices is 0..T-1 and the runner can take the hidden states as they are.
     samples_every_token: bool = False
-
-
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
-    if device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def build_block_table(block_ids: list[list[int]], min_width: int = 1) -> np.ndarray:
@@ -143,22 +137,25 @@ def prepare_inputs(
     sample_rows = [i for i, s in enumerate(scheduled) if s.samples or s.pools]
     logits_indices = pad_to_bucket(query_start_loc[1:][sample_rows] - 1, logits_buckets)
     qsl32 = query_start_loc.astype(np.int32)
+    qsl_d, seq_lens_d, table_d, slots_d, ids_d, positions_d, logits_d = pack_to_device(
+        [qsl32, seq_lens, table, slot_mapping, input_ids, positions, logits_indices], device
+    )
     metadata = AttentionMetadata(
         num_actual_tokens=total,
         max_query_len=int(num_new.max()) if len(scheduled) else 0,
         max_seq_len=int(seq_lens.max()) if len(scheduled) else 0,
-        query_start_loc=_to_device(qsl32, device),
-        seq_lens=_to_device(seq_lens, device),
-        block_tables=_to_device(table, device),
-        slot_mapping=_to_device(slot_mapping, device),
+        query_start_loc=qsl_d,
+        seq_lens=seq_lens_d,
+        block_tables=table_d,
+        slot_mapping=slots_d,
         query_start_loc_cpu=torch.from_numpy(qsl32),
         seq_lens_cpu=torch.from_numpy(seq_lens),
     )
     return StepInputs(
-        input_ids=_to_device(input_ids, device),
-        positions=_to_device(positions, device),
+        input_ids=ids_d,
+        positions=positions_d,
         attn_metadata=metadata,
-        logits_indices=_to_device(np.ascontiguousarray(logits_indices), device),
+        logits_indices=logits_d,
         sample_rows=sample_rows,
         num_tokens=total,
         placeholder_index=placeholder_index.tolist(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from pagedllm.config import EngineConfig
@@ -21,6 +22,7 @@ from pagedllm.scheduler_output import (
 )
 from pagedllm.worker import kv_cache as kvc
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
+from pagedllm.worker.host_to_device import pack_to_device
 from pagedllm.worker.input_prep import BlockTableBuffer, StepInputs, prepare_inputs
 from pagedllm.worker.prompt_logprobs import add_prompt_logprobs
 
@@ -256,9 +258,9 @@ class ModelRunner:
             return
         assert self.prev_sampled is not None, "a placeholder token with no step before it"
         rows = [self.prev_rows[r] for r in inputs.placeholder_req_ids]
-        index = _host_to_device(inputs.placeholder_index, self.device)
-        source = _host_to_device(rows, self.device)
-        inputs.input_ids[index] = self.prev_sampled[source]
+        pairs = np.array([inputs.placeholder_index, rows], dtype=np.int64)
+        (index_and_source,) = pack_to_device([pairs], self.device)
+        inputs.input_ids[index_and_source[0]] = self.prev_sampled[index_and_source[1]]
 
     def _pool(
         self, scheduled: list[ScheduledRequest], inputs: StepInputs, hidden: torch.Tensor
@@ -284,12 +286,3 @@ def _output_ids(s: ScheduledRequest) -> list[int]:
     if s.output_token_ids is not None:
         return s.output_token_ids
     return []
-
-
-def _host_to_device(values: list[int], device: torch.device) -> torch.Tensor:
-    """A pageable host->device copy would wait for the device to drain the stream
-    (no overlap with the running step); pinned + non-blocking does not."""
-    tensor = torch.tensor(values, dtype=torch.int64)
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)

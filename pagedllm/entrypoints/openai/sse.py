@@ -25,9 +25,11 @@ class TextChunkEncoder:
             "data: " + json.dumps(head, ensure_ascii=False)[:-1] + ',"choices":[{"index":'
         )
         self._text_key = ',"delta":{"content":' if chat else ',"text":'
+        # A completion choice also carries prompt_logprobs (null here).
+        tail = '"stop_reason":null}' if chat else '"stop_reason":null,"prompt_logprobs":null}'
         close = "}" if chat else ""
         self._suffix = (
-            close + ',"logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}\n\n'
+            close + ',"logprobs":null,"finish_reason":null,' + tail + '],"usage":null}\n\n'
         )
 
     def encode(self, index: int, text: str) -> str:
