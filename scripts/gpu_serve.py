@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-offline", action="store_true")
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--tiny", action="store_true", help="check this script on the CPU")
+    p.add_argument("--server-flags", default="", help="extra flags for the server, one string")
     p.add_argument(
         "--py-spy",
         default=None,
@@ -139,7 +140,7 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "pagedllm.entrypoints.openai.api_server", "--model", model_dir]
     cmd += engine_flags(TINY_KWARGS if args.tiny else ENGINE_KWARGS)
-    cmd += ["--disable-log-requests", "--disable-uvicorn-access-log"]
+    cmd += ["--disable-log-requests", "--disable-uvicorn-access-log", *args.server_flags.split()]
     cmd += ["--port", str(args.port)]
     with open(log_path, "wb") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
