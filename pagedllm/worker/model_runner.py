@@ -4,6 +4,7 @@ and turns a SchedulerOutput into a ModelRunnerOutput."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ class ModelRunner:
         self.prompt_ids: dict[str, list[int]] = {}
         self.is_pooling = config.model_config.runner == "pooling"
         self.cuda_graphs: Any = None
+        self.piecewise_graphs: Any = None  # worker/piecewise_graphs.py, on CUDA
         self.pooler: Any = None
         max_blocks = -(-config.model_config.max_model_len // self.block_size)
         self.block_tables = BlockTableBuffer(max_blocks)
@@ -110,6 +112,18 @@ class ModelRunner:
 
             self.cuda_graphs = CudaGraphRunner(self)
             self.cuda_graphs.capture()
+            self._capture_piecewise()
+
+    def _capture_piecewise(self) -> None:
+        """Graphs for the steps the decode graphs cannot take (PAGEDLLM_PIECEWISE_GRAPHS=0
+        turns them off)."""
+        if os.environ.get("PAGEDLLM_PIECEWISE_GRAPHS", "1") == "0":
+            return
+        from pagedllm.worker.piecewise_graphs import PiecewiseGraphRunner
+
+        self.piecewise_graphs = PiecewiseGraphRunner.for_model(self)
+        if self.piecewise_graphs is not None:
+            self.piecewise_graphs.capture()
 
     # ---- one step ---------------------------------------------------------
     @torch.inference_mode()
@@ -164,6 +178,8 @@ class ModelRunner:
         assert self.model is not None
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(inputs):
             return self.cuda_graphs.run(inputs)
+        if self.piecewise_graphs is not None and self.piecewise_graphs.can_run(inputs):
+            return self.piecewise_graphs.run(inputs)
         hidden = self.model(
             inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata
         )

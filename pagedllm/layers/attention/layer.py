@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pagedllm.layers.attention.backend import AttentionBackend
+from pagedllm.layers.attention.graph_break import active_handler
 from pagedllm.layers.attention.metadata import AttentionMetadata
 from pagedllm.layers.attention.torch_backend import TorchAttentionBackend, attention_without_cache
 
@@ -48,6 +49,20 @@ class Attention(nn.Module):
         kv_cache: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
+        handler = active_handler()
+        if handler is not None:  # a piecewise CUDA graph capture: see graph_break.py
+            return handler(self, q, k, v, kv_cache)
+        return self.attend(q, k, v, kv_cache, attn_metadata)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Write the new keys/values to the cache, then attend."""
         num_tokens = q.shape[0]
         query = q.view(num_tokens, self.num_heads, self.head_dim)
         key = k.view(num_tokens, self.num_kv_heads, self.head_dim)
