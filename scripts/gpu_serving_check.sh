@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ! timeout 200 "$PY" -m pytest -m gpu tests/worker tests/models -q -p no:cacheprovider \
-    > "$OUT/gpu_tests.log" 2>&1; then
+if ! timeout 200 "$PY" -m pytest -m gpu ${GPU_TESTS:-tests/worker tests/models} -q \
+    -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; then
     echo "GPU tests FAILED: benchmarks without piecewise graphs"; export PAGEDLLM_PIECEWISE_GRAPHS=0
 fi
 tail -3 "$OUT/gpu_tests.log"
@@ -24,4 +24,4 @@ bench T1 throughput --workload T1
 timeout 330 "$PY" scripts/gpu_serve.py > "$OUT/gpu_serve.log" 2>&1
 grep "server-side" "$OUT/gpu_serve.log"; tail -5 "$OUT/gpu_serve.log"
 bench T2 throughput --workload T2
-bench L1 latency
+[[ "${SKIP_L1:-0}" == 1 ]] || bench L1 latency

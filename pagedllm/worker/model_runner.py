@@ -121,9 +121,15 @@ class ModelRunner:
             return
         from pagedllm.worker.piecewise_graphs import PiecewiseGraphRunner
 
-        self.piecewise_graphs = PiecewiseGraphRunner.for_model(self)
-        if self.piecewise_graphs is not None:
-            self.piecewise_graphs.capture()
+        pieces = PiecewiseGraphRunner.for_model(self)
+        if pieces is None:
+            return
+        try:
+            pieces.capture()
+        except Exception:
+            logger.warning("Piecewise CUDA graphs failed to capture: eager steps", exc_info=True)
+            return
+        self.piecewise_graphs = pieces
 
     # ---- one step ---------------------------------------------------------
     @torch.inference_mode()

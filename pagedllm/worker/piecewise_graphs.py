@@ -119,6 +119,24 @@ class PiecewiseGraphRunner:
         torch.cuda.synchronize()
 
     def _capture(self, size: int) -> None:
+        try:
+            self._capture_pieces(size)
+        except BaseException:
+            self._abandon_capture()
+            raise
+
+    def _abandon_capture(self) -> None:
+        """End a capture that failed half-way (a stream left capturing breaks every
+        later launch)."""
+        if self._capturing is not None and self._capturing.graphs:
+            try:
+                self._capturing.graphs[-1].capture_end()
+            except RuntimeError:
+                pass
+        self._capturing = None
+        torch.cuda.synchronize()
+
+    def _capture_pieces(self, size: int) -> None:
         pieces = _Pieces()
         self._capturing = pieces
         metadata = _capture_metadata(size, self.slot_mapping)  # no host copies while capturing
@@ -135,10 +153,10 @@ class PiecewiseGraphRunner:
 
     def _begin_graph(self) -> None:
         assert self._capturing is not None
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()  # one pool for every piece
         graph = torch.cuda.CUDAGraph()
         graph.capture_begin(pool=self.pool)
-        if self.pool is None:
-            self.pool = graph.pool()
         self._capturing.graphs.append(graph)
 
     def _break(
