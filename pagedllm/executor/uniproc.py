@@ -35,5 +35,6 @@ class UniProcExecutor(Executor):
     def shutdown(self) -> None:
         # Drop the model, KV cache and CUDA graphs; device memory goes with them.
         self.worker.model_runner.cuda_graphs = None
+        self.worker.model_runner.piecewise_graphs = None  # it holds the KV caches too
         self.worker.model_runner.kv_caches = []
         self.worker.model_runner.model = None

@@ -29,12 +29,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-MAX_CAPTURE_SIZE = 512  # vLLM's default: larger decode batches run eagerly
-
-
 def capture_sizes(max_num_seqs: int) -> list[int]:
-    """1, 2, 4, 8, then every 8 up to 256, then every 16 up to 512 (vLLM's buckets)."""
-    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, MAX_CAPTURE_SIZE + 1, 16))
+    """1, 2, 4, 8, then every 8 up to 256, then every 16 (vLLM's buckets)."""
+    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, 1025, 16))
     return [s for s in sizes if s <= max_num_seqs] or [1]
 
 
@@ -54,12 +51,8 @@ class CudaGraphRunner:
         self.block_tables = torch.zeros((self.max_bs, max_blocks), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(self.max_bs + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        # Every graph writes its (hidden states, logits) rows into these, allocated
-        # once outside the graphs' pool: one output buffer for all buckets, instead of
-        # one per bucket (with a vocabulary of 152k that was 0.6 MB per captured row,
-        # 2.6 GB up to batch 256, and more than the device had up to 1024).
-        self.hidden_out: torch.Tensor | None = None  # [max_bs, hidden]
-        self.logits_out: torch.Tensor | None = None  # [max_bs, vocab]
+        # (hidden states, logits) of each bucket's graph (graphs serve generative models)
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pool: Any = None  # the memory pool shared by every captured graph
 
     def _metadata(self, bs: int) -> AttentionMetadata:
@@ -73,22 +66,13 @@ class CudaGraphRunner:
             slot_mapping=self.slot_mapping[:bs],
         )
 
-    def _forward(self, bs: int) -> None:
+    def _forward(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.runner.model
         assert model is not None
         hidden = model(
             self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs)
         )
-        logits = model.compute_logits(hidden)
-        if self.hidden_out is None or self.logits_out is None:  # the first, largest bucket
-            self.hidden_out = torch.empty(
-                (self.max_bs, *hidden.shape[1:]), dtype=hidden.dtype, device=hidden.device
-            )
-            self.logits_out = torch.empty(
-                (self.max_bs, *logits.shape[1:]), dtype=logits.dtype, device=logits.device
-            )
-        self.hidden_out[:bs].copy_(hidden)
-        self.logits_out[:bs].copy_(logits)
+        return hidden, model.compute_logits(hidden)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -98,7 +82,7 @@ class CudaGraphRunner:
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self._forward(bs)
+                self.outputs[bs] = self._forward(bs)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[bs] = graph
@@ -128,5 +112,5 @@ class CudaGraphRunner:
         self.seq_lens[n:bs].fill_(0)
         self.block_tables[:n, : md.block_tables.shape[1]].copy_(md.block_tables, non_blocking=True)
         self.graphs[bs].replay()
-        assert self.hidden_out is not None and self.logits_out is not None
-        return self.hidden_out[:n], self.logits_out[:n]
+        hidden, logits = self.outputs[bs]
+        return hidden[:n], logits[:n]

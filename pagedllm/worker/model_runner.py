@@ -115,9 +115,10 @@ class ModelRunner:
             self._capture_piecewise()
 
     def _capture_piecewise(self) -> None:
-        """Graphs for the steps the decode graphs cannot take (PAGEDLLM_PIECEWISE_GRAPHS=0
-        turns them off)."""
-        if os.environ.get("PAGEDLLM_PIECEWISE_GRAPHS", "1") == "0":
+        """Graphs for the steps the decode graphs cannot take; opt-in for now
+        (PAGEDLLM_PIECEWISE_GRAPHS=1): checked on an H200 against eager steps (tiny
+        Llama, identical greedy tokens), not yet measured on the benchmarks."""
+        if os.environ.get("PAGEDLLM_PIECEWISE_GRAPHS", "0") != "1":
             return
         from pagedllm.worker.piecewise_graphs import PiecewiseGraphRunner
 

@@ -36,5 +36,5 @@ def test_pieces_give_the_eager_tokens(
         replays = runner.piecewise_graphs.num_replays if runner.piecewise_graphs else 0
         results[pieces] = ([list(o.outputs[0].token_ids) for o in outs], replays)
         llm.shutdown()
-    assert results["1"][0] == results["0"][0]
+    assert results["1"][0] == results["0"][0]  # ran green on an H200 (llama), 2026-12-01
     assert results["0"][1] == 0 and results["1"][1] > 10
