@@ -167,9 +167,8 @@ def _start_process(
 def _child_env() -> dict[str, str]:
     """This process's environment, with the directory pagedllm was imported from first
     on the path (it may not be installed, or be another copy)."""
-    import pagedllm
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(pagedllm.__file__)))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../pagedllm
+    root = os.path.dirname(package)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
