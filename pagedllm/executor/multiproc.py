@@ -1,4 +1,5 @@
-"""The multiprocessing executor: one spawned worker process per rank on this host.
+"""The multiprocessing executor: one worker process per rank on this host, forked
+(or spawned, see mp_start.py).
 
 Transport: one duplex pipe per worker. A call is pickled once and written to every
 pipe; each worker answers ("ok", result) or ("error", traceback). The driver waits
@@ -11,14 +12,18 @@ SIGKILL) is noticed at once instead of leaving the driver blocked on a read:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import socket
 import time
 import traceback
 import weakref
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -27,6 +32,12 @@ from pagedllm.config import EngineConfig
 from pagedllm.distributed.parallel_state import disable_nvlink_multicast
 from pagedllm.executor.base import ExecutorDeadError
 from pagedllm.executor.distributed import DistributedExecutorBase, cuda_device_count, rpc_timeout_s
+from pagedllm.executor.mp_start import (
+    GUARD_HINT,
+    in_spawn_bootstrap,
+    warn_if_unguarded,
+    worker_start_method,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +69,10 @@ def _serve(worker: Any, conn: Connection) -> None:
             reply: tuple[str, Any] = ("ok", getattr(worker, method)(*args))
         except Exception as exc:
             reply = ("error", _error_payload(exc))
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except OSError:
+            return  # the driver is gone
 
 
 def _error_payload(exc: BaseException) -> tuple[BaseException | None, str]:
@@ -70,12 +84,23 @@ def _error_payload(exc: BaseException) -> tuple[BaseException | None, str]:
     return exc, traceback.format_exc()
 
 
-def _worker_main(config: EngineConfig, rank: int, init_method: str, conn: Connection) -> None:
-    """Entry point of a spawned worker: build the Worker, say ready, serve calls."""
+def _worker_main(
+    config: EngineConfig,
+    rank: int,
+    init_method: str,
+    conn: Connection,
+    inherited: list[Connection],
+) -> None:
+    """Entry point of a worker: build the Worker, say ready, serve calls."""
     from pagedllm.worker.worker import Worker
 
+    # A forked child holds copies of the driver's ends of the pipes; closed here, so
+    # that the driver's death is an end of file on every worker's pipe.
+    for other in inherited:
+        other.close()
     # Ctrl-C reaches the whole process group; the driver decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited by fork
     logging.basicConfig(
         level=logging.WARNING, format=f"(rank {rank}) %(levelname)s %(name)s: %(message)s"
     )
@@ -88,24 +113,34 @@ def _worker_main(config: EngineConfig, rank: int, init_method: str, conn: Connec
     try:
         _serve(worker, conn)
     finally:
-        worker.shutdown()
+        try:
+            worker.shutdown()
+        except Exception as exc:  # at exit: a line, not a traceback
+            logging.getLogger(__name__).warning("rank %d: shutdown failed: %s", rank, exc)
 
 
 # ---- the driver side -----------------------------------------------------------------------
 
 
-def _stop_processes(procs: list[BaseProcess], conns: list[Connection]) -> None:
-    """Ask politely, then terminate, then kill; never blocks longer than a few seconds.
-    (A module function, so the finalizer holds no reference to the executor.)"""
+def _ask_to_stop(procs: list[BaseProcess], conns: list[Connection], deadline: float) -> None:
     payload = pickle.dumps((_SHUTDOWN, ()))
     for conn in conns:
         try:
             conn.send_bytes(payload)
         except (OSError, ValueError):
             pass
-    deadline = time.monotonic() + _STOP_GRACE_S
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
+
+
+def _stop_processes(procs: list[BaseProcess], conns: list[Connection]) -> None:
+    """Ask politely, then terminate, then kill; never blocks longer than a few seconds.
+    Rank 0 hosts the rendezvous store, so it leaves last: no rank loses the store
+    while it still uses it (NCCL's TCPStore errors at exit). (A module function, so
+    the finalizer holds no reference to the executor.)"""
+    deadline = time.monotonic() + _STOP_GRACE_S
+    _ask_to_stop(procs[1:], conns[1:], deadline)
+    _ask_to_stop(procs[:1], conns[:1], deadline)
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
@@ -119,26 +154,43 @@ def _stop_processes(procs: list[BaseProcess], conns: list[Connection]) -> None:
 
 class MultiprocExecutor(DistributedExecutorBase):
     def _start_workers(self) -> None:
-        disable_nvlink_multicast()  # inherited by the spawned workers' environment
-        ctx = multiprocessing.get_context("spawn")
+        if in_spawn_bootstrap():  # a spawned worker re-running an unguarded script
+            raise RuntimeError(f"an LLM was created while a worker started: {GUARD_HINT}")
+        disable_nvlink_multicast()  # inherited by the workers' environment
+        self._start_method = worker_start_method()
+        if self._start_method == "spawn":
+            warn_if_unguarded()
+        ctx = multiprocessing.get_context(self._start_method)
         init_method = f"tcp://127.0.0.1:{get_open_port()}"
         self._procs: list[BaseProcess] = []
         self._conns: list[Connection] = []
         self._finalizer = weakref.finalize(self, _stop_processes, self._procs, self._conns)
-        for rank in range(self.world_size):
-            parent_conn, child_conn = ctx.Pipe(duplex=True)
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(self.config, rank, init_method, child_conn),
-                name=f"pagedllm-worker-{rank}",
-                daemon=True,
-            )
-            proc.start()
-            child_conn.close()  # only the child holds it: its death gives the driver EOF
-            self._procs.append(proc)
-            self._conns.append(parent_conn)
+        # Before multiprocessing's own exit hook (which would SIGTERM the daemons).
+        atexit.register(self._finalizer)
+        with _fork_environment(self._start_method):
+            for rank in range(self.world_size):
+                self._start_worker(ctx, rank, init_method)
         self._gather("start")
-        logger.info("started %d worker processes: %s", self.world_size, self.worker_pids)
+        logger.info(
+            "started %d worker processes (%s): %s",
+            self.world_size,
+            self._start_method,
+            self.worker_pids,
+        )
+
+    def _start_worker(self, ctx: Any, rank: int, init_method: str) -> None:
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self._conns.append(parent_conn)
+        inherited = list(self._conns) if self._start_method == "fork" else []
+        proc = ctx.Process(
+            target=_worker_main,
+            args=(self.config, rank, init_method, child_conn, inherited),
+            name=f"pagedllm-worker-{rank}",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()  # only the child holds it: its death gives the driver EOF
+        self._procs.append(proc)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -200,9 +252,10 @@ class MultiprocExecutor(DistributedExecutorBase):
     def _died(self, rank: int, method: str) -> ExecutorDeadError:
         proc = self._procs[rank]
         proc.join(1.0)  # let the exit code settle
+        hint = f" ({GUARD_HINT})" if method == "start" and self._start_method == "spawn" else ""
         return ExecutorDeadError(
             f"worker process of rank {rank} (pid {proc.pid}) died with exit code "
-            f"{proc.exitcode} during {method}"
+            f"{proc.exitcode} during {method}{hint}"
         )
 
     def _check_workers_alive(self) -> None:
@@ -214,3 +267,18 @@ class MultiprocExecutor(DistributedExecutorBase):
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer()  # runs _stop_processes once; later calls are no-ops
+            atexit.unregister(finalizer)
+
+
+@contextlib.contextmanager
+def _fork_environment(method: str) -> Iterator[None]:
+    """While forking: the tokenizers library must not use its thread pool in the
+    children (they never tokenize; unset, it warns in each child)."""
+    if method != "fork" or "TOKENIZERS_PARALLELISM" in os.environ:
+        yield
+        return
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
