@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _configure_process(args.log_level)
     status = os.fdopen(args.status_fd, "w")
+    # Worker processes forked from here must not hold the status pipe open: the front
+    # end learns of this process's death when the pipe closes.
+    os.register_at_fork(after_in_child=lambda: _close_quietly(args.status_fd))
     engine_config: EngineConfig = pickle.load(sys.stdin.buffer)
     run_engine_core(engine_config, args.input_address, args.output_address, status)
 
@@ -84,6 +87,13 @@ def run_engine_core(
         output_queue.put(None)  # the output thread sends what is queued, then ends
         threads[1].join(timeout=5)
         core.shutdown()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _report(status: TextIO, message: dict[str, Any]) -> None:
