@@ -84,14 +84,12 @@ class EngineCoreBusyLoop:
     def _add(self, request: EngineCoreRequest) -> None:
         try:
             self.core.add_request(request)
-        except Exception as exc:  # validated by the front end: this is a bug
+        except Exception:  # validated by the front end: this is a bug
             logger.exception("add_request(%s) failed", request.request_id)
-            self._send_error_for(request.request_id, exc)
+            self._send_error_for(request.request_id)
 
-    def _send_error_for(self, request_id: str, exc: Exception) -> None:
-        error = EngineCoreOutput(
-            request_id, [], finish_status=int(RequestStatus.FINISHED_ERROR), stop_reason=repr(exc)
-        )
+    def _send_error_for(self, request_id: str) -> None:
+        error = EngineCoreOutput(request_id, [], finish_status=int(RequestStatus.FINISHED_ERROR))
         self._emit(EngineCoreOutputs(outputs=[error]))
 
     def _utility(self, call: UtilityRequest) -> None:

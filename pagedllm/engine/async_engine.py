@@ -213,8 +213,7 @@ class AsyncLLM:
                 if stream is None:
                     continue
                 streams.append(stream)
-                children += self.output_processor.children_of(rid)
-                self.output_processor.abort(rid)
+                children += self.output_processor.abort(rid)
         if not streams:
             return
         self.core_client.abort_requests(children)
@@ -254,9 +253,8 @@ class AsyncLLM:
         if stopped:
             self.core_client.abort_requests(stopped, RequestStatus.FINISHED_STOPPED)
         if core_outputs.scheduler_stats is not None or finished:
-            self._record_stats(
-                core_outputs.scheduler_stats, finished
-            )  # before the callers see them
+            # Recorded before the callers see the outputs: /metrics is never behind them.
+            self._record_stats(core_outputs.scheduler_stats, finished)
         post(group_by_loop(pairs))
 
     def _fail_streams(self, error: BaseException) -> None:

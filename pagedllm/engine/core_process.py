@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,7 @@ class MPClient(BackgroundClient):
             )
         except BaseException:
             self._context.destroy(linger=0)
-            _remove_dir(self._socket_dir)
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
             raise
         self.num_gpu_blocks = int(ready["num_gpu_blocks"])
         self._reader = threading.Thread(target=self._read, name="pagedllm-core-reader", daemon=True)
@@ -132,7 +133,7 @@ class MPClient(BackgroundClient):
         self._reader.join(timeout=5)
         self._context.destroy(linger=0)
         os.close(self._status_fd)
-        _remove_dir(self._socket_dir)
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
 def _start_process(
@@ -240,15 +241,3 @@ def _shutdown_ref(ref: weakref.ref[MPClient]) -> None:
     client = ref()
     if client is not None:
         client.shutdown()
-
-
-def _remove_dir(path: str) -> None:
-    for name in ("input", "output"):
-        try:
-            os.unlink(os.path.join(path, name))
-        except OSError:
-            pass
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass

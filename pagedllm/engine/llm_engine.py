@@ -130,8 +130,7 @@ class LLMEngine:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         children: list[str] = []
         for parent_id in ids:
-            children += self.output_processor.children_of(parent_id)
-            self.output_processor.abort(parent_id)
+            children += self.output_processor.abort(parent_id)
         self.core_client.abort_requests(children)
 
     def new_request_id(self) -> str:

@@ -96,10 +96,6 @@ class OutputProcessor:
     def parent_of(self, child_id: str) -> str | None:
         return self.child_to_parent.get(child_id)
 
-    def children_of(self, parent_id: str) -> list[str]:
-        state = self.states.get(parent_id)
-        return list(state.child_order) if state else []
-
     def process(
         self, core_outputs: list[EngineCoreOutput]
     ) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str]]:
@@ -263,10 +259,13 @@ class OutputProcessor:
             metrics=state.metrics,
         )
 
-    def abort(self, parent_id: str) -> None:
+    def abort(self, parent_id: str) -> list[str]:
+        """Forget a request; its child ids (for the core to abort), [] if unknown."""
         state = self.states.get(parent_id)
-        if state is not None:
-            self._forget(state)
+        if state is None:
+            return []
+        self._forget(state)
+        return list(state.child_order)
 
     def _forget(self, state: RequestState) -> None:
         self.states.pop(state.request_id, None)

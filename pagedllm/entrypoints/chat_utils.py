@@ -3,6 +3,7 @@ Shared by the OpenAI server, /tokenize and `pagedllm chat`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,18 +185,16 @@ def render_chat(
     """The prompt text; ValueError (HTTP 400) for anything the template rejects, and
     for a render past `limits` (time or output size)."""
     limits = limits or RenderLimits()
-    source, context = _prepare(
+    render = _renderer(
         tokenizer,
         messages,
         chat_template,
         add_generation_prompt,
         continue_final_message,
         template_kwargs,
+        limits,
     )
-    return run_with_deadline(
-        lambda: _render(source, context, continue_final_message, limits.max_chars),
-        limits.timeout_s,
-    )
+    return run_with_deadline(render, limits.timeout_s)
 
 
 async def render_chat_async(
@@ -207,11 +206,33 @@ async def render_chat_async(
     template_kwargs: dict[str, Any] | None = None,
     limits: RenderLimits | None = None,
 ) -> str:
-    """render_chat for the server: the event loop only waits (the checks, the
-    rendering and the flattening of huge messages run in the render thread)."""
+    """render_chat for the server: the event loop only waits."""
     limits = limits or RenderLimits()
+    render = _renderer(
+        tokenizer,
+        messages,
+        chat_template,
+        add_generation_prompt,
+        continue_final_message,
+        template_kwargs,
+        limits,
+    )
+    return await run_with_deadline_async(render, limits.timeout_s)
 
-    def prepare_and_render() -> str:
+
+def _renderer(
+    tokenizer: Any,
+    messages: list[Any],
+    chat_template: str | None,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+    template_kwargs: dict[str, Any] | None,
+    limits: RenderLimits,
+) -> Callable[[], str]:
+    """The whole render as one call for the render thread: the checks, the flattening
+    of huge messages and the template all run under its deadline."""
+
+    def render() -> str:
         source, context = _prepare(
             tokenizer,
             messages,
@@ -222,4 +243,4 @@ async def render_chat_async(
         )
         return _render(source, context, continue_final_message, limits.max_chars)
 
-    return await run_with_deadline_async(prepare_and_render, limits.timeout_s)
+    return render

@@ -37,6 +37,21 @@ STARTUP_TIMEOUT_S = 420.0
 CHAT_TEMPLATE_TIMEOUT_S = 3.0  # the shared OpenAI server's --chat-template-timeout
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the server's engine core, for one)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,25 +12,18 @@ import time
 from pathlib import Path
 
 import requests
-from remote_server import MODEL_NAME, SERVER_FLAGS, RemoteServer
+from remote_server import MODEL_NAME, SERVER_FLAGS, RemoteServer, child_pids
 
 CORE_MODULE = b"pagedllm.core.engine_core_proc"
 
 
 def core_pids(server_pid: int) -> list[int]:
     """The server's children that run the engine core."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == server_pid and CORE_MODULE in cmdline:
-            pids.append(int(entry))
-    return pids
+    return [
+        pid
+        for pid in child_pids(server_pid)
+        if CORE_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
 
 
 def test_the_engine_core_is_a_child_process(server: RemoteServer) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from remote_server import MODEL_NAME, SERVER_FLAGS, RemoteServer, metric_samples
+from remote_server import MODEL_NAME, SERVER_FLAGS, RemoteServer, child_pids, metric_samples
 
 NUM_STREAMS = 500
 BAD_BODIES: list[dict[str, Any]] = [
@@ -38,17 +37,7 @@ pytestmark = pytest.mark.slow
 
 def tree_rss_kib(pid: int) -> int:
     """The server's RSS plus its children's (the engine core runs in a child process)."""
-    children = []
-    for entry in os.listdir("/proc"):
-        try:
-            if (
-                entry.isdigit()
-                and int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid
-            ):
-                children.append(int(entry))
-        except OSError:
-            continue
-    return rss_kib(pid) + sum(rss_kib(c) for c in children)
+    return rss_kib(pid) + sum(rss_kib(c) for c in child_pids(pid))
 
 
 def rss_kib(pid: int) -> int:
