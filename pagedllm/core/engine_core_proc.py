@@ -103,7 +103,7 @@ def _report(status: TextIO, message: dict[str, Any]) -> None:
 
 def _configure_process(log_level: int) -> None:
     # Ctrl-C reaches the whole process group: the front end decides when the core
-    # stops (it sends SIGTERM), so that in-flight requests can end cleanly.
+    # stops (a shutdown message, SIGTERM as a fallback), so in-flight requests end cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=log_level, format="%(levelname)s %(asctime)s [engine core] %(name)s: %(message)s"
