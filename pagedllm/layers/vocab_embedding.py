@@ -111,13 +111,23 @@ class LogitsProcessor(nn.Module):
         self.scale = scale
         self.soft_cap = soft_cap
 
-    def forward(self, head: VocabParallelEmbedding, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        head: VocabParallelEmbedding,
+        hidden_states: torch.Tensor,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`out`: a float32 [N, V] tensor to write the logits into (CUDA graphs share
+        one such buffer across their batch sizes); a new tensor otherwise."""
         bias = getattr(head, "bias", None)
         logits = linear(hidden_states, head.weight, bias)
         logits = tensor_model_parallel_all_gather(logits, dim=-1)[..., : self.vocab_size]
-        logits = logits.float()
+        if out is None:
+            out = logits.float()
+        else:
+            out.copy_(logits)
         if self.scale != 1.0:
-            logits = logits * self.scale
+            out.mul_(self.scale)
         if self.soft_cap is not None:
-            logits = torch.tanh(logits / self.soft_cap) * self.soft_cap
-        return logits
+            out.div_(self.soft_cap).tanh_().mul_(self.soft_cap)
+        return out

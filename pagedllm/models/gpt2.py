@@ -159,8 +159,10 @@ class GPT2LMHeadModel(nn.Module):
         shape = (num_tokens, self.config.hidden_size)
         return IntermediateTensors(torch.empty(shape, dtype=dtype, device=device))
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)
+    def compute_logits(
+        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states, out)
 
     def _rename(self, name: str) -> str | None:
         if name.endswith((".attn.bias", ".attn.masked_bias")):

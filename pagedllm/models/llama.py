@@ -229,8 +229,10 @@ class LlamaForCausalLM(nn.Module):
             torch.empty(shape, dtype=dtype, device=device),
         )
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)  # last stage only
+    def compute_logits(
+        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states, out)  # last stage only
 
     def _rename(self, name: str) -> str | None:
         if "rotary_emb.inv_freq" in name or "rotary_emb.cos_cached" in name:

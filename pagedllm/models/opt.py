@@ -151,8 +151,10 @@ class OPTForCausalLM(nn.Module):
     ) -> torch.Tensor:
         return self.model.decoder(input_ids, positions, kv_caches, attn_metadata)
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)
+    def compute_logits(
+        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states, out)
 
     def _rename(self, name: str) -> str | None:
         if name.startswith("lm_head."):

@@ -29,9 +29,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+MAX_CAPTURE_SIZE = 512  # vLLM's default largest graph; larger decode steps run eagerly
+
+
 def capture_sizes(max_num_seqs: int) -> list[int]:
-    """1, 2, 4, 8, then every 8 up to 256, then every 16 (vLLM's buckets)."""
-    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, 1025, 16))
+    """1, 2, 4, 8, then every 8 up to 256, then every 16 up to 512 (vLLM's buckets)."""
+    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, MAX_CAPTURE_SIZE + 1, 16))
     return [s for s in sizes if s <= max_num_seqs] or [1]
 
 
@@ -51,8 +54,11 @@ class CudaGraphRunner:
         self.block_tables = torch.zeros((self.max_bs, max_blocks), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(self.max_bs + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        # (hidden states, logits) of each bucket's graph (graphs serve generative models)
-        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Every graph writes its (hidden states, logits) into the first rows of these two
+        # buffers (graphs serve generative models): one [max_bs, V] logits buffer in all,
+        # not one per batch size (over a GiB at 8B shapes) held in the graphs' pool.
+        self.hidden_out: torch.Tensor | None = None
+        self.logits_out: torch.Tensor | None = None
         self.pool: Any = None  # the memory pool shared by every captured graph
 
     def _metadata(self, bs: int) -> AttentionMetadata:
@@ -66,23 +72,37 @@ class CudaGraphRunner:
             slot_mapping=self.slot_mapping[:bs],
         )
 
-    def _forward(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, bs: int) -> None:
         model = self.runner.model
-        assert model is not None
+        assert model is not None and self.hidden_out is not None and self.logits_out is not None
         hidden = model(
             self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs)
         )
-        return hidden, model.compute_logits(hidden)
+        self.hidden_out[:bs].copy_(hidden)
+        model.compute_logits(hidden, out=self.logits_out[:bs])
+
+    def _allocate_outputs(self) -> None:
+        """The shared output buffers, shaped by one eager step of the largest batch."""
+        model = self.runner.model
+        assert model is not None
+        bs = self.max_bs
+        hidden = model(
+            self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs)
+        )
+        logits = model.compute_logits(hidden)
+        self.hidden_out = torch.empty_like(hidden)
+        self.logits_out = torch.empty_like(logits)
 
     @torch.inference_mode()
     def capture(self) -> None:
+        self._allocate_outputs()
         # Largest first, so that smaller graphs reuse its memory pool.
         for bs in reversed(self.sizes):
             self._forward(bs)  # warm-up: Triton compiles outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[bs] = self._forward(bs)
+                self._forward(bs)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[bs] = graph
@@ -112,5 +132,5 @@ class CudaGraphRunner:
         self.seq_lens[n:bs].fill_(0)
         self.block_tables[:n, : md.block_tables.shape[1]].copy_(md.block_tables, non_blocking=True)
         self.graphs[bs].replay()
-        hidden, logits = self.outputs[bs]
-        return hidden[:n], logits[:n]
+        assert self.hidden_out is not None and self.logits_out is not None
+        return self.hidden_out[:n], self.logits_out[:n]
