@@ -1,6 +1,6 @@
 """Piecewise CUDA graphs for the steps the decode graphs cannot take: prefill chunks,
 prefills mixed with decodes, and decode batches past the largest decode graph.
-Opt-in (PAGEDLLM_PIECEWISE_GRAPHS=1) until they are measured on the benchmarks.
+On by default with CUDA graphs; `PAGEDLLM_PIECEWISE_GRAPHS=0` turns them off.
 
 An eager step pays the host time of every launch in every layer (about 10 ms for
 Qwen3-0.6B's 28 layers, whatever the token count), during which the decodes that
