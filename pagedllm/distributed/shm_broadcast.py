@@ -118,6 +118,7 @@ class MessageQueue:
         self._index = 0  # the next slot to write / read
         self._overflow: dict[int, shared_memory.SharedMemory] = {}  # writer: slot -> block
         self._all_read = b"\x01" * handle.num_readers
+        self._owner = False  # whether this end created the block (and unlinks it)
 
     @classmethod
     def create(
@@ -128,13 +129,21 @@ class MessageQueue:
         handle = Handle(f"pagedllm_mq_{uuid.uuid4().hex[:16]}", num_readers, num_slots, slot_bytes)
         shm = shared_memory.SharedMemory(name=handle.name, create=True, size=handle.total_bytes)
         shm.buf[: handle.flags_bytes] = bytes(handle.flags_bytes)
-        return cls(handle, shm, None, spin_s)
+        queue = cls(handle, shm, None, spin_s)
+        queue._owner = True
+        return queue
 
     @classmethod
     def attach(cls, handle: Handle, reader: int, spin_s: float = 0.0) -> MessageQueue:
         if not 0 <= reader < handle.num_readers:
             raise ValueError(f"reader {reader} of a queue with {handle.num_readers} readers")
         return cls(handle, _attach(handle.name), reader, spin_s)
+
+    @classmethod
+    def attach_writer(cls, handle: Handle, spin_s: float = 0.0) -> MessageQueue:
+        """The writer's end in another process than the creator's (the creator
+        still owns the block: it unlinks it)."""
+        return cls(handle, _attach(handle.name), None, spin_s)
 
     # ---- offsets ------------------------------------------------------------------
     def _flags(self, slot: int) -> int:
@@ -218,12 +227,12 @@ class MessageQueue:
 
     # ---- the end --------------------------------------------------------------------
     def close(self) -> None:
-        """Detach; the writer also unlinks the ring and its overflow blocks."""
+        """Detach; the creator also unlinks the ring; the writer its overflow blocks."""
         for block in self._overflow.values():
             _release(block, unlink=True)
         self._overflow.clear()
         del self._buf
-        _release(self._shm, unlink=self.reader is None)
+        _release(self._shm, unlink=self._owner)
 
 
 def _release(block: shared_memory.SharedMemory, unlink: bool) -> None:
