@@ -2,7 +2,10 @@
 almost all overhead: scheduling, transport to the workers, the reply).
 
     OMP_NUM_THREADS=1 python scripts/host_overhead_bench.py [--tp 2] [--seqs 64]
-        [--tokens 64] [--async] [--transport-only]
+        [--tokens 64] [--async] [--transport-only | --engine-only]
+
+Before/after a change of the transport: run `--engine-only` with PYTHONPATH pointing
+at each checkout, interleaved (the machine's load moves).
 
 Prints:
 - engine: ms per decode step of `--seqs` requests decoding together, with
@@ -111,11 +114,11 @@ def pipe_round_trip_us(tp: int, seqs: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def shm_reader(handle: Any, response: Any, rank: int, seqs: int) -> None:
+def shm_reader(handle: Any, response: Any, rank: int, seqs: int, spin_s: float) -> None:
     from pagedllm.distributed.shm_broadcast import MessageQueue
 
-    queue = MessageQueue.attach(handle, rank)
-    writer = MessageQueue.attach_writer(response) if rank == 0 else None
+    queue = MessageQueue.attach(handle, rank, spin_s)
+    writer = MessageQueue.attach_writer(response, spin_s) if rank == 0 else None
     out = reply(seqs)
     while True:
         msg = queue.dequeue()
@@ -125,19 +128,21 @@ def shm_reader(handle: Any, response: Any, rank: int, seqs: int) -> None:
             writer.enqueue(out)  # the new path: only the output rank answers
 
 
-def shm_round_trip_us(tp: int, seqs: int) -> float:
+def shm_round_trip_us(tp: int, seqs: int, spin_s: float) -> float:
     from pagedllm.distributed.shm_broadcast import MessageQueue
 
     ctx = multiprocessing.get_context("fork")
-    queue = MessageQueue.create(tp)
-    response = MessageQueue.create(1)
+    queue = MessageQueue.create(tp, spin_s=spin_s)
+    response = MessageQueue.create(1, spin_s=spin_s)
     procs = [
-        ctx.Process(target=shm_reader, args=(queue.handle, response.handle, r, seqs), daemon=True)
+        ctx.Process(
+            target=shm_reader, args=(queue.handle, response.handle, r, seqs, spin_s), daemon=True
+        )
         for r in range(tp)
     ]
     for proc in procs:
         proc.start()
-    back = MessageQueue.attach(response.handle, 0)
+    back = MessageQueue.attach(response.handle, 0, spin_s)
     step = decode_step(seqs)
     times = []
     for _ in range(ROUNDS):
@@ -178,13 +183,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--async", dest="async_scheduling", action="store_true")
     parser.add_argument("--transport-only", action="store_true")
+    parser.add_argument("--engine-only", action="store_true")
     args = parser.parse_args()
     if not args.transport_only:
         for tp in (1, args.tp):
             ms = engine_ms_per_step(tp, args.seqs, args.tokens, args.async_scheduling and tp > 1)
             print(f"engine tp={tp}: {ms:.2f} ms/step ({args.seqs} requests decoding)")
+    if args.engine_only:  # also runs on a checkout without the MessageQueue (before/after)
+        return
     print(f"transport, pipes: {pipe_round_trip_us(args.tp, args.seqs):.0f} us/step")
-    print(f"transport, MessageQueue: {shm_round_trip_us(args.tp, args.seqs):.0f} us/step")
+    for spin_s in (0.0, 0.01):
+        us = shm_round_trip_us(args.tp, args.seqs, spin_s)
+        print(f"transport, MessageQueue (spin {spin_s} s): {us:.0f} us/step")
     pickled, msgpacked = serialization_us(args.seqs)
     print(f"SchedulerOutput encode+decode: pickle 5 {pickled:.0f} us, msgspec {msgpacked:.0f} us")
 

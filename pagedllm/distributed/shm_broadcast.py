@@ -42,7 +42,7 @@ from unittest import mock
 _HEADER = struct.Struct("<BQ")  # kind, length
 _INLINE, _OVERFLOW = 0, 1
 _CHECK_EVERY_S = 0.005  # how often a waiting side calls `check`
-_MAX_SLEEP_S = 0.0005  # longest nap between polls once spinning is over
+_MAX_SLEEP_S = 0.0001  # longest nap between polls once spinning is over (~1% of a core)
 
 Check = Callable[[], None]
 
@@ -112,7 +112,7 @@ class MessageQueue:
     ) -> None:
         self.handle = handle
         self._shm = shm
-        self._buf: memoryview = shm.buf
+        self._buf: memoryview = _view(shm)
         self.reader = reader  # None: the writer
         self.spin_s = spin_s
         self._index = 0  # the next slot to write / read
@@ -128,7 +128,7 @@ class MessageQueue:
             raise ValueError(f"slot_bytes ({slot_bytes}) must be at least 64")
         handle = Handle(f"pagedllm_mq_{uuid.uuid4().hex[:16]}", num_readers, num_slots, slot_bytes)
         shm = shared_memory.SharedMemory(name=handle.name, create=True, size=handle.total_bytes)
-        shm.buf[: handle.flags_bytes] = bytes(handle.flags_bytes)
+        _view(shm)[: handle.flags_bytes] = bytes(handle.flags_bytes)
         queue = cls(handle, shm, None, spin_s)
         queue._owner = True
         return queue
@@ -187,7 +187,7 @@ class MessageQueue:
         block = shared_memory.SharedMemory(
             name=f"{self.handle.name}_o{uuid.uuid4().hex[:8]}", create=True, size=len(data)
         )
-        block.buf[: len(data)] = data
+        _view(block)[: len(data)] = data
         self._overflow[slot] = block
         name = block.name.encode()
         _HEADER.pack_into(self._buf, start, _OVERFLOW, len(data))
@@ -221,7 +221,7 @@ class MessageQueue:
         end = bytes(self._buf[body : body + 256]).index(0)
         block = _attach(bytes(self._buf[body : body + end]).decode())
         try:
-            return pickle.loads(block.buf[:length])
+            return pickle.loads(_view(block)[:length])
         finally:
             _release(block, unlink=False)
 
@@ -233,6 +233,12 @@ class MessageQueue:
         self._overflow.clear()
         del self._buf
         _release(self._shm, unlink=self._owner)
+
+
+def _view(block: shared_memory.SharedMemory) -> memoryview:
+    view = block.buf
+    assert view is not None, "a closed shared memory block"
+    return view
 
 
 def _release(block: shared_memory.SharedMemory, unlink: bool) -> None:
