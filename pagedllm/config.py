@@ -195,7 +195,7 @@ class EngineArgs:
     pooling_type: str | None = None
     pooling_normalize: bool | None = None
     kv_cache_memory_bytes: int | None = None
-    async_scheduling: bool | None = None  # None: on for CUDA with one worker
+    async_scheduling: bool | None = None  # None: on for CUDA (pipeline_parallel_size 1)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -178,11 +178,18 @@ def _scheduler_config(
 
 
 def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:
-    one_worker = args.tensor_parallel_size * args.pipeline_parallel_size == 1
+    """Several workers pipeline steps too (the mp executor's steps are futures), but
+    not across pipeline stages: the first stage would need the last one's tokens."""
+    world = args.tensor_parallel_size * args.pipeline_parallel_size
+    backend = args.distributed_executor_backend
+    possible = world == 1 or (args.pipeline_parallel_size == 1 and backend in (None, "mp"))
     if args.async_scheduling is None:
-        return device.type == "cuda" and one_worker
-    if args.async_scheduling and not one_worker:
-        raise ValueError("async_scheduling needs a single worker (tensor/pipeline parallel size 1)")
+        return device.type == "cuda" and possible
+    if args.async_scheduling and not possible:
+        raise ValueError(
+            "async_scheduling needs pipeline_parallel_size 1 and, with several workers, "
+            "distributed_executor_backend='mp'"
+        )
     return args.async_scheduling
 
 

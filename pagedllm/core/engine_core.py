@@ -102,6 +102,9 @@ class EngineCore:
         self._pending = None
         try:
             runner_output = result.get()
+        except ExecutorDeadError:
+            self._fail([s.req_id for s in scheduler_output.scheduled])
+            raise
         except Exception:
             logger.exception("Model execution failed")
             return self._fail([s.req_id for s in scheduler_output.scheduled])

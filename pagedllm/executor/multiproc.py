@@ -1,35 +1,39 @@
 """The multiprocessing executor: one worker process per rank on this host, forked
 (or spawned, see mp_start.py).
 
-Transport: one duplex pipe per worker. A call is pickled once and written to every
-pipe; each worker answers ("ok", result) or ("error", traceback). The driver waits
-on the pipes *and* the process sentinels together, so a worker that dies (even by
-SIGKILL) is noticed at once instead of leaving the driver blocked on a read:
+Transport (the worker's side is mp_worker.py):
 
-    driver ──(method, args)──> rank 0 .. rank N-1      (same bytes to every pipe)
-    driver <──("ok", result)── every rank              (None except the output rank)
+    driver ──MessageQueue──> rank 0 .. rank N-1    (method, args, reply mode): pickled
+                                                    once, one copy into shared memory
+    driver <──MessageQueue── output rank           a step's ModelRunnerOutput
+    driver <──pipe────────── each rank             replies of set-up calls, errors
+
+A step (`execute_model`) returns a future at once: the engine launches step N+1
+before it reads step N's tokens (async scheduling). Replies come back in call order.
+While it waits, the driver also watches the pipes and the process sentinels, so an
+error or a dead worker (even by SIGKILL) is noticed within milliseconds instead of
+leaving the driver blocked.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import logging
 import multiprocessing
 import os
 import pickle
-import signal
 import socket
 import time
-import traceback
 import weakref
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from pagedllm.config import EngineConfig
 from pagedllm.distributed.parallel_state import disable_nvlink_multicast
+from pagedllm.distributed.shm_broadcast import MessageQueue, QueueTimeoutError
 from pagedllm.executor.base import ExecutorDeadError
 from pagedllm.executor.distributed import DistributedExecutorBase, cuda_device_count, rpc_timeout_s
 from pagedllm.executor.mp_start import (
@@ -38,10 +42,17 @@ from pagedllm.executor.mp_start import (
     warn_if_unguarded,
     worker_start_method,
 )
+from pagedllm.executor.mp_worker import (
+    REPLY_ALL,
+    REPLY_OUTPUT,
+    SHUTDOWN,
+    spin_seconds,
+    worker_main,
+)
+from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 logger = logging.getLogger(__name__)
 
-_SHUTDOWN = "__shutdown__"
 _POLL_S = 1.0  # wake-up interval of the driver's wait (to check the overall timeout)
 _STOP_GRACE_S = 5.0  # how long workers get to exit before they are terminated
 _DEATH_GRACE_S = 1.0  # after a worker's error, how long a peer's death may take to show
@@ -53,77 +64,11 @@ def get_open_port() -> int:
         return int(s.getsockname()[1])
 
 
-# ---- the worker process --------------------------------------------------------------
-
-
-def _serve(worker: Any, conn: Connection) -> None:
-    """Answer calls until the driver says stop or goes away."""
-    while True:
-        try:
-            method, args = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return  # the driver is gone
-        if method == _SHUTDOWN:
-            return
-        try:
-            reply: tuple[str, Any] = ("ok", getattr(worker, method)(*args))
-        except Exception as exc:
-            reply = ("error", _error_payload(exc))
-        try:
-            conn.send(reply)
-        except OSError:
-            return  # the driver is gone
-
-
-def _error_payload(exc: BaseException) -> tuple[BaseException | None, str]:
-    """(the exception if it pickles, its traceback text)."""
-    try:
-        pickle.dumps(exc)
-    except Exception:
-        return None, traceback.format_exc()
-    return exc, traceback.format_exc()
-
-
-def _worker_main(
-    config: EngineConfig,
-    rank: int,
-    init_method: str,
-    conn: Connection,
-    inherited: list[Connection],
-) -> None:
-    """Entry point of a worker: build the Worker, say ready, serve calls."""
-    from pagedllm.worker.worker import Worker
-
-    # A forked child holds copies of the driver's ends of the pipes; closed here, so
-    # that the driver's death is an end of file on every worker's pipe.
-    for other in inherited:
-        other.close()
-    # Ctrl-C reaches the whole process group; the driver decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited by fork
-    logging.basicConfig(
-        level=logging.WARNING, format=f"(rank {rank}) %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        worker = Worker(config, rank=rank, local_rank=rank, distributed_init_method=init_method)
-    except BaseException as exc:
-        conn.send(("error", _error_payload(exc)))
-        return
-    conn.send(("ok", None))
-    try:
-        _serve(worker, conn)
-    finally:
-        try:
-            worker.shutdown()
-        except Exception as exc:  # at exit: a line, not a traceback
-            logging.getLogger(__name__).warning("rank %d: shutdown failed: %s", rank, exc)
-
-
 # ---- the driver side -----------------------------------------------------------------------
 
 
 def _ask_to_stop(procs: list[BaseProcess], conns: list[Connection], deadline: float) -> None:
-    payload = pickle.dumps((_SHUTDOWN, ()))
+    payload = pickle.dumps((SHUTDOWN, ()))
     for conn in conns:
         try:
             conn.send_bytes(payload)
@@ -133,7 +78,9 @@ def _ask_to_stop(procs: list[BaseProcess], conns: list[Connection], deadline: fl
         proc.join(max(0.0, deadline - time.monotonic()))
 
 
-def _stop_processes(procs: list[BaseProcess], conns: list[Connection]) -> None:
+def _stop_processes(
+    procs: list[BaseProcess], conns: list[Connection], queues: list[MessageQueue]
+) -> None:
     """Ask politely, then terminate, then kill; never blocks longer than a few seconds.
     Rank 0 hosts the rendezvous store, so it leaves last: no rank loses the store
     while it still uses it (NCCL's TCPStore errors at exit). (A module function, so
@@ -150,6 +97,9 @@ def _stop_processes(procs: list[BaseProcess], conns: list[Connection]) -> None:
             proc.join(1.0)
     for conn in conns:
         conn.close()
+    for queue in queues:
+        queue.close()
+    queues.clear()
 
 
 class MultiprocExecutor(DistributedExecutorBase):
@@ -164,7 +114,13 @@ class MultiprocExecutor(DistributedExecutorBase):
         init_method = f"tcp://127.0.0.1:{get_open_port()}"
         self._procs: list[BaseProcess] = []
         self._conns: list[Connection] = []
-        self._finalizer = weakref.finalize(self, _stop_processes, self._procs, self._conns)
+        self._futures: collections.deque[StepFuture] = collections.deque()
+        spin_s = spin_seconds(self.config)
+        self._broadcast_mq = MessageQueue.create(self.world_size, spin_s=spin_s)
+        self._response_owner = MessageQueue.create(1, spin_s=spin_s)
+        self._response_mq = MessageQueue.attach(self._response_owner.handle, 0, spin_s)
+        queues = [self._response_mq, self._response_owner, self._broadcast_mq]
+        self._finalizer = weakref.finalize(self, _stop_processes, self._procs, self._conns, queues)
         # Before multiprocessing's own exit hook (which would SIGTERM the daemons).
         atexit.register(self._finalizer)
         with _fork_environment(self._start_method):
@@ -183,8 +139,8 @@ class MultiprocExecutor(DistributedExecutorBase):
         self._conns.append(parent_conn)
         inherited = list(self._conns) if self._start_method == "fork" else []
         proc = ctx.Process(
-            target=_worker_main,
-            args=(self.config, rank, init_method, child_conn, inherited),
+            target=worker_main,
+            args=(self.config, rank, init_method, child_conn, inherited, self._queue_handles),
             name=f"pagedllm-worker-{rank}",
             daemon=True,
         )
@@ -199,14 +155,66 @@ class MultiprocExecutor(DistributedExecutorBase):
     def _num_devices_available(self) -> int | None:
         return cuda_device_count()
 
+    @property
+    def _queue_handles(self) -> tuple[Any, Any]:
+        return self._broadcast_mq.handle, self._response_owner.handle
+
     def _run_on_workers(self, method: str, args: tuple[Any, ...]) -> list[Any]:
-        payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
-        for rank, conn in enumerate(self._conns):
-            try:
-                conn.send_bytes(payload)
-            except OSError as exc:
-                raise self._died(rank, method) from exc
+        self._broadcast(method, args, REPLY_ALL)
         return self._gather(method)
+
+    def _broadcast(self, method: str, args: tuple[Any, ...], mode: int) -> None:
+        try:
+            self._broadcast_mq.enqueue(
+                (method, args, mode), timeout=rpc_timeout_s(), check=lambda: self._watch(method)
+            )
+        except QueueTimeoutError as exc:
+            raise ExecutorDeadError(f"{method}: {exc} (PAGEDLLM_RPC_TIMEOUT_S)") from exc
+
+    def _watch(self, method: str) -> None:
+        """While waiting on a queue: raise for a dead worker or an error reply."""
+        sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
+        ready = wait([*self._conns, *sentinels], timeout=0)
+        for sentinel, rank in sentinels.items():
+            if sentinel in ready:
+                raise self._died(rank, method)
+        for rank, conn in enumerate(self._conns):
+            if conn in ready:
+                self._receive(rank, conn, method)  # raises for an error reply
+                raise ExecutorDeadError(f"worker rank {rank} replied out of turn in {method}")
+
+    # ---- steps: launched at once, awaited later ------------------------------------------
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> StepFuture:  # type: ignore[override]
+        with self._lock:
+            self._raise_if_unusable()
+            try:
+                self._broadcast("execute_model", (scheduler_output,), REPLY_OUTPUT)
+            except ExecutorDeadError as exc:
+                self._die(exc)
+                raise
+            future = StepFuture(self)
+            self._futures.append(future)
+            return future
+
+    def _wait_for(self, future: StepFuture) -> ModelRunnerOutput:
+        """Read replies in call order until `future` has its own."""
+        with self._lock:
+            while future.output is None:
+                self._raise_if_unusable()
+                try:
+                    output = self._response_mq.dequeue(
+                        timeout=rpc_timeout_s(), check=lambda: self._watch("execute_model")
+                    )
+                except QueueTimeoutError as exc:
+                    dead = ExecutorDeadError(f"execute_model: {exc} (PAGEDLLM_RPC_TIMEOUT_S)")
+                    self._die(dead)
+                    raise dead from exc
+                except ExecutorDeadError as exc:
+                    self._die(exc)
+                    raise
+                self._futures.popleft().output = _checked(output, self.output_rank)
+            return future.output
 
     def _gather(self, method: str) -> list[Any]:
         """One reply per rank, in rank order; waits on pipes and process sentinels."""
@@ -282,3 +290,24 @@ def _fork_environment(method: str) -> Iterator[None]:
         yield
     finally:
         os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+
+class StepFuture:
+    """A step sent to the workers; `get()` waits for its ModelRunnerOutput."""
+
+    def __init__(self, executor: MultiprocExecutor) -> None:
+        self._executor = executor
+        self.output: ModelRunnerOutput | None = None
+
+    def get(self) -> ModelRunnerOutput:
+        if self.output is not None:
+            return self.output
+        return self._executor._wait_for(self)
+
+
+def _checked(output: Any, rank: int) -> ModelRunnerOutput:
+    if not isinstance(output, ModelRunnerOutput):
+        raise ExecutorDeadError(
+            f"output rank {rank} returned {type(output).__name__}, not a ModelRunnerOutput"
+        )
+    return output

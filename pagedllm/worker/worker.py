@@ -16,6 +16,7 @@ import torch
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
 from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.worker.async_output import AsyncModelRunnerOutput
 from pagedllm.worker.kv_cache import KVCacheSpec
 from pagedllm.worker.model_runner import ModelRunner
 
@@ -105,6 +106,11 @@ class Worker:
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.model_runner.initialize_kv_cache(num_blocks, self.tp_size)
+        if self.config.parallel_config.world_size > 1:
+            # Every rank of the last stage samples; with async scheduling each fills
+            # its next inputs from its own samples, so unseeded random rows must draw
+            # the same numbers on every rank (loading may have used the RNG unevenly).
+            torch.manual_seed(self.config.model_config.seed)
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
         """Every rank runs the step (collectives need all of them); only the output
@@ -112,6 +118,14 @@ class Worker:
         output = self.model_runner.execute_model(scheduler_output)
         # .get(): the tokens on the host (the reply is pickled; device tensors are not sent).
         return output.get() if self.is_output_rank else None
+
+    def execute_model_async(
+        self, scheduler_output: SchedulerOutput
+    ) -> ModelRunnerOutput | AsyncModelRunnerOutput | None:
+        """Launch the step; the output rank gets its result (`.get()` waits for the
+        tokens), the others None."""
+        output = self.model_runner.execute_model(scheduler_output)
+        return output if self.is_output_rank else None
 
     def shutdown(self) -> None:
         ps.destroy_distributed_environment()

@@ -15,8 +15,9 @@ from pagedllm.executor.base import ExecutorDeadError
 from pagedllm.executor.multiproc import MultiprocExecutor
 
 
-def test_killed_worker_fails_the_next_generate(tiny_llama_dir: str) -> None:
-    llm = make_llm(tiny_llama_dir, tensor_parallel_size=2)
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_killed_worker_fails_the_next_generate(tiny_llama_dir: str, async_scheduling: bool) -> None:
+    llm = make_llm(tiny_llama_dir, tensor_parallel_size=2, async_scheduling=async_scheduling)
     try:
         engine = llm.llm_engine
         llm.generate(PROMPTS[:1], PARAMS[0], use_tqdm=False)
