@@ -31,13 +31,13 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
-from unittest import mock
 
 _HEADER = struct.Struct("<BQ")  # kind, length
 _INLINE, _OVERFLOW = 0, 1
@@ -72,9 +72,16 @@ class Handle:
 def _attach(name: str) -> shared_memory.SharedMemory:
     """Open a block without registering it with the resource tracker: its creator
     owns (and unlinks) it; a reader that registered it would have it unlinked, or
-    warned about, when the reader exits."""
-    with mock.patch.object(resource_tracker, "register", lambda *args, **kwargs: None):
+    warned about, when the reader exits. (Registering and then unregistering would
+    drop the creator's entry too: the tracker keeps one set of names per process tree.)"""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
         return shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register  # type: ignore[assignment]
 
 
 class _Waiter:
