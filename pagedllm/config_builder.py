@@ -71,7 +71,8 @@ def _checkpoint_quantization(hf_config: Any) -> str | None:
 
 def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) -> str | None:
     """The checkpoint's method (its config's quantization_config) unless the argument
-    names one; `fp8` on a float checkpoint quantizes it online."""
+    names one; `fp8` on a float checkpoint quantizes it online, and dummy weights take
+    any method's default layout."""
     from pagedllm.layers.quantization import QUANTIZATION_METHODS
 
     found = "gguf" if load_format == "gguf" else _checkpoint_quantization(hf_config)
@@ -87,7 +88,7 @@ def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) 
             f"quantization={requested!r} does not match the checkpoint, which is "
             f"quantized with {found!r}; leave quantization unset or pass {found!r}"
         )
-    if requested != "fp8":  # only fp8 can quantize float weights as they load
+    if requested != "fp8" and load_format != "dummy":  # fp8 quantizes float weights online
         raise ValueError(
             f"quantization={requested!r} needs a checkpoint quantized with {requested!r} "
             "(its config.json has no quantization_config); only 'fp8' quantizes a float "

@@ -99,3 +99,37 @@ def test_gptq_modules_to_not_convert_and_dummy_weights(tmp_path: Path) -> None:
     model, model_config = load_model(str(quant), load_format="dummy")
     (logits,) = PagedHarness(model, model_config).prompt_logits(PROMPTS[:1])
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("quantization", ["awq", "gptq", "fp8"])
+def test_dummy_weights_in_a_methods_default_layout(tmp_path: Path, quantization: str) -> None:
+    """The benchmarks' case: load_format="dummy" with quantization= on a config without
+    quantization_config (default layout: 4-bit, group 128), end to end through LLM."""
+    from transformers import LlamaConfig
+
+    from pagedllm import LLM, SamplingParams
+
+    LlamaConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        architectures=["LlamaForCausalLM"],
+    ).save_pretrained(tmp_path)
+    llm = LLM(
+        model=str(tmp_path),
+        load_format="dummy",
+        quantization=quantization,
+        device="cpu",
+        skip_tokenizer_init=True,
+        max_model_len=64,
+    )
+    try:
+        params = SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False)
+        (out,) = llm.generate([{"prompt_token_ids": [1, 2, 3]}], params, use_tqdm=False)
+        assert len(out.outputs[0].token_ids) == 4
+    finally:
+        llm.shutdown()
