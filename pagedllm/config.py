@@ -228,8 +228,10 @@ class EngineArgs:
         if self.max_logprobs != -1:  # vLLM: -1 lifts the cap (logprobs=-1 then allowed)
             _check_positive("max_logprobs", self.max_logprobs, allow_zero=True)
         _check_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
-        if self.quantization not in (None, "gguf"):
-            _check_choice("quantization", self.quantization, (None, "gguf"))
+        if self.quantization is not None:
+            from pagedllm.layers.quantization import QUANTIZATION_METHODS
+
+            _check_choice("quantization", self.quantization, (None, *QUANTIZATION_METHODS))
         if self.pooling_type is not None:
             _check_choice("pooling_type", self.pooling_type.upper(), POOLING_TYPES)
         if self.kv_cache_dtype != "auto":

@@ -60,6 +60,43 @@ def _pick_dtype(
     return torch.bfloat16
 
 
+def _checkpoint_quantization(hf_config: Any) -> str | None:
+    raw = getattr(hf_config, "quantization_config", None)
+    if raw is None:
+        return None
+    raw = raw if isinstance(raw, dict) else raw.to_dict()
+    method = raw.get("quant_method")
+    return str(method).lower() if method else None
+
+
+def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) -> str | None:
+    """The checkpoint's method (its config's quantization_config) unless the argument
+    names one; `fp8` on a float checkpoint quantizes it online, and dummy weights take
+    any method's default layout."""
+    from pagedllm.layers.quantization import QUANTIZATION_METHODS
+
+    found = "gguf" if load_format == "gguf" else _checkpoint_quantization(hf_config)
+    if found is not None and found not in QUANTIZATION_METHODS:
+        raise ValueError(
+            f"the checkpoint is quantized with {found!r}, which is not supported "
+            f"(supported: {QUANTIZATION_METHODS})"
+        )
+    if requested is None or requested == found:
+        return found
+    if found is not None:
+        raise ValueError(
+            f"quantization={requested!r} does not match the checkpoint, which is "
+            f"quantized with {found!r}; leave quantization unset or pass {found!r}"
+        )
+    if requested != "fp8" and load_format != "dummy":  # fp8 quantizes float weights online
+        raise ValueError(
+            f"quantization={requested!r} needs a checkpoint quantized with {requested!r} "
+            "(its config.json has no quantization_config); only 'fp8' quantizes a float "
+            "checkpoint online"
+        )
+    return requested
+
+
 def _pick_runner(args: EngineArgs, hf_config: Any) -> str:
     if args.runner != "auto":
         return args.runner
@@ -91,7 +128,7 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         seed=args.seed if args.seed is not None else 0,
         trust_remote_code=args.trust_remote_code,
         load_format=resolved.load_format,
-        quantization=args.quantization,
+        quantization=_pick_quantization(args.quantization, hf_config, resolved.load_format),
         served_model_name=args.served_model_name or resolved.name,
         runner=runner,
         pooling_type=args.pooling_type.upper() if args.pooling_type else None,

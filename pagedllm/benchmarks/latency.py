@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-iters", type=int, default=3)
     p.add_argument("--load-format", default="dummy")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--quantization", "-q", default=None)
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--device", default="auto")

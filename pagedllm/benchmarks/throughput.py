@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=["pagedllm", "hf", "both"], default="pagedllm")
     p.add_argument("--load-format", default="dummy")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--quantization", "-q", default=None)
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)

@@ -84,6 +84,7 @@ def engine_kwargs(args: Any) -> dict[str, Any]:
         "max_num_seqs",
         "max_num_batched_tokens",
         "gpu_memory_utilization",
+        "quantization",
     )
     kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return {"skip_tokenizer_init": True, **kwargs}

@@ -12,6 +12,12 @@ import torch
 from torch import nn
 
 from pagedllm.config import ModelConfig
+from pagedllm.layers.linear import resolve_quant_methods
+from pagedllm.layers.quantization import (
+    QuantizationConfig,
+    make_quant_config,
+    set_current_quant_config,
+)
 from pagedllm.model_loader.dummy import initialize_dummy_weights
 from pagedllm.model_loader.registry import get_model_class
 
@@ -45,8 +51,36 @@ def build_model(model_config: ModelConfig, device: torch.device) -> nn.Module:
     if not arch:
         raise ValueError(f"the config of {model_config.model} names no architecture")
     model_cls = get_model_class(arch)
-    with set_default_dtype(model_config.dtype), torch.device(device):
-        return model_cls(model_config.hf_config)
+    quant_config = get_quant_config(model_config)
+    with (
+        set_default_dtype(model_config.dtype),
+        torch.device(device),
+        set_current_quant_config(quant_config),
+    ):
+        model = model_cls(model_config.hf_config)
+        resolve_quant_methods(model, quant_config)
+    return cast(nn.Module, model)
+
+
+def get_quant_config(model_config: ModelConfig) -> QuantizationConfig | None:
+    """The parsed quantization config of the model (None: float weights)."""
+    quant_config = make_quant_config(model_config.quantization, model_config.hf_config)
+    if quant_config is not None:
+        supported = quant_config.get_supported_act_dtypes()
+        if model_config.dtype not in supported:
+            raise ValueError(
+                f"dtype {model_config.dtype} is not supported by quantization="
+                f"{model_config.quantization!r} (supported: {supported})"
+            )
+    return quant_config
+
+
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Let every quantized layer repack its loaded weights once."""
+    for module in model.modules():
+        quant_method = getattr(module, "quant_method", None)
+        if quant_method is not None:
+            quant_method.process_weights_after_loading(module)
 
 
 def _check_coverage(model: nn.Module, loaded: set[str], source: str) -> None:
@@ -70,6 +104,8 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
         with torch.no_grad():
             loaded = cast(Any, model).load_weights(iterate_weights(model_config))
         _check_coverage(model, loaded, model_config.model)
+    with torch.no_grad():
+        process_weights_after_loading(model)
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "loaded %s (%.1fM parameters, %s, %s) in %.1fs",

@@ -1,0 +1,76 @@
+"""The dequantize-in-the-tile kernel (AWQ/GPTQ/SqueezeLLM after repacking) against the
+torch reference dequantizer; small shapes (Triton interpreter on the CPU), and real
+ones on the GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import assert_close, gpu_test
+
+from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
+from pagedllm.layers.quantization.triton_quant_gemm import quant_gemm
+
+
+def _case(
+    m: int, n: int, k: int, bits: int, group: int, mode: str, dtype: torch.dtype, device: str
+) -> tuple[torch.Tensor, dict[str, object], torch.Tensor]:
+    gen = torch.Generator().manual_seed(m + n + k + bits)
+    codes = torch.randint(0, 2**bits, (k, n), generator=gen, dtype=torch.int32)
+    groups = k // group
+    args: dict[str, object] = {"qweight": pack_rows(codes, bits).to(device), "bits": bits}
+    args["group_size"] = group
+    if mode == "lut":
+        args["lookup_table"] = torch.randn(n, 16, generator=gen).to(dtype).to(device)
+    else:
+        args["scales"] = (torch.rand(groups, n, generator=gen) / 8).to(dtype).to(device)
+        args["zeros"] = torch.randint(0, 2**bits, (groups, n), generator=gen).to(dtype).to(device)
+    if mode == "g_idx":  # an act-order shard: sorted, irregular groups
+        args["g_idx"] = (
+            torch.sort(torch.randint(0, groups, (k,), generator=gen)).values.int().to(device)
+        )
+    x = torch.randn(m, k, generator=gen).to(dtype).to(device)
+    w = dequantize_ref(
+        args["qweight"],
+        bits,
+        args.get("scales"),
+        args.get("zeros"),  # type: ignore[arg-type]
+        args.get("g_idx"),
+        group,
+        args.get("lookup_table"),  # type: ignore[arg-type]
+    )
+    return x, args, (x.float() @ w.to(dtype).float()).to(dtype)
+
+
+@pytest.mark.parametrize(
+    "m,bits,group,mode,splits,dtype",
+    [
+        (3, 4, 32, "affine", 2, torch.float32),  # decode rows, split-K, group == BLOCK_K
+        (20, 8, 64, "affine", 1, torch.float32),  # 8-bit, several row blocks
+        (2, 4, 16, "g_idx", 1, torch.bfloat16),  # per-row groups through g_idx
+        (2, 4, 32, "lut", 3, torch.float16),  # SqueezeLLM table, ragged splits
+    ],
+)
+def test_quant_gemm(
+    m: int, bits: int, group: int, mode: str, splits: int, dtype: torch.dtype
+) -> None:
+    x, args, ref = _case(m, 48, 128, bits, group, mode, dtype, "cpu")
+    out = quant_gemm(x, **args, num_splits=splits, blocks=(16, 32, 32, 4))  # type: ignore[arg-type]
+    assert_close(out, ref, dtype)
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="does not match"):
+        quant_gemm(torch.randn(1, 64), torch.zeros(4, 8, dtype=torch.int32), 4, 32)
+    with pytest.raises(ValueError, match="int32"):
+        quant_gemm(torch.randn(1, 64), torch.zeros(8, 8, dtype=torch.int64), 4, 32)
+
+
+@gpu_test
+@pytest.mark.parametrize("m", [1, 7, 64, 300])
+@pytest.mark.parametrize(
+    "bits,group,mode", [(4, 128, "affine"), (8, 128, "affine"), (4, 128, "g_idx"), (4, 128, "lut")]
+)
+def test_quant_gemm_gpu(m: int, bits: int, group: int, mode: str) -> None:
+    x, args, ref = _case(m, 4096, 4096, bits, group, mode, torch.float16, "cuda")
+    assert_close(quant_gemm(x, **args), ref, torch.float16)  # type: ignore[arg-type]
