@@ -38,6 +38,7 @@ class ModelRunner:
         self.model: Any = None  # an nn.Module of the model contract (docs/architecture.md)
         self.kv_caches: list[torch.Tensor] = []
         self.kv_swapper: Any = None  # worker/kv_swap.py, with a CPU KV tier
+        self.cpu_offloader: Any = None  # worker/cpu_offload.py, with cpu_offload_gb on CUDA
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
         self.prompt_ids: dict[str, list[int]] = {}
@@ -63,6 +64,13 @@ class ModelRunner:
         torch.manual_seed(self.config.model_config.seed)
         self.model = get_model(self.config.model_config, self.device)
         attach_attention_backend(self.model, self.device)
+        offload_gb = self.config.cache_config.cpu_offload_gb
+        if offload_gb > 0 and self.device.type == "cuda":
+            from pagedllm.worker.cpu_offload import CpuOffloader
+
+            self.cpu_offloader = CpuOffloader.apply(
+                self.model, int(offload_gb * (1 << 30)), self.device
+            )
         if self.is_pooling:
             from pagedllm.layers.pooler import Pooler
 
@@ -113,6 +121,7 @@ class ModelRunner:
             self.kv_swapper = KVSwapper(spec, num_cpu_blocks, self.kv_caches)
         # Graphs replay whole-model decode steps: not with activations sent between stages.
         graphs_ok = not self.config.enforce_eager and not self.is_pooling and self.pp_size == 1
+        graphs_ok = graphs_ok and self.cpu_offloader is None  # weights move between buffers
         if self.device.type == "cuda" and graphs_ok:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner
 
