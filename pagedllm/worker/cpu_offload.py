@@ -30,10 +30,11 @@ _ALIGN = 256
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The model's longest nn.ModuleList (its decoder layers)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        return []
-    return list(max(lists, key=lambda m: len(m)))
+    best: list[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, nn.ModuleList) and len(m) > len(best):
+            best = list(m)
+    return best
 
 
 def _param_bytes(module: nn.Module) -> int:
