@@ -30,6 +30,7 @@ EXECUTOR_BACKENDS = ("uni", "mp", "ray")
 RUNNERS = ("auto", "generate", "pooling")
 TASKS = ("auto", "generate", "embed", "embedding")
 POOLING_TYPES = ("LAST", "MEAN", "CLS", "ALL")
+PREEMPTION_MODES = ("recompute", "swap")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -120,6 +121,9 @@ class SchedulerConfig:
     log_stats: bool = True
     # Schedule step N+1 while step N runs on the device (its tokens arrive later).
     async_scheduling: bool = False
+    # "recompute" | "swap" | None: swap long requests, recompute short ones
+    # (core/kv_swap.py, SWAP_MIN_TOKENS).
+    preemption_mode: str | None = None
 
 
 @dataclass
@@ -196,6 +200,7 @@ class EngineArgs:
     pooling_normalize: bool | None = None
     kv_cache_memory_bytes: int | None = None
     async_scheduling: bool | None = None  # None: on for CUDA (pipeline_parallel_size 1)
+    preemption_mode: str | None = None  # None: by length (swap long requests)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -234,6 +239,8 @@ class EngineArgs:
             _check_choice("quantization", self.quantization, (None, *QUANTIZATION_METHODS))
         if self.pooling_type is not None:
             _check_choice("pooling_type", self.pooling_type.upper(), POOLING_TYPES)
+        if self.preemption_mode is not None:
+            _check_choice("preemption_mode", self.preemption_mode, PREEMPTION_MODES)
         if self.kv_cache_dtype != "auto":
             _check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto",))
 

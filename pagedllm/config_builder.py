@@ -211,6 +211,7 @@ def _scheduler_config(
         enable_chunked_prefill=args.enable_chunked_prefill,
         log_stats=not args.disable_log_stats,
         async_scheduling=_pick_async_scheduling(args, device),
+        preemption_mode=args.preemption_mode,
     )
 
 

@@ -84,7 +84,10 @@ class SchedulerStats:
     kv_cache_usage: float = 0.0  # used blocks / total blocks
     num_gpu_blocks: int = 0
     prefix_cache_queries: int = 0  # tokens looked up (cumulative)
-    prefix_cache_hits: int = 0  # tokens found (cumulative)
+    prefix_cache_hits: int = 0  # tokens found (cumulative, both tiers)
+    cpu_prefix_cache_hits: int = 0  # of those, found in the CPU tier (swap_space)
+    kv_swapped_out_blocks: int = 0  # cumulative copies to the CPU tier (swap, spill)
+    kv_swapped_in_blocks: int = 0  # cumulative copies back
     num_preemptions: int = 0  # cumulative
     prompt_tokens: int = 0  # cumulative, computed prompt tokens
     generation_tokens: int = 0  # cumulative

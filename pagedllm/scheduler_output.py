@@ -49,6 +49,9 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest]
     num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)  # runner may drop their state
+    # KV copies to make before the forward, in this order (core/cpu_tier.py):
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu block, cpu block)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu block, gpu block)
 
     @property
     def is_empty(self) -> bool:

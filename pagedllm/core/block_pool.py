@@ -11,6 +11,7 @@ Every block is in exactly one of two states:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -19,6 +20,7 @@ class KVCacheBlock:
     block_id: int
     ref_cnt: int = 0
     block_hash: int | None = None  # set once the block is full and cached
+    on_cpu: bool = False  # a block of the CPU tier (core/cpu_tier.py)
 
 
 def hash_block_tokens(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
@@ -27,18 +29,21 @@ def hash_block_tokens(parent_hash: int | None, token_ids: tuple[int, ...]) -> in
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, enable_caching: bool) -> None:
+    def __init__(self, num_blocks: int, enable_caching: bool, on_cpu: bool = False) -> None:
         if num_blocks <= 0:
             raise ValueError(f"num_blocks must be > 0, got {num_blocks}")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
-        self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
+        self.blocks = [KVCacheBlock(i, on_cpu=on_cpu) for i in range(num_blocks)]
         # LRU order: popitem(last=False) hands out the block freed longest ago.
         self.free_queue: OrderedDict[int, KVCacheBlock] = OrderedDict(
             (b.block_id, b) for b in self.blocks
         )
         self.cached_block_hash_to_block: dict[int, KVCacheBlock] = {}
         self.num_evictions = 0
+        # Called with a cached block about to be handed out again (its hash still
+        # set): the CPU tier copies it out first (prefix-cache spill).
+        self.on_evict: Callable[[KVCacheBlock], None] | None = None
 
     # ---- queries -------------------------------------------------------
     def get_num_free_blocks(self) -> int:
@@ -57,6 +62,8 @@ class BlockPool:
         out = []
         for _ in range(num_blocks):
             _, block = self.free_queue.popitem(last=False)
+            if self.on_evict is not None and self._is_cached(block):
+                self.on_evict(block)
             self._evict_cached(block)
             block.ref_cnt = 1
             out.append(block)
@@ -92,6 +99,10 @@ class BlockPool:
         for block in self.blocks:
             self._evict_cached(block)
         return True
+
+    def _is_cached(self, block: KVCacheBlock) -> bool:
+        h = block.block_hash
+        return h is not None and self.cached_block_hash_to_block.get(h) is block
 
     def _evict_cached(self, block: KVCacheBlock) -> None:
         if block.block_hash is None:

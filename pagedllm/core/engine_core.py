@@ -19,8 +19,26 @@ from pagedllm.core.scheduler import Scheduler
 from pagedllm.executor.base import ExecutorDeadError, get_executor_class
 from pagedllm.outputs import SchedulerStats
 from pagedllm.scheduler_output import SchedulerOutput
+from pagedllm.worker.kv_cache import cpu_tier_num_blocks
 
 logger = logging.getLogger(__name__)
+
+
+def _log_memory_tiers(config: EngineConfig, num_cpu_blocks: int) -> None:
+    cc = config.cache_config
+    if not config.device_config.is_cuda and (cc.swap_space or cc.cpu_offload_gb):
+        logger.info(
+            "swap_space=%s and cpu_offload_gb=%s do not apply on the CPU device: ignored",
+            cc.swap_space,
+            cc.cpu_offload_gb,
+        )
+    if num_cpu_blocks:
+        logger.info(
+            "CPU KV tier: %d blocks (swap_space=%s GiB), preemption_mode=%s",
+            num_cpu_blocks,
+            cc.swap_space,
+            config.scheduler_config.preemption_mode or "by length",
+        )
 
 
 class EngineCore:
@@ -31,7 +49,11 @@ class EngineCore:
         self.executor.initialize_kv_cache(num_blocks)
         engine_config.cache_config.num_gpu_blocks = num_blocks
         cc = engine_config.cache_config
-        self.kv_cache_manager = KVCacheManager(num_blocks, cc.block_size, cc.enable_prefix_caching)
+        num_cpu_blocks = cpu_tier_num_blocks(engine_config)
+        self.kv_cache_manager = KVCacheManager(
+            num_blocks, cc.block_size, cc.enable_prefix_caching, num_cpu_blocks
+        )
+        _log_memory_tiers(engine_config, num_cpu_blocks)
         self.scheduler = Scheduler(engine_config.scheduler_config, self.kv_cache_manager)
         self.async_scheduling = engine_config.scheduler_config.async_scheduling
         self._pending: tuple[SchedulerOutput, Any] | None = None  # launched, not yet finished

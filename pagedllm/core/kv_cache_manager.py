@@ -4,6 +4,10 @@ Block j of a request holds cache positions [j * block_size, (j + 1) * block_size
 A block is full once the request's computed tokens cover it; full blocks are
 hashed (chained over the parent) and entered into the prefix cache, so a later
 request with the same prefix shares them copy-free (ref_cnt > 1).
+
+With a CPU tier (core/cpu_tier.py) a preempted request can be swapped out instead
+of recomputed, evicted cached blocks spill into the tier, and a prefix lookup
+that misses on the GPU looks there next: its hits come back as copies.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import itertools
 
 from pagedllm.core.block_pool import BlockPool, KVCacheBlock, hash_block_tokens
+from pagedllm.core.cpu_tier import CpuTier
 from pagedllm.core.request import Request
 
 
@@ -19,7 +24,9 @@ def cdiv(a: int, b: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_caching: bool, num_cpu_blocks: int = 0
+    ) -> None:
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.block_pool = BlockPool(num_blocks, enable_caching)
@@ -27,7 +34,11 @@ class KVCacheManager:
         self.req_to_block_ids: dict[str, list[int]] = {}  # the same blocks' ids, kept in step
         self.num_cached_blocks: dict[str, int] = {}  # leading blocks already in the cache map
         self.prefix_cache_queries = 0  # tokens looked up
-        self.prefix_cache_hits = 0  # tokens found
+        self.prefix_cache_hits = 0  # tokens found (both tiers)
+        self.cpu_prefix_cache_hits = 0  # tokens found in the CPU tier
+        self.cpu_tier = CpuTier(num_cpu_blocks, enable_caching) if num_cpu_blocks > 0 else None
+        if self.cpu_tier is not None and enable_caching:
+            self.block_pool.on_evict = self.cpu_tier.spill
 
     @property
     def num_blocks(self) -> int:
@@ -60,6 +71,8 @@ class KVCacheManager:
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """The longest cached prefix of a new request: (blocks, number of tokens).
         At least one token is always left to compute, so the step yields logits."""
+        if self.cpu_tier is not None and self.cpu_tier.has(request.request_id):
+            return [], request.num_computed_tokens  # swapped out: its own blocks come back
         if not self.enable_caching or request.wants_prompt_logprobs or request.is_pooling:
             return [], 0
         hashes = self._update_block_hashes(request)
@@ -67,11 +80,14 @@ class KVCacheManager:
         hits: list[KVCacheBlock] = []
         for block_hash in hashes[:max_blocks]:
             block = self.block_pool.get_cached_block(block_hash)
+            if block is None and self.cpu_tier is not None:
+                block = self.cpu_tier.pool.get_cached_block(block_hash)
             if block is None:
                 break
             hits.append(block)
         self.prefix_cache_queries += request.num_tokens
         self.prefix_cache_hits += len(hits) * self.block_size
+        self.cpu_prefix_cache_hits += sum(b.on_cpu for b in hits) * self.block_size
         return hits, len(hits) * self.block_size
 
     def can_allocate(
@@ -85,9 +101,11 @@ class KVCacheManager:
         held = self.req_to_blocks.get(request.request_id, [])
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
         required = cdiv(num_computed + num_new_tokens, self.block_size)
-        num_new_blocks = max(0, required - len(held) - len(new_computed_blocks))
+        # Hits in the CPU tier need GPU blocks to be copied into.
+        gpu_hits = [b for b in new_computed_blocks if not b.on_cpu]
+        num_new_blocks = max(0, required - len(held) - len(gpu_hits))
         # Reviving a free cached block takes it out of the free queue as well.
-        revived = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
+        revived = sum(1 for b in gpu_hits if b.ref_cnt == 0)
         if num_new_blocks + revived > self.block_pool.get_num_free_blocks():
             return None
         return num_new_blocks
@@ -114,14 +132,57 @@ class KVCacheManager:
             return None
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         block_ids = self.req_to_block_ids.setdefault(request.request_id, [])
-        self.block_pool.touch(new_computed_blocks)
+        cpu_hits = [b for b in new_computed_blocks if b.on_cpu]
+        self.block_pool.touch([b for b in new_computed_blocks if not b.on_cpu])
+        if self.cpu_tier is not None:
+            self.cpu_tier.touch(cpu_hits)  # before any spill could evict them
         new_blocks = self.block_pool.get_new_blocks(num_new_blocks)
-        for block in itertools.chain(new_computed_blocks, new_blocks):
+        fresh = iter(new_blocks)
+        placed = [next(fresh) if b.on_cpu else b for b in new_computed_blocks]
+        for block in itertools.chain(placed, fresh):
             blocks.append(block)
             block_ids.append(block.block_id)
+        if self.cpu_tier is not None:
+            self._copy_back(request, new_computed_blocks, placed, new_blocks)
         num_known = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
         self._cache_full_blocks(request, blocks, num_known + num_new_tokens)
         return new_blocks
+
+    def _copy_back(
+        self,
+        request: Request,
+        hits: list[KVCacheBlock],
+        placed: list[KVCacheBlock],
+        new_blocks: list[KVCacheBlock],
+    ) -> None:
+        """Record the CPU -> GPU copies of a resumed request or of CPU-tier hits
+        (`placed`: the GPU block standing for each hit)."""
+        assert self.cpu_tier is not None
+        if self.cpu_tier.has(request.request_id):
+            self.cpu_tier.restore(request.request_id, [b.block_id for b in new_blocks])
+            return
+        pairs = [(h, g.block_id) for h, g in zip(hits, placed) if h.on_cpu]
+        if pairs:
+            self.cpu_tier.load_hits([h for h, _ in pairs], [g for _, g in pairs])
+
+    def swap_out(self, request: Request) -> bool:
+        """Preempt by swap: copy the request's computed blocks to the CPU tier and
+        free its GPU blocks (it keeps num_computed_tokens). False, and no change,
+        without a tier or room in it."""
+        if self.cpu_tier is None:
+            return False
+        ids = self.req_to_block_ids.get(request.request_id, [])
+        ids = ids[: cdiv(request.num_computed_tokens, self.block_size)]
+        if not self.cpu_tier.store(request.request_id, list(ids)):
+            return False
+        self._free_gpu(request)
+        return True
+
+    def take_copies(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """This step's (swap-out, swap-in) block pairs, for the SchedulerOutput."""
+        if self.cpu_tier is None:
+            return [], []
+        return self.cpu_tier.take_copies()
 
     def _cache_full_blocks(
         self, request: Request, blocks: list[KVCacheBlock], num_tokens: int
@@ -138,16 +199,25 @@ class KVCacheManager:
         self.num_cached_blocks[request.request_id] = num_full
 
     def free(self, request: Request) -> None:
+        self._free_gpu(request)
+        if self.cpu_tier is not None:
+            self.cpu_tier.drop(request.request_id)
+
+    def _free_gpu(self, request: Request) -> None:
         blocks = self.req_to_blocks.pop(request.request_id, [])
         self.req_to_block_ids.pop(request.request_id, None)
         self.num_cached_blocks.pop(request.request_id, None)
         self.block_pool.free_blocks(list(reversed(blocks)))
 
     def reset_prefix_cache(self) -> bool:
+        if self.cpu_tier is not None and not self.cpu_tier.reset_prefix_cache():
+            return False
         return self.block_pool.reset_prefix_cache()
 
     def check_integrity(self) -> None:
         self.block_pool.check_integrity()
+        if self.cpu_tier is not None:
+            self.cpu_tier.check_integrity()
         counts: dict[int, int] = {}
         for req_id, blocks in self.req_to_blocks.items():
             assert self.req_to_block_ids[req_id] == [b.block_id for b in blocks]

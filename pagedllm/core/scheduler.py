@@ -8,7 +8,8 @@ in arrival order, then to waiting ones (FCFS), so that each request catches up b
 into chunks (chunked prefill); prefix-cache hits start a new request with
 `num_computed_tokens > 0`; when the KV cache runs out, the newest running request
 is preempted (its blocks freed, its num_computed_tokens reset to 0) and recomputed
-later from the waiting queue's head.
+later from the waiting queue's head, or, with a CPU tier, swapped out (its blocks
+copied to CPU memory, its num_computed_tokens kept) and copied back on resume.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from pagedllm.config import SchedulerConfig
+from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.stop_checker import check_stop
@@ -93,7 +95,10 @@ class Scheduler:
             self._schedule_waiting(budget, scheduled)
         finished, self.finished_req_ids = self.finished_req_ids, set()
         num_tokens = sum(s.num_new_tokens for s in scheduled)
-        return SchedulerOutput(scheduled, num_tokens, finished_req_ids=finished)
+        swap_out, swap_in = self.kv.take_copies()
+        return SchedulerOutput(
+            scheduled, num_tokens, finished_req_ids=finished, swap_out=swap_out, swap_in=swap_in
+        )
 
     def _schedule_running(self, budget: int, out: list[ScheduledRequest]) -> tuple[int, bool]:
         preempted = False
@@ -129,15 +134,18 @@ class Scheduler:
         )
 
     def _preempt(self, request: Request) -> None:
-        self.kv.free(request)
+        swapped = self._wants_swap(request) and self.kv.swap_out(request)
+        if not swapped:
+            self.kv.free(request)
+            request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
-        request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.stats.num_preemptions += 1
         self.waiting.appendleft(request)
         logger.warning(
-            "Request %s preempted (recompute): the KV cache is full; total preemptions %d",
+            "Request %s preempted (%s): the KV cache is full; total preemptions %d",
             request.request_id,
+            "swap" if swapped else "recompute",
             self.stats.num_preemptions,
         )
         if not self.running and self.kv.get_num_free_blocks() == self.kv.num_blocks:
@@ -146,6 +154,12 @@ class Scheduler:
             request.status = RequestStatus.FINISHED_LENGTH_CAPPED
             self._free(request)
             self.finished_now.append(request)
+
+    def _wants_swap(self, request: Request) -> bool:
+        mode = self.config.preemption_mode
+        if mode is None:
+            return request.num_computed_tokens >= SWAP_MIN_TOKENS
+        return mode == "swap"
 
     def _schedule_waiting(self, budget: int, out: list[ScheduledRequest]) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -256,6 +270,7 @@ class Scheduler:
 
     def make_stats(self) -> SchedulerStats:
         """A snapshot (a new object: the counters keep moving after it is taken)."""
+        tier = self.kv.cpu_tier
         return dataclasses.replace(
             self.stats,
             num_running_reqs=len(self.running),
@@ -263,6 +278,9 @@ class Scheduler:
             kv_cache_usage=self.kv.usage,
             prefix_cache_queries=self.kv.prefix_cache_queries,
             prefix_cache_hits=self.kv.prefix_cache_hits,
+            cpu_prefix_cache_hits=self.kv.cpu_prefix_cache_hits,
+            kv_swapped_out_blocks=tier.num_swapped_out if tier else 0,
+            kv_swapped_in_blocks=tier.num_swapped_in if tier else 0,
             finished_reasons=dict(self.stats.finished_reasons),
         )
 

@@ -16,6 +16,7 @@ from pagedllm.config import (
     DTYPE_ALIASES,
     EXECUTOR_BACKENDS,
     LOAD_FORMATS,
+    PREEMPTION_MODES,
     RUNNERS,
     TASKS,
     EngineArgs,
@@ -37,6 +38,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "task": TASKS,
     "dtype": ("auto", *DTYPE_ALIASES),
     "kv_cache_dtype": ("auto",),
+    "preemption_mode": PREEMPTION_MODES,
 }
 _HELP: dict[str, str] = {
     "model": "Model: a directory, a .gguf file or a known name (default: the embedded "
@@ -49,6 +51,12 @@ _HELP: dict[str, str] = {
     "max_num_seqs": "Maximum number of sequences per step (default 256).",
     "max_num_batched_tokens": "Token budget per step.",
     "disable_log_stats": "Do not log the periodic throughput line.",
+    "swap_space": "CPU KV tier per GPU, in GiB: preempted requests and evicted prefix-cache "
+    "blocks are kept there (GPU only).",
+    "cpu_offload_gb": "GiB of weights kept in pinned CPU memory, streamed to the GPU layer by "
+    "layer (GPU only).",
+    "preemption_mode": "recompute | swap (default: swap requests with many computed tokens, "
+    "recompute short ones).",
 }
 _HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgtKMGT]?)$")
 _MULTIPLIERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}

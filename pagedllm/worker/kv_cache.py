@@ -9,6 +9,7 @@ the peak activations of a largest step. On the CPU it comes from a memory budget
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ from pagedllm.config import EngineConfig
 logger = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_CACHE_BYTES = 4 << 30
+# Tests only: build the CPU tier on the CPU device (where the flags otherwise do not apply).
+CPU_TIER_TEST_HOOK = "PAGEDLLM_TEST_CPU_KV_TIER"
 
 
 @dataclass
@@ -45,6 +48,20 @@ def kv_cache_spec(config: EngineConfig, num_layers: int, tp_size: int) -> KVCach
         head_dim=mc.head_dim,
         dtype=mc.dtype,
     )
+
+
+def cpu_tier_num_blocks(config: EngineConfig) -> int:
+    """Blocks of the CPU KV tier (swap_space GiB per rank); 0: no tier. The core and
+    every worker call this, so they agree on the count without a message. The block
+    size counts all the model's layers (a pipeline stage holds fewer: it stays under
+    swap_space)."""
+    cc = config.cache_config
+    on_device = config.device_config.is_cuda or os.environ.get(CPU_TIER_TEST_HOOK) == "1"
+    if cc.swap_space <= 0 or not on_device or config.model_config.runner == "pooling":
+        return 0
+    tp = config.parallel_config.tensor_parallel_size
+    spec = kv_cache_spec(config, config.model_config.num_layers, tp)
+    return int(cc.swap_space * (1 << 30)) // spec.block_bytes
 
 
 def cpu_num_blocks(config: EngineConfig, spec: KVCacheSpec) -> int:

@@ -37,6 +37,8 @@ class ModelRunner:
         self.block_size = config.cache_config.block_size
         self.model: Any = None  # an nn.Module of the model contract (docs/architecture.md)
         self.kv_caches: list[torch.Tensor] = []
+        self.kv_swapper: Any = None  # worker/kv_swap.py, with a CPU KV tier
+        self.cpu_offloader: Any = None  # worker/cpu_offload.py, with cpu_offload_gb on CUDA
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
         self.prompt_ids: dict[str, list[int]] = {}
@@ -62,6 +64,13 @@ class ModelRunner:
         torch.manual_seed(self.config.model_config.seed)
         self.model = get_model(self.config.model_config, self.device)
         attach_attention_backend(self.model, self.device)
+        offload_gb = self.config.cache_config.cpu_offload_gb
+        if offload_gb > 0 and self.device.type == "cuda":
+            from pagedllm.worker.cpu_offload import CpuOffloader
+
+            self.cpu_offloader = CpuOffloader.apply(
+                self.model, int(offload_gb * (1 << 30)), self.device
+            )
         if self.is_pooling:
             from pagedllm.layers.pooler import Pooler
 
@@ -105,8 +114,14 @@ class ModelRunner:
         spec = self.kv_cache_spec(tp_size)
         kvc.check_fits(self.config, spec, num_blocks)
         self.kv_caches = kvc.allocate_kv_caches(spec, num_blocks, self.device)
+        num_cpu_blocks = kvc.cpu_tier_num_blocks(self.config)
+        if num_cpu_blocks and self.kv_caches:
+            from pagedllm.worker.kv_swap import KVSwapper
+
+            self.kv_swapper = KVSwapper(spec, num_cpu_blocks, self.kv_caches)
         # Graphs replay whole-model decode steps: not with activations sent between stages.
         graphs_ok = not self.config.enforce_eager and not self.is_pooling and self.pp_size == 1
+        graphs_ok = graphs_ok and self.cpu_offloader is None  # weights move between buffers
         if self.device.type == "cuda" and graphs_ok:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner
 
@@ -142,6 +157,8 @@ class ModelRunner:
             self.generators.pop(req_id, None)
             self.prompt_ids.pop(req_id, None)
         self.block_tables.release(scheduler_output.finished_req_ids)
+        if self.kv_swapper is not None:
+            self.kv_swapper.swap(scheduler_output.swap_out, scheduler_output.swap_in)
         scheduled = scheduler_output.scheduled
         req_ids = [s.req_id for s in scheduled]
         if not scheduled:

@@ -95,6 +95,17 @@ class PrometheusStatLogger:
             "prefix_cache_queries", "Prefix cache lookups, in tokens."
         )
         self.cache_hits = self._counter("prefix_cache_hits", "Prefix cache hits, in tokens.")
+        self.cpu_cache_hits = self._counter(
+            "cpu_prefix_cache_hits",
+            "Prefix cache hits served from the CPU tier (swap_space), in tokens; "
+            "counted in prefix_cache_hits too.",
+        )
+        self.swapped_out = self._counter(
+            "kv_swapped_out_blocks", "KV blocks copied to the CPU tier (swap, prefix spill)."
+        )
+        self.swapped_in = self._counter(
+            "kv_swapped_in_blocks", "KV blocks copied back from the CPU tier."
+        )
         success = Counter(
             PREFIX + "request_success",
             "Finished requests, by finish reason.",
@@ -145,6 +156,9 @@ class PrometheusStatLogger:
         _inc(self.preemptions, stats.num_preemptions - last.num_preemptions)
         _inc(self.cache_queries, stats.prefix_cache_queries - last.prefix_cache_queries)
         _inc(self.cache_hits, stats.prefix_cache_hits - last.prefix_cache_hits)
+        _inc(self.cpu_cache_hits, stats.cpu_prefix_cache_hits - last.cpu_prefix_cache_hits)
+        _inc(self.swapped_out, stats.kv_swapped_out_blocks - last.kv_swapped_out_blocks)
+        _inc(self.swapped_in, stats.kv_swapped_in_blocks - last.kv_swapped_in_blocks)
         for reason, count in stats.finished_reasons.items():
             delta = count - last.finished_reasons.get(reason, 0)
             if delta > 0:

@@ -1,0 +1,160 @@
+"""GPU checks of memory beyond the GPU (issue 18), under ~5 minutes on an H200:
+
+swap      greedy tokens identical with swap, with recompute and without preemption
+          (a tiny KV cache), then T1's requests with KV room for a fraction of them:
+          output tokens/s with preemption_mode=swap against recompute;
+prefix    many requests sharing long prefixes that do not all fit in GPU KV: with
+          and without the CPU tier (swap_space), time and CPU-tier hits;
+offload   the Llama-3.1-8B shape (dummy) at L1 (1 request, 128 in, 512 out) with
+          and without cpu_offload_gb: tokens identical, tokens/s, and the PCIe bound
+          (offloaded bytes per step over the measured host->device bandwidth).
+
+  python scripts/gpu_tiers_check.py [--steps swap,prefix,offload] [--offload-gb 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from typing import Any
+
+import torch
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.benchmarks.workload import WORKLOADS, make_requests, shape_dir
+
+
+def run(model: str, prompts: list[Any], params: list[SamplingParams], **kw: Any) -> tuple:
+    llm = LLM(model=model, load_format="dummy", skip_tokenizer_init=True, seed=0, **kw)
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    stats = llm.llm_engine.get_stats()
+    llm.shutdown()
+    del llm
+    torch.cuda.empty_cache()
+    return [o.outputs[0].token_ids for o in outs], elapsed, stats
+
+
+def check_swap(max_model_len: int = 2048) -> None:
+    shape, num, in_range, out_range = WORKLOADS["T1"]
+    model = shape_dir(shape)
+    reqs = make_requests(64, (100, 600), (50, 200), seed=1)
+    prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=r.output_len, ignore_eos=True) for r in reqs
+    ]
+    base = dict(
+        max_model_len=max_model_len, enable_prefix_caching=False, gpu_memory_utilization=0.5
+    )
+    ref, _, _ = run(model, prompts, params, **base)
+    for mode in ("recompute", "swap"):
+        got, _, stats = run(
+            model, prompts, params, preemption_mode=mode, num_gpu_blocks_override=300, **base
+        )
+        same = sum(a == b for a, b in zip(ref, got))
+        print(
+            f"CHECK swap identical ({mode}): {same}/{len(ref)}, preemptions {stats.num_preemptions}, "
+            f"blocks out/in {stats.kv_swapped_out_blocks}/{stats.kv_swapped_in_blocks}",
+            flush=True,
+        )
+    reqs = make_requests(num, in_range, out_range)
+    prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=r.output_len, ignore_eos=True) for r in reqs
+    ]
+    need = sum(-(-(len(r.prompt_token_ids) + r.output_len) // 16) for r in reqs)
+    for frac in (0.25,):
+        blocks = int(need * frac)
+        for mode in ("recompute", "swap"):
+            _, t, stats = run(
+                model,
+                prompts,
+                params,
+                preemption_mode=mode,
+                swap_space=16,
+                num_gpu_blocks_override=blocks,
+                **base,
+            )
+            print(
+                f"T1 KV room {frac:.0%} ({blocks} blocks) {mode}: {stats.generation_tokens / t:,.0f} "
+                f"output tok/s, {t:.2f} s, preemptions {stats.num_preemptions}",
+                flush=True,
+            )
+
+
+def check_prefix() -> None:
+    model = shape_dir("qwen3-0.6b")
+    rng = random.Random(0)
+    prefixes = [[rng.randint(0, 10000) for _ in range(2000)] for _ in range(16)]
+    prompts = [
+        {"prompt_token_ids": prefixes[i % 16] + [rng.randint(0, 10000) for _ in range(50)]}
+        for i in range(512)
+    ]
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    kw = dict(
+        max_model_len=4096, num_gpu_blocks_override=1200, gpu_memory_utilization=0.5, max_num_seqs=8
+    )
+    results = {}
+    for swap_space in (0, 16):
+        toks, t, stats = run(model, prompts, [params] * len(prompts), swap_space=swap_space, **kw)
+        results[swap_space] = toks
+        print(
+            f"PREFIX swap_space={swap_space}: {t:.2f} s, hits {stats.prefix_cache_hits:,} tokens "
+            f"({stats.cpu_prefix_cache_hits:,} from the CPU tier) of {stats.prefix_cache_queries:,}",
+            flush=True,
+        )
+    same = sum(a == b for a, b in zip(results[0], results[16]))
+    print(f"CHECK prefix identical: {same}/{len(prompts)}", flush=True)
+
+
+def h2d_bandwidth() -> float:
+    host = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty_like(host, device="cuda")
+    dev.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        dev.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    return 5 * (1 << 30) / (time.perf_counter() - start)
+
+
+def check_offload(offload_gb: float) -> None:
+    shape, _, in_range, out_range = WORKLOADS["L1"]
+    model = shape_dir(shape)
+    reqs = make_requests(1, in_range, out_range)
+    prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=r.output_len, ignore_eos=True) for r in reqs
+    ]
+    kw = dict(max_model_len=2048, gpu_memory_utilization=0.8)
+    ref, t0, _ = run(model, prompts, params, **kw)
+    got, t1, _ = run(model, prompts, params, cpu_offload_gb=offload_gb, **kw)
+    n = len(got[0])
+    bw = h2d_bandwidth()
+    print(f"CHECK offload identical: {ref == got}", flush=True)
+    print(
+        f"L1 no offload: {n / t0:,.1f} tok/s; cpu_offload_gb={offload_gb}: {n / t1:,.1f} tok/s; "
+        f"PCIe bound {bw / (offload_gb * (1 << 30)):,.1f} tok/s (H2D {bw / 1e9:.1f} GB/s)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", default="swap,prefix,offload")
+    ap.add_argument("--offload-gb", type=float, default=4.0)
+    args = ap.parse_args()
+    steps = args.steps.split(",")
+    if "swap" in steps:
+        check_swap()
+    if "prefix" in steps:
+        check_prefix()
+    if "offload" in steps:
+        check_offload(args.offload_gb)
+
+
+if __name__ == "__main__":
+    main()
