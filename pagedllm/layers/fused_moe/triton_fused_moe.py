@@ -29,7 +29,8 @@ from pagedllm.layers.triton_utils import (
 )
 
 
-@triton.jit
+# P and num_valid follow the token count (see triton_utils); they only bound loops/masks.
+@triton.jit(do_not_specialize=["P", "num_valid"])
 def _fused_moe_kernel(
     a_ptr,  # [M_a, K] strides (stride_am, 1)
     b_ptr,  # [E, N, K] strides (stride_be, stride_bn, 1)
