@@ -113,7 +113,9 @@ def _pick_runner(args: EngineArgs, hf_config: Any) -> str:
 def build_engine_config(args: EngineArgs) -> EngineConfig:
     from pagedllm.model_loader.resolve import resolve_model
 
-    resolved = resolve_model(args.model, args.download_dir, args.load_format, args.revision)
+    resolved = resolve_model(
+        args.model, args.download_dir, args.load_format, args.revision, args.trust_remote_code
+    )
     hf_config = resolved.hf_config
     device = _pick_device(args.device)
     dtype = _pick_dtype(args.dtype, resolved.checkpoint_dtype, device)

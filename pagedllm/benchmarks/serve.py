@@ -106,7 +106,7 @@ def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
         from pagedllm.model_loader.resolve import resolve_model
 
         try:
-            path = resolve_model(path).tokenizer_path
+            path = resolve_model(path, trust_remote_code=trust_remote_code).tokenizer_path
         except (ValueError, OSError) as exc:
             hint = f"cannot load a tokenizer for {path!r} ({exc}): give --tokenizer PATH"
             raise SystemExit(hint) from exc

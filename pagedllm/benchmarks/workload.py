@@ -42,6 +42,30 @@ SHAPES: dict[str, dict[str, object]] = {
         tie_word_embeddings=False,
         torch_dtype="bfloat16",
     ),
+    # Mixture-of-Experts (workload T3): 128 experts of 768, top 8 renormalized, every
+    # layer sparse; about 30.5B parameters, 3.3B of them active per token.
+    "qwen3-30b-a3b": dict(
+        architectures=["Qwen3MoeForCausalLM"],
+        model_type="qwen3_moe",
+        hidden_size=2048,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rope_theta=1000000,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    ),
 }
 
 # name -> (shape, num_requests, (in_lo, in_hi), (out_lo, out_hi))
@@ -49,6 +73,8 @@ WORKLOADS: dict[str, tuple[str, int, tuple[int, int], tuple[int, int]]] = {
     "T1": ("qwen3-0.6b", 256, (100, 1024), (100, 1024)),
     "T2": ("llama-3.1-8b", 256, (100, 1024), (100, 1024)),
     "L1": ("llama-3.1-8b", 1, (128, 128), (512, 512)),
+    "T3": ("qwen3-30b-a3b", 256, (100, 1024), (100, 1024)),  # the T1 requests
+    "L3": ("qwen3-30b-a3b", 1, (128, 128), (512, 512)),
 }
 
 

@@ -50,8 +50,18 @@ def main(argv: list[str] | None = None) -> None:
     # Worker processes forked from here must not hold the status pipe open: the front
     # end learns of this process's death when the pipe closes.
     os.register_at_fork(after_in_child=lambda: _close_quietly(args.status_fd))
+    _allow_remote_code_classes()
     engine_config: EngineConfig = pickle.load(sys.stdin.buffer)
     run_engine_core(engine_config, args.input_address, args.output_address, status)
+
+
+def _allow_remote_code_classes() -> None:
+    """A config class of a model's own code (trust_remote_code) lives in transformers'
+    module cache (`transformers_modules.*`); put that cache on sys.path so that the
+    pickled config can name its class here."""
+    from transformers.dynamic_module_utils import init_hf_modules
+
+    init_hf_modules()
 
 
 def run_engine_core(

@@ -15,6 +15,9 @@ _TEXT_GENERATION_MODELS: dict[str, tuple[str, str]] = {
     "OPTForCausalLM": ("pagedllm.models.opt", "OPTForCausalLM"),
     "GPT2LMHeadModel": ("pagedllm.models.gpt2", "GPT2LMHeadModel"),
     "Phi3ForCausalLM": ("pagedllm.models.phi3", "Phi3ForCausalLM"),
+    "MixtralForCausalLM": ("pagedllm.models.moe", "MixtralForCausalLM"),
+    "Qwen2MoeForCausalLM": ("pagedllm.models.moe", "Qwen2MoeForCausalLM"),
+    "Qwen3MoeForCausalLM": ("pagedllm.models.moe", "Qwen3MoeForCausalLM"),
 }
 
 _POOLING_MODELS: dict[str, tuple[str, str]] = {
@@ -30,6 +33,9 @@ _MODEL_TYPE_TO_ARCH: dict[str, str] = {
     "opt": "OPTForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "phi3": "Phi3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
     "bert": "BertModel",
 }
 

@@ -162,13 +162,30 @@ def _hf_config(directory: str, revision: str | None, trust_remote_code: bool) ->
 
     if not os.path.isfile(os.path.join(directory, "config.json")):
         raise ValueError(f"{directory} has no config.json and no .gguf file: not a model directory")
-    config = AutoConfig.from_pretrained(
-        directory, revision=revision, trust_remote_code=trust_remote_code
-    )
+    try:
+        config = AutoConfig.from_pretrained(
+            directory, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except ValueError as exc:
+        raise_if_needs_remote_code(exc, directory, trust_remote_code, "config")
+        raise
     if not getattr(config, "architectures", None):
         arch = architecture_for_model_type(getattr(config, "model_type", None))
         config.architectures = [arch] if arch else []
     return config
+
+
+def raise_if_needs_remote_code(
+    exc: Exception, path: str, trust_remote_code: bool, what: str
+) -> None:
+    """transformers refuses to run a model's own code (its `auto_map`) unless asked:
+    say so in pagedllm's (and vLLM's) words, naming the flag."""
+    if not trust_remote_code and "trust_remote_code" in str(exc):
+        raise ValueError(
+            f"{path}: the model's {what} needs its own code (the `auto_map` of its "
+            "config files); pass trust_remote_code=True (the --trust-remote-code flag) "
+            "to run it"
+        ) from exc
 
 
 def _generation_config(directory: str) -> dict[str, Any]:

@@ -19,6 +19,8 @@ def get_tokenizer(
         return load_gguf_tokenizer(tokenizer_path)
     from transformers import AutoTokenizer
 
+    from pagedllm.model_loader.resolve import raise_if_needs_remote_code
+
     try:
         return AutoTokenizer.from_pretrained(
             tokenizer_path,
@@ -27,5 +29,6 @@ def get_tokenizer(
             use_fast=tokenizer_mode != "slow",
         )
     except (OSError, ValueError, TypeError) as exc:
+        raise_if_needs_remote_code(exc, tokenizer_path, trust_remote_code, "tokenizer")
         reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise ValueError(f"{tokenizer_path}: cannot load a tokenizer: {reason}") from exc

@@ -5,7 +5,7 @@ hidden states (RMSNorm fuses the add)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -33,14 +33,24 @@ _STACKED = [
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: PretrainedConfig) -> None:
+    """The gated MLP; `intermediate_size` other than the config's for the shared
+    expert of a MoE block, which also sums the partial outputs itself (reduce_results)."""
+
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        intermediate_size: int | None = None,
+        reduce_results: bool = True,
+    ) -> None:
         super().__init__()
         bias = bool(getattr(config, "mlp_bias", False))
-        inter = config.intermediate_size
+        inter = intermediate_size or config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
             config.hidden_size, [inter, inter], bias=bias
         )
-        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias)
+        self.down_proj = RowParallelLinear(
+            inter, config.hidden_size, bias=bias, reduce_results=reduce_results
+        )
         self.act_fn = get_act_and_mul_fn(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,10 +124,12 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: PretrainedConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(
+        self, config: PretrainedConfig, qkv_bias: bool, qk_norm: bool, mlp: nn.Module
+    ) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, qkv_bias, qk_norm)
-        self.mlp = LlamaMLP(config)
+        self.mlp = mlp  # LlamaMLP, or a MoE block (models/moe.py): [T, H] -> [T, H]
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -143,7 +155,13 @@ class LlamaModel(nn.Module):
     """Only this pipeline stage's layers are built (see models/pipeline.py); with pp = 1
     that is all of them."""
 
-    def __init__(self, config: PretrainedConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        qkv_bias: bool,
+        qk_norm: bool,
+        make_mlp: Callable[[int], nn.Module],
+    ) -> None:
         super().__init__()
         self.is_last_stage = is_pipeline_last_stage()
         tied = bool(getattr(config, "tie_word_embeddings", False))
@@ -154,7 +172,8 @@ class LlamaModel(nn.Module):
         else:
             self.embed_tokens = PPMissingLayer()
         self.start_layer, self.end_layer, self.layers = make_layers(
-            config.num_hidden_layers, lambda _: LlamaDecoderLayer(config, qkv_bias, qk_norm)
+            config.num_hidden_layers,
+            lambda i: LlamaDecoderLayer(config, qkv_bias, qk_norm, make_mlp(i)),
         )
         self.norm: RMSNorm | PPMissingLayer
         if self.is_last_stage:
@@ -199,7 +218,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         _warn_unsupported(config)
         qkv_bias = self.qkv_bias_default or bool(getattr(config, "attention_bias", False))
-        self.model = LlamaModel(config, qkv_bias, self.qk_norm)
+        self.model = LlamaModel(config, qkv_bias, self.qk_norm, self.make_mlp)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head: ParallelLMHead | PPMissingLayer
         if is_pipeline_last_stage():
@@ -209,6 +228,10 @@ class LlamaForCausalLM(nn.Module):
         else:
             self.lm_head = PPMissingLayer()
         self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    def make_mlp(self, layer_idx: int) -> nn.Module:
+        """Layer `layer_idx`'s feed-forward block (the MoE models override this)."""
+        return LlamaMLP(self.config)
 
     def forward(
         self,

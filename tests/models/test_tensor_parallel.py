@@ -45,6 +45,9 @@ def _configs():
         "qwen2-odd-vocab-mqa": odd,
         "gpt2": configs["gpt2"],
         "llama3-tied": configs["llama3-tied"],
+        # Every expert split along its intermediate dim, the shared expert row-parallel,
+        # one all-reduce of their sum.
+        "qwen2-moe": configs["qwen2-moe"],
     }
 
 

@@ -25,10 +25,13 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
         GPT2Config,
         LlamaConfig,
         MistralConfig,
+        MixtralConfig,
         OPTConfig,
         Phi3Config,
         Qwen2Config,
+        Qwen2MoeConfig,
         Qwen3Config,
+        Qwen3MoeConfig,
     )
 
     llama3_rope = {
@@ -81,6 +84,30 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
             pad_token_id=0,
             bos_token_id=1,
             eos_token_id=2,
+        ),
+        "mixtral": MixtralConfig(
+            **_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
+        ),
+        # Layer 1 dense (mlp_only_layers); 8 experts of 32, top 3 not renormalized, and
+        # a shared expert of 96 behind its sigmoid gate.
+        "qwen2-moe": Qwen2MoeConfig(
+            **{**_LLAMA_LIKE, "num_hidden_layers": 3},
+            num_experts=8,
+            num_experts_per_tok=3,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=96,
+            norm_topk_prob=False,
+            mlp_only_layers=[1],
+        ),
+        # decoder_sparse_step 2: layer 0 dense, layer 1 sparse; top 3 renormalized.
+        "qwen3-moe": Qwen3MoeConfig(
+            **_LLAMA_LIKE,
+            head_dim=32,
+            num_experts=8,
+            num_experts_per_tok=3,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+            decoder_sparse_step=2,
         ),
         "gpt2": GPT2Config(
             vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1

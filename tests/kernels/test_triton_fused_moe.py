@@ -1,0 +1,67 @@
+"""The fused MoE path (align + two grouped GEMMs + SiLU-and-mul) against the torch loop
+over experts, and moe_align_block_size's layout. Small shapes: the interpreter is slow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import assert_close, gpu_test
+
+from pagedllm.layers.fused_moe.moe_align_block_size import moe_align_block_size
+from pagedllm.layers.fused_moe.moe_torch import fused_experts_torch
+from pagedllm.layers.fused_moe.router import select_experts
+
+_SMALL = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1)
+
+
+def _case(
+    tokens: int, experts: int, top_k: int, hidden: int, inter: int, dtype: torch.dtype, dev: str
+) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(tokens * 31 + experts)
+    x = torch.randn(tokens, hidden, generator=gen)
+    w13 = torch.randn(experts, 2 * inter, hidden, generator=gen) / hidden**0.5
+    w2 = torch.randn(experts, hidden, inter, generator=gen) / inter**0.5
+    logits = torch.randn(tokens, experts, generator=gen)
+    weights, ids = select_experts(logits, top_k, renormalize=True)
+    return tuple(t.to(dev) for t in (x.to(dtype), w13.to(dtype), w2.to(dtype), weights, ids))
+
+
+def _check(case: tuple[torch.Tensor, ...], dtype: torch.dtype, config: dict | None) -> None:
+    from pagedllm.layers.fused_moe.fused_moe import fused_experts_triton
+
+    x, w13, w2, weights, ids = case
+    out = fused_experts_triton(x, w13, w2, weights, ids, config)
+    ref = fused_experts_torch(x.cpu(), w13.cpu(), w2.cpu(), weights.cpu(), ids.cpu())
+    assert_close(out.cpu(), ref, dtype)
+
+
+@pytest.mark.parametrize(
+    "tokens,experts,top_k,hidden,inter,dtype",
+    [
+        (7, 4, 2, 32, 48, torch.float32),  # inter not a multiple of BLOCK_N/BLOCK_K
+        (20, 8, 3, 64, 32, torch.bfloat16),  # several blocks per expert, unused experts
+    ],
+)
+def test_fused_experts_match_torch_loop(
+    tokens: int, experts: int, top_k: int, hidden: int, inter: int, dtype: torch.dtype
+) -> None:
+    _check(_case(tokens, experts, top_k, hidden, inter, dtype, "cpu"), dtype, _SMALL)
+
+
+def test_align_pads_each_expert_to_whole_blocks() -> None:
+    ids = torch.tensor([[2, 0], [2, 5], [0, 2]], dtype=torch.int32)  # pairs 0..5
+    sorted_ids, expert_ids, num_post = moe_align_block_size(ids, 4, 6)
+    pad = 6
+    # expert 0: pairs 1, 4; expert 2: pairs 0, 2, 5; expert 5: pair 3 -> three blocks.
+    assert sorted_ids[:12].tolist() == [1, 4, pad, pad, 0, 2, 5, pad, 3, pad, pad, pad]
+    assert (sorted_ids[12:] == pad).all() and sorted_ids.numel() == 6 + 6 * 3
+    assert expert_ids[:3].tolist() == [0, 2, 5]
+    assert (expert_ids[3:] == 6).all()  # past num_tokens_post_padded: skipped
+    assert num_post.tolist() == [12]
+
+
+@gpu_test
+@pytest.mark.parametrize("tokens", [1, 8, 300, 4096])
+def test_fused_experts_gpu_qwen3_moe_shape(tokens: int) -> None:
+    """The Qwen3-30B-A3B expert shape (128 experts, top 8, H 2048, I 768) in bf16."""
+    _check(_case(tokens, 128, 8, 2048, 768, torch.bfloat16, "cuda"), torch.bfloat16, None)
