@@ -81,7 +81,8 @@ def kernel_rows() -> list[list[str]]:
 
 
 def _run_bench(argv: list[str], timeout_s: int) -> list[dict[str, object]]:
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     cmd = [sys.executable, "-m", *argv]
     print("$ " + " ".join(cmd), flush=True)
     proc = subprocess.Popen(
