@@ -4,12 +4,18 @@ the page in headless Chromium against a real server (tests/entrypoints/cdp.py)."
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from cdp import Chromium, find_chromium
 from fastapi.testclient import TestClient
+from remote_server import MODEL_NAME, RemoteServer, metric_samples
 
 from pagedllm.config import EngineArgs
 from pagedllm.core.dashboard import block_map
@@ -21,6 +27,7 @@ from pagedllm.entrypoints.openai.api_server import build_app
 from pagedllm.sampling_params import SamplingParams
 
 KEY = "dash-key"
+VERSION = "Number(document.getElementById('last-update').dataset.version)"
 SNAPSHOT_FIELDS = {
     "version",
     "time",
@@ -153,3 +160,136 @@ def test_disable_dashboard_is_404(smol_llm: Any, core: Any) -> None:
         for path in ("/dashboard", "/dashboard/snapshot", "/dashboard/events"):
             assert client.get(path).status_code == 404
         assert client.get("/health").status_code == 200
+
+
+# ---- a real server ---------------------------------------------------------------------
+
+
+def test_events_stream(server: RemoteServer) -> None:
+    """The first event carries the whole history, the next ones only new points."""
+    with requests.get(server.url("/dashboard/events"), stream=True, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = []
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: ") :]))
+            if len(events) == 3:
+                break
+    assert set(events[0]) == SNAPSHOT_FIELDS and events[0]["history"]
+    assert events[0]["version"] < events[1]["version"] < events[2]["version"]
+    seen = [p["t"] for e in events for p in e["history"]]
+    assert len(seen) == len(set(seen))  # no point is sent twice
+
+
+NUM_STREAMS = 3
+MAP_IMAGE = "document.getElementById('block-map').toDataURL()"
+HOVER_POINT = """(() => {
+  const i = [...snap.kv.states].findIndex((s) => s === "u" || s === "p");
+  const r = document.getElementById("block-map").getBoundingClientRect();
+  const g = mapGeometry;
+  return [r.left + (i % g.cols + 0.5) * g.side, r.top + (Math.floor(i / g.cols) + 0.5) * g.side];
+})()"""
+
+
+def _text(browser: Chromium, element_id: str) -> str:
+    return str(browser.evaluate(f"document.getElementById('{element_id}').textContent"))
+
+
+def _page_kv_usage(browser: Chromium) -> float:
+    value = browser.evaluate("document.getElementById('kv-usage').dataset.value")
+    return float(value) if value else -1.0
+
+
+def _metric(server: RemoteServer, name: str) -> float:
+    return metric_samples(server)[(f"pagedllm:{name}", ())]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _open_stream(server: RemoteServer, i: int) -> requests.Response:
+    body = {
+        "model": MODEL_NAME,
+        "prompt": f"Story number {i}: once upon a time, " * 6,
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    return requests.post(server.url("/v1/completions"), json=body, stream=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Chromium]:
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip(
+            "no Chromium on PATH and `make install` could not install Debian's chromium "
+            "package (apt-get install -y chromium); set PAGEDLLM_CHROMIUM to a Chromium binary"
+        )
+    chromium = Chromium(executable)
+    yield chromium
+    chromium.close()
+
+
+def test_page_in_chromium(
+    server: RemoteServer, browser: Chromium, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    browser.navigate(server.url("/dashboard"))
+    wait_for(lambda: int(browser.evaluate(VERSION) or 0) > 0, "the page's first update")
+    assert _text(browser, "config-block_size") == "16"
+    assert _text(browser, "config-max_model_len") == "2048"
+    wait_for(lambda: _text(browser, "running-count") == "0", "an idle page")
+    idle_map = browser.evaluate(MAP_IMAGE)
+    streams = [_open_stream(server, i) for i in range(NUM_STREAMS)]
+    try:
+        # The first chunk of each: the request is in the engine. The line iterators are
+        # kept: dropping one closes its connection, and the server aborts the request.
+        lines = [stream.iter_lines() for stream in streams]
+        for line in lines:
+            next(line)
+        wait_for(
+            lambda: (
+                _text(browser, "running-count") == str(NUM_STREAMS)
+                and _metric(server, "num_requests_running") == NUM_STREAMS
+            ),
+            "the page and /metrics to show the running requests",
+        )
+        wait_for(
+            lambda: (
+                abs(_page_kv_usage(browser) - _metric(server, "kv_cache_usage_perc")) <= 0.02
+                and _page_kv_usage(browser) > 0
+            ),
+            "the page's KV usage to match /metrics",
+        )
+        used = int(browser.evaluate("document.getElementById('block-map').dataset.usedCells"))
+        assert used >= NUM_STREAMS and browser.evaluate(MAP_IMAGE) != idle_map
+        x, y = browser.evaluate(HOVER_POINT)
+        browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        tooltip = _text(browser, "tooltip")
+        shown = browser.evaluate(
+            "[...document.querySelectorAll('#queue tbody tr')].map(r => r.dataset.id)"
+        )
+        assert "owner: " in tooltip and tooltip.split("owner: ")[1].split("\n")[0] in shown
+        time.sleep(2.0)  # some history on the charts
+        out = Path(
+            os.environ.get("PAGEDLLM_TEST_ARTIFACTS") or tmp_path_factory.mktemp("dashboard")
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"dashboard screenshot: {browser.screenshot(out / 'dashboard.png')}")
+    finally:
+        for stream in streams:
+            stream.close()  # the server aborts the requests
+    wait_for(
+        lambda: (
+            _text(browser, "running-count") == "0" and _metric(server, "num_requests_running") == 0
+        ),
+        "the aborted requests to leave the page",
+    )
+    used_cells = "Number(document.getElementById('block-map').dataset.usedCells)"
+    wait_for(lambda: browser.evaluate(used_cells) == 0, "the map to show the blocks freed")

@@ -66,7 +66,7 @@ class DashboardStatLogger:
                 if latencies is not None:
                     self._pending.append(latencies)
                     self._latencies.append((now, *latencies))
-            if now - self._last_time >= self.interval_s:
+            if not self._points or now - self._last_time >= self.interval_s:
                 self._cut(stats, now)
 
     def log(self) -> None:
