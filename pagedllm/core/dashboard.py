@@ -132,7 +132,7 @@ def _describe(requests: Iterable[Request], kv: KVCacheManager, now: float) -> li
     return [
         {
             "id": r.request_id,
-            "status": _STATUS_NAMES.get(r.status, "finished"),
+            "status": _STATUS_NAMES.get(r.status, r.status.name.lower()),
             "prompt_tokens": r.num_prompt_tokens,
             "output_tokens": r.num_output_tokens,
             "computed_tokens": r.num_computed_tokens,
