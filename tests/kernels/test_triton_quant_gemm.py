@@ -67,13 +67,16 @@ def test_rejects_bad_arguments() -> None:
 
 
 @gpu_test
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 7, 64, 300])
 @pytest.mark.parametrize(
     "bits,group,mode", [(4, 128, "affine"), (8, 128, "affine"), (4, 128, "g_idx"), (4, 128, "lut")]
 )
-def test_quant_gemm_gpu(m: int, bits: int, group: int, mode: str) -> None:
-    x, args, ref = _case(m, 4096, 4096, bits, group, mode, torch.float16, "cuda")
-    assert_close(quant_gemm(x, **args), ref, torch.float16)  # type: ignore[arg-type]
+def test_quant_gemm_gpu(m: int, bits: int, group: int, mode: str, dtype: torch.dtype) -> None:
+    x, args, ref = _case(m, 4096, 4096, bits, group, mode, dtype, "cuda")
+    assert_close(quant_gemm(x, **args), ref, dtype)  # type: ignore[arg-type]
+    if mode == "affine":  # codes through float32 instead of the 16-bit bit tricks
+        assert_close(quant_gemm(x, **args, half_magic=False), ref, dtype)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

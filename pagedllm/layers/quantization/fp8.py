@@ -152,6 +152,7 @@ class Fp8LinearMethod(LinearMethodBase):
         _replace(layer, "weight", weight.contiguous())
         _replace(layer, "weight_scale", scale.float().contiguous())  # [N]
         layer.weight_scale_tensor = tensor_scale
+        layer.unit_scale = torch.ones((), dtype=torch.float32, device=weight.device)
         if self.config.activation_scheme == "static":
             _replace(layer, "input_scale", layer.input_scale.data.max().reshape(()))
         n, k = weight.shape
@@ -179,24 +180,22 @@ class Fp8LinearMethod(LinearMethodBase):
             y = triton_fp8.fp8_gemv(x.contiguous(), layer.weight, layer.weight_scale)
             return y + bias if bias is not None else y
         static = self.config.activation_scheme == "static"
-        x_q, x_scale = triton_fp8.quantize_per_tensor(
-            x.contiguous(), layer.input_scale if static else None
-        )
+        x_scale = layer.input_scale if static else None
+        if kernel_table.FP8_ACT_QUANT_TRITON:
+            x_q, x_scale = triton_fp8.quantize_per_tensor(x.contiguous(), x_scale)
+        else:
+            x_q, x_scale = triton_fp8.quantize_per_tensor_ref(x, x_scale)
         per_tensor = layer.weight_scale_tensor is not None
         y = torch._scaled_mm(
             x_q,
             layer.weight.t(),
             scale_a=x_scale,
-            scale_b=layer.weight_scale_tensor if per_tensor else _one(x.device),
+            scale_b=layer.weight_scale_tensor if per_tensor else layer.unit_scale,
             out_dtype=x.dtype,
         )
         if not per_tensor:
             y = y * layer.weight_scale.to(y.dtype)
         return y + bias if bias is not None else y
-
-
-def _one(device: torch.device) -> torch.Tensor:
-    return torch.ones((), dtype=torch.float32, device=device)
 
 
 def _replace(layer: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -94,8 +94,9 @@ class PackedLinearMethod(LinearMethodBase):
             from pagedllm.layers.quantization.triton_quant_gemv import quant_gemv
 
             x = x.contiguous()
-            affine = lut is None and g_idx is None and scales is not None and zeros is not None
-            if affine and x.shape[0] <= kernel_table.INT_GEMV_MAX_ROWS:
+            few_rows = x.shape[0] <= kernel_table.INT_GEMV_MAX_ROWS
+            if few_rows and lut is None and g_idx is None and scales is not None:
+                assert zeros is not None  # affine methods hold both
                 return quant_gemv(x, layer.qweight, self.bits, group, scales, zeros)
             return quant_gemm(x, layer.qweight, self.bits, group, scales, zeros, g_idx, lut)
         weight = dequantize_ref(layer.qweight, self.bits, scales, zeros, g_idx, group, lut)

@@ -13,7 +13,8 @@ torch._scaled_mm reads transposed), ws per output channel (a per-tensor scale is
 constant vector). FMA path: products in a [BLOCK_M, BLOCK_N, BLOCK_K] float32
 register block reduced over K at the end; DOT path (BLOCK_M >= 16): w converted to
 x's dtype and multiplied on tensor cores. grid = (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N),
-S), split-K partial sums added by triton_quant_gemv.sum_splits.
+S), split-K partial sums added by triton_quant_gemv.sum_splits. A tile with
+BLOCK_M >= 16 takes the DOT path unless told otherwise.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def fp8_gemv(
     weight_scale: torch.Tensor,  # [N] float32
     num_splits: int | None = None,
     blocks: tuple[int, int, int, int] | None = None,
+    per_sm: int | None = None,
     dot: bool | None = None,
 ) -> torch.Tensor:  # [M, N] in x.dtype
     m, k = x.shape
@@ -203,15 +205,17 @@ def fp8_gemv(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_m, block_n, block_k, warps = blocks or kernel_table.pick(kernel_table.FP8_GEMV_TILES, m)
+    tile = kernel_table.pick(kernel_table.FP8_GEMV_TILES, m)
+    block_m, block_n, block_k, warps = blocks or tile[:4]
+    per_sm = per_sm or tile[4]
     if dot is None:
-        dot = m >= kernel_table.FP8_GEMV_DOT_FROM_ROWS
+        dot = block_m >= 16
     block_m = max(block_m, 16) if dot else min(block_m, tu.next_power_of_2(m))
     k_chunks = tu.cdiv(k, block_k)
     grid_mn = (tu.cdiv(m, block_m), tu.cdiv(n, block_n))
     if num_splits is None:
         num_splits = kernel_table.num_splits(
-            grid_mn[0] * grid_mn[1], k_chunks, kernel_table.FP8_GEMV_PER_SM, tu.num_sms(x.device)
+            grid_mn[0] * grid_mn[1], k_chunks, per_sm, tu.num_sms(x.device)
         )
     chunks = tu.cdiv(k_chunks, num_splits)
     splits = tu.cdiv(k_chunks, chunks)

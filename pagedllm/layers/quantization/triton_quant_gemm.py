@@ -253,6 +253,7 @@ def quant_gemm(
     lookup_table: torch.Tensor | None = None,  # [N, 16]
     num_splits: int | None = None,
     blocks: tuple[int, int, int, int] | None = None,
+    per_sm: int | None = None,
     stages: int | None = None,
     half_magic: bool = True,
 ) -> torch.Tensor:  # [M, N] in x.dtype
@@ -262,7 +263,9 @@ def quant_gemm(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_m, block_n, block_k, warps = blocks or kernel_table.pick(kernel_table.INT_GEMM_TILES, m)
+    tile = kernel_table.pick(kernel_table.INT_GEMM_TILES, m)
+    block_m, block_n, block_k, warps = blocks or tile[:4]
+    per_sm = per_sm or tile[4]
     lut = lookup_table is not None
     nibble = not lut and g_idx is None and group_size % block_k == 0
     if nibble and block_k < 16 * (32 // bits):  # tl.dot needs K >= 16 per code slot
@@ -273,7 +276,7 @@ def quant_gemm(
         num_splits = kernel_table.num_splits(
             grid_mn[0] * grid_mn[1],
             k_chunks,
-            kernel_table.INT_GEMM_PER_SM,
+            per_sm,
             tu.num_sms(x.device),
             min_chunks=4,
         )

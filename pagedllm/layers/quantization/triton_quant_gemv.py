@@ -146,13 +146,16 @@ def quant_gemv(
     zeros: torch.Tensor,  # [G, N] float
     num_splits: int | None = None,
     blocks: tuple[int, int, int, int] | None = None,
+    per_sm: int | None = None,
 ) -> torch.Tensor:  # [M, N] in x.dtype
     m, k = x.shape
     n = qweight.shape[1]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_m, block_n, block_k, warps = blocks or kernel_table.pick(kernel_table.INT_GEMV_TILES, m)
+    tile = kernel_table.pick(kernel_table.INT_GEMV_TILES, m)
+    block_m, block_n, block_k, warps = blocks or tile[:4]
+    per_sm = per_sm or tile[4]
     block_m = min(block_m, tu.next_power_of_2(m))
     while group_size % block_k and block_k > 32 * 8 // bits:
         block_k //= 2
@@ -160,9 +163,7 @@ def quant_gemv(
     grid_mn = (tu.cdiv(m, block_m), tu.cdiv(n, block_n))
     if num_splits is None:
         sms = tu.num_sms(x.device)
-        num_splits = kernel_table.num_splits(
-            grid_mn[0] * grid_mn[1], k_chunks, kernel_table.INT_GEMV_PER_SM, sms
-        )
+        num_splits = kernel_table.num_splits(grid_mn[0] * grid_mn[1], k_chunks, per_sm, sms)
     chunks = tu.cdiv(k_chunks, num_splits)
     splits = tu.cdiv(k_chunks, chunks)
     target = split_target(out, splits)
