@@ -150,9 +150,14 @@ def _int_gemm(w: Weights, tile: Tile, m: int, name: str, half_magic: bool = True
     )  # fmt: skip
 
 
-def _fp8_gemv(w: Weights, tile: Tile, m: int, name: str, dot: bool) -> Call:
+def _fp8_gemv(
+    w: Weights, tile: Tile, m: int, name: str, dot: bool, bit_convert: bool = True
+) -> Call:
     q, s = w.fp8[name]
-    return functools.partial(fp8_gemv, w.x[m, name], q, s, blocks=tile[:4], per_sm=tile[4], dot=dot)
+    return functools.partial(
+        fp8_gemv, w.x[m, name], q, s, blocks=tile[:4], per_sm=tile[4], dot=dot,
+        bit_convert=bit_convert,
+    )  # fmt: skip
 
 
 def _fp8_scaled(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, triton_quant: bool) -> Any:
@@ -219,9 +224,7 @@ def baseline(w: Weights, label: str, make: Callable[[int, str], Call]) -> dict[i
 def run_int(w: Weights, dense: dict[int, float]) -> dict[str, object]:
     gemv = sweep(w, "int4 gemv", INT_GEMV, _int_gemv, w.int_ref, 2e-2)
     gemm = sweep(w, "int4 gemm", INT_GEMM, _int_gemm, w.int_ref, 2e-2)
-    for m in (
-        m for m in (1, 16, 512) if m in MS
-    ):  # codes through float32 instead of the bfloat16 bit trick
+    for m in [r for r in MS if r in (1, 16, 512)]:  # codes through float32, not bf16 bits
         if m in gemm:
             tile = gemm[m][1]
             t = sum(_time(_int_gemm(w, tile, m, n, half_magic=False)) for n in SHAPES)
@@ -265,6 +268,10 @@ def run_fp8(w: Weights, dense: dict[int, float]) -> dict[str, object]:
         same = torch.equal(q_a.float(), q_b.float()) and torch.equal(s_a, s_b)
         _log(f"fp8 act quant M={m}: torch {t_torch:.1f} us, triton {t_triton:.1f} us, same={same}")
     fma = sweep(w, "fp8 fma", FP8_FMA, functools.partial(_fp8_gemv, dot=False), w.fp8_ref, 2e-2)
+    cvt = {}  # the FMA winners with e4m3 -> float32 by conversion instructions
+    for m, (_, tile, _) in fma.items():
+        cvt[m] = sum(_time(_fp8_gemv(w, tile, m, n, False, bit_convert=False)) for n in SHAPES)
+        _log(f"fp8 fma M={m} {tile} cvt instead of bit placement: sum {cvt[m]:.1f} us")
     dot = sweep(w, "fp8 dot", FP8_DOT, functools.partial(_fp8_gemv, dot=True), w.fp8_ref, 2e-2)
     scaled = {}
     for triton_quant in (False, True):
@@ -287,6 +294,7 @@ def run_fp8(w: Weights, dense: dict[int, float]) -> dict[str, object]:
     return {
         "FP8_GEMV_MAX_ROWS": gemv_max,
         "FP8_GEMV_TILES": {m: gemv[m][1] for m in sorted(gemv)},
+        "FP8_GEMV_BIT_CONVERT": sum(e[0] for e in fma.values()) <= sum(cvt.values()),
         "FP8_ACT_QUANT_TRITON": sum(scaled[True][m] for m in above)
         <= sum(scaled[False][m] for m in above),
     }

@@ -54,6 +54,7 @@ def _gemv_case(
     return x.to(device), w.to(device), ws.to(device), ref.to(device)
 
 
+@pytest.mark.parametrize("bit_convert", [False, True])
 @pytest.mark.parametrize(
     "m,dtype,dot,splits,blocks",
     [
@@ -64,10 +65,15 @@ def _gemv_case(
     ],
 )
 def test_fp8_gemv(
-    m: int, dtype: torch.dtype, dot: bool, splits: int, blocks: tuple[int, int, int, int]
+    m: int,
+    dtype: torch.dtype,
+    dot: bool,
+    splits: int,
+    blocks: tuple[int, int, int, int],
+    bit_convert: bool,
 ) -> None:
     x, w, ws, ref = _gemv_case(m, 40, 160, dtype, "cpu")
-    out = fp8_gemv(x, w, ws, num_splits=splits, blocks=blocks, dot=dot)
+    out = fp8_gemv(x, w, ws, num_splits=splits, blocks=blocks, dot=dot, bit_convert=bit_convert)
     assert_close(out, ref, dtype)
 
 
@@ -78,6 +84,18 @@ def test_fp8_gemv_gpu(m: int, dtype: torch.dtype) -> None:
     x, w, ws, ref = _gemv_case(m, 4096 + 64, 4096, dtype, "cuda")
     assert_close(fp8_gemv(x, w, ws), ref, dtype)
     assert_close(fp8_gemv(x, w, ws, dot=True), ref, dtype)
+    for bit_convert in (False, True):
+        out = fp8_gemv(x, w, ws, blocks=(1, 64, 128, 4), dot=False, bit_convert=bit_convert)
+        assert_close(out, ref, dtype)
+
+
+def test_bit_convert_is_exact_for_every_e4m3_value() -> None:
+    """All 256 codes (subnormals, +-0, NaN aside) through the FMA path's bit placement."""
+    codes = torch.arange(256, dtype=torch.uint8).view(FP8)
+    w = codes[~codes.float().isnan()].reshape(-1, 1).contiguous()  # [254, 1]: K = 1
+    x = torch.ones(1, 1)
+    out = fp8_gemv(x, w, torch.ones(w.shape[0]), blocks=(1, 16, 16, 4), dot=False, bit_convert=True)
+    assert torch.equal(out[0], w.float()[:, 0])
 
 
 @gpu_test

@@ -37,6 +37,7 @@ FP8_GEMV_TILES: dict[int, Tile] = {
     8: (16, 64, 128, 4, 4),
     16: (16, 64, 128, 4, 4),
 }
+FP8_GEMV_BIT_CONVERT = True  # FMA tiles: e4m3 -> float32 by integer ops, not cvt
 FP8_ACT_QUANT_TRITON = True  # triton_fp8.quantize_per_tensor, else its torch reference
 
 

@@ -11,8 +11,10 @@ Activation quantization (reference: quantize_per_tensor_ref), x flattened to T v
 GEMV: y[m, n] = ws[n] * sum_k x[m, k] * w[n, k], w [N, K] e4m3 (the layout
 torch._scaled_mm reads transposed), ws per output channel (a per-tensor scale is a
 constant vector). FMA path: products in a [BLOCK_M, BLOCK_N, BLOCK_K] float32
-register block reduced over K at the end; DOT path (BLOCK_M >= 16): w converted to
-x's dtype and multiplied on tensor cores. grid = (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N),
+register block reduced over K at the end; the e4m3 bits s eeee mmm placed at float32
+bits 31, 26..23, 22..20 are w * 2^-120 exactly (subnormals included), so BIT_CONVERT
+skips the e4m3 -> f16 -> f32 conversions and multiplies the scale by 2^120. DOT
+path (BLOCK_M >= 16): w converted to x's dtype and multiplied on tensor cores. grid = (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N),
 S), split-K partial sums added by triton_quant_gemv.sum_splits. A tile with
 BLOCK_M >= 16 takes the DOT path unless told otherwise.
 """
@@ -147,6 +149,7 @@ def _fp8_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DOT: tl.constexpr,
+    BIT_CONVERT: tl.constexpr,  # FMA path: e4m3 -> float32 by integer ops (w * 2^-120)
     PARTIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -176,12 +179,20 @@ def _fp8_gemv_kernel(
         if DOT:
             acc2 += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=DOT_PRECISION)
         else:
-            acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+            if BIT_CONVERT:
+                b = w.to(tl.uint8, bitcast=True).to(tl.int32)
+                wf = (((b & 0x7F) << 20) | ((b & 0x80) << 24)).to(tl.float32, bitcast=True)
+            else:
+                wf = w.to(tl.float32)
+            acc3 += x.to(tl.float32)[:, None, :] * wf[None, :, :]
     if DOT:
         y = acc2
     else:
         y = tl.sum(acc3, axis=2)
-    y = y * tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    ws = tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)
+    if BIT_CONVERT and not DOT:
+        ws = ws * 1.329227995784916e36  # 2^120
+    y = y * ws[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
     if PARTIAL:
         base = out_ptr + split.to(tl.int64) * M * N
@@ -199,6 +210,7 @@ def fp8_gemv(
     blocks: tuple[int, int, int, int] | None = None,
     per_sm: int | None = None,
     dot: bool | None = None,
+    bit_convert: bool | None = None,
 ) -> torch.Tensor:  # [M, N] in x.dtype
     m, k = x.shape
     n = weight.shape[0]
@@ -237,6 +249,7 @@ def fp8_gemv(
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         DOT=dot,
+        BIT_CONVERT=kernel_table.FP8_GEMV_BIT_CONVERT if bit_convert is None else bit_convert,
         PARTIAL=splits > 1,
         DOT_PRECISION=tu.dot_precision(x.dtype),
         num_warps=warps,
