@@ -46,7 +46,7 @@ def quantize_per_tensor_ref(
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total", "per_program"])
 def _amax_kernel(x_ptr, part_ptr, total, per_program, BLOCK: tl.constexpr):
     lo = tl.program_id(0) * per_program
     hi = tl.minimum(lo + per_program, total)
@@ -58,7 +58,7 @@ def _amax_kernel(x_ptr, part_ptr, total, per_program, BLOCK: tl.constexpr):
     tl.store(part_ptr + tl.program_id(0), tl.max(amax, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total", "per_program", "num_parts"])
 def _quant_kernel(
     x_ptr,
     q_ptr,
@@ -134,7 +134,7 @@ def quantize_per_tensor(
     return q, out_scale
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "chunks_per_split"])  # see triton_utils
 def _fp8_gemv_kernel(
     x_ptr,  # [M, K], row stride stride_xm, last dim contiguous
     w_ptr,  # [N, K] e4m3 contiguous

@@ -143,7 +143,7 @@ def _unpacked_dot(
     return tl.dot(x, w.to(x.dtype), input_precision=DOT_PRECISION)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "chunks_per_split"])  # see triton_utils
 def _quant_gemm_kernel(
     x_ptr,  # [M, K], row stride stride_xm, last dim contiguous
     qw_ptr,  # [K // PACK, N] int32 contiguous

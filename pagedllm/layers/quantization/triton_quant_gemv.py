@@ -31,7 +31,7 @@ from pagedllm.layers.quantization import kernel_table
 MAGIC_F32 = 8388608.0  # 2^23: float32 bits 0x4B000000 | q  ==  2^23 + q
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "chunks_per_split"])  # see triton_utils
 def _quant_gemv_kernel(
     x_ptr,  # [M, K], row stride stride_xm, last dim contiguous
     qw_ptr,  # [K // PACK, N] int32 contiguous
@@ -103,7 +103,7 @@ def _quant_gemv_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total", "splits"])
 def _sum_splits_kernel(part_ptr, out_ptr, total, splits, BLOCK: tl.constexpr):
     """out[i] = sum_s part[s, i] in order (float32), cast to out's dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
