@@ -2,8 +2,9 @@
 
 (a) correctness on CUDA with real shapes: the Triton dequantize-in-tile GEMM (4-bit
     affine = AWQ/GPTQ after repacking, 8-bit GPTQ, act-order g_idx, SqueezeLLM's
-    table) against the torch reference, and FP8 (torch._scaled_mm with per-token
-    activation scales) against the dequantized weight; plus kernel timings at the
+    table) against the torch reference, and FP8 (weight-only GEMV for few rows, else
+    per-tensor activation scales and tensor-wise torch._scaled_mm) against the
+    dequantized weight; plus kernel timings at the
     Llama-3.1-8B gate_up shape against bf16 F.linear.
 (b) benchmarks (dummy weights, Llama-3.1-8B shape): L1 with quantization=awq and fp8,
     T2 with fp8, each in its own process.

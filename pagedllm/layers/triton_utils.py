@@ -7,14 +7,16 @@ the kernel tests set it in tests/kernels/conftest.py, so no module outside the
 `triton_*` files may import triton at import time. `launch` refuses CPU tensors
 otherwise, with an error that says so.
 
-Two bugs of Triton 3.6.0's interpreter are worked around by `_fix_interpreter`, once,
+Three bugs of Triton 3.6.0's interpreter are worked around by `_fix_interpreter`, once,
 before the first interpreted launch (the compiled GPU path is untouched):
 - it turns a scalar into a Python int with `int(array)`, which numpy >= 2.4 refuses for
   its 1-element arrays, so `range(start, end)` over loaded values fails; the fix is the
   upstream one (triton-lang/triton PR #9172, issue #9171);
 - it stores bfloat16 as uint16 bit patterns and `tl.dot` multiplies those bits
   (triton-lang/triton issue #11584); the operands are widened to float32 first, which
-  is what the GPU's bf16 dot with fp32 accumulation computes.
+  is what the GPU's bf16 dot with fp32 accumulation computes;
+- its float32 -> float8e4nv cast rounds the mantissa up without carrying into the
+  exponent (124.1 becomes 64, not 128); torch's round-to-nearest-even cast replaces it.
 (Its float32 -> bfloat16 cast truncates where the GPU rounds to nearest even: CPU
 results of 16-bit kernels may differ from the GPU's by one unit in the last place.)
 
@@ -96,8 +98,17 @@ def _fix_interpreter() -> None:
     def create_dot_widened(self: Any, a: Any, b: Any, *rest: Any) -> Any:
         return create_dot(self, _bf16_as_f32(a), _bf16_as_f32(b), *rest)
 
+    create_fp_to_fp = builder.create_fp_to_fp
+
+    def create_fp_to_fp_rounded(self: Any, src: Any, dst_type: Any, rounding_mode: Any) -> Any:
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.float8e4nv:
+            fp8 = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.float8_e4m3fn)
+            return interpreter.TensorHandle(fp8.view(torch.uint8).numpy(), dst_type.scalar)
+        return create_fp_to_fp(self, src, dst_type, rounding_mode)
+
     interpreter._patch_lang_tensor = patch_lang_tensor
     builder.create_dot = create_dot_widened  # type: ignore[method-assign]
+    builder.create_fp_to_fp = create_fp_to_fp_rounded  # type: ignore[method-assign]
     _INTERPRETER_FIXED = True
 
 

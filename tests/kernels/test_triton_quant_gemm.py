@@ -67,10 +67,39 @@ def test_rejects_bad_arguments() -> None:
 
 
 @gpu_test
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 7, 64, 300])
 @pytest.mark.parametrize(
     "bits,group,mode", [(4, 128, "affine"), (8, 128, "affine"), (4, 128, "g_idx"), (4, 128, "lut")]
 )
-def test_quant_gemm_gpu(m: int, bits: int, group: int, mode: str) -> None:
-    x, args, ref = _case(m, 4096, 4096, bits, group, mode, torch.float16, "cuda")
-    assert_close(quant_gemm(x, **args), ref, torch.float16)  # type: ignore[arg-type]
+def test_quant_gemm_gpu(m: int, bits: int, group: int, mode: str, dtype: torch.dtype) -> None:
+    x, args, ref = _case(m, 4096, 4096, bits, group, mode, dtype, "cuda")
+    assert_close(quant_gemm(x, **args), ref, dtype)  # type: ignore[arg-type]
+    if mode == "affine":  # codes through float32 instead of the 16-bit bit tricks
+        assert_close(quant_gemm(x, **args, half_magic=False), ref, dtype)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "m,bits,group,dtype,half_magic,splits",
+    [
+        (3, 4, 128, torch.float32, True, 2),  # one dot per code slot, float32 codes
+        (2, 4, 128, torch.float16, True, 1),  # float16 1024 + q codes
+        (5, 4, 256, torch.bfloat16, True, 1),  # bfloat16 128 + q codes, group spans tiles
+        (17, 8, 64, torch.float16, True, 2),  # 8-bit: float16 codes, two row blocks
+        (2, 8, 64, torch.bfloat16, True, 1),  # 8-bit bfloat16: through float32
+        (2, 4, 128, torch.float16, False, 1),  # codes through float32
+    ],
+)
+def test_quant_gemm_code_slot_dots(
+    m: int, bits: int, group: int, dtype: torch.dtype, half_magic: bool, splits: int
+) -> None:
+    block_k = 16 * 32 // bits
+    x, args, ref = _case(m, 48, 256, bits, group, "affine", dtype, "cpu")
+    out = quant_gemm(
+        x,
+        **args,  # type: ignore[arg-type]
+        num_splits=splits,
+        blocks=(16, 32, block_k, 4),
+        half_magic=half_magic,
+    )
+    assert_close(out, ref, dtype)

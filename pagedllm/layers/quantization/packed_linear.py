@@ -89,11 +89,16 @@ class PackedLinearMethod(LinearMethodBase):
         g_idx = getattr(layer, "g_idx", None)
         group = int(layer.quant_group_size)
         if x.is_cuda:
+            from pagedllm.layers.quantization import kernel_table
             from pagedllm.layers.quantization.triton_quant_gemm import quant_gemm
+            from pagedllm.layers.quantization.triton_quant_gemv import quant_gemv
 
-            return quant_gemm(
-                x.contiguous(), layer.qweight, self.bits, group, scales, zeros, g_idx, lut
-            )
+            x = x.contiguous()
+            few_rows = x.shape[0] <= kernel_table.INT_GEMV_MAX_ROWS
+            if few_rows and lut is None and g_idx is None and scales is not None:
+                assert zeros is not None  # affine methods hold both
+                return quant_gemv(x, layer.qweight, self.bits, group, scales, zeros)
+            return quant_gemm(x, layer.qweight, self.bits, group, scales, zeros, g_idx, lut)
         weight = dequantize_ref(layer.qweight, self.bits, scales, zeros, g_idx, group, lut)
         return x @ weight.to(x.dtype)
 

@@ -6,8 +6,14 @@ W is dequantized in registers ((q - z) * s, or a lookup table) and multiplied th
     K range : [s*L, min((s+1)*L, K)) with L = chunks_per_split * BLOCK_K
 S > 1 (split-K, for decode's few rows) writes float32 partial sums to part [S, M, N],
 added in order afterwards (deterministic). BLOCK_K is a multiple of the pack factor,
-so a tile starts at a word boundary: its words [BLOCK_K/p, BLOCK_N] are loaded once
-and unpacked by broadcasting shifts ([BLOCK_K/p, p, BLOCK_N] -> [BLOCK_K, BLOCK_N]).
+so a tile starts at a word boundary: its words [BLOCK_K/p, BLOCK_N] are loaded once.
+
+When a tile lies in one group (the common AWQ/GPTQ case, no lookup table, no g_idx)
+the codes at bits j*bits of the word rows meet the x columns r*p + j: one tl.dot per
+code slot j (BLOCK_K/p >= 16), codes turned into 16-bit floats by bit tricks
+(_codes_to_float), and scale and zero point applied after the dots:
+s * (x . q - z * sum x). Otherwise the codes are unpacked by broadcasting shifts
+([BLOCK_K/p, p, BLOCK_N] -> [BLOCK_K, BLOCK_N]) and dequantized per row.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import triton
 import triton.language as tl
 
 from pagedllm.layers import triton_utils as tu
+from pagedllm.layers.quantization import kernel_table
+from pagedllm.layers.quantization.triton_quant_gemv import split_target, sum_splits
+from pagedllm.layers.quantization.triton_quant_tiles import nibble_dots, unpacked_dot
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "chunks_per_split"])  # see triton_utils
 def _quant_gemm_kernel(
     x_ptr,  # [M, K], row stride stride_xm, last dim contiguous
     qw_ptr,  # [K // PACK, N] int32 contiguous
@@ -43,52 +52,72 @@ def _quant_gemm_kernel(
     BLOCK_K: tl.constexpr,
     PARTIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    NIBBLE_DOTS: tl.constexpr,  # one group per tile, no LUT: a tl.dot per code slot
+    OFFSET: tl.constexpr,  # 1024 / 128: codes -> float16 / bfloat16 by bit tricks; else 0
 ):
     PACK: tl.constexpr = 32 // BITS
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_K // PACK)
-    offs_k = tl.arange(0, BLOCK_K)
-    shifts = tl.arange(0, PACK) * BITS
     m_mask, n_mask = offs_m < M, offs_n < N
     lo = split * chunks_per_split * BLOCK_K
     hi = tl.minimum(lo + chunks_per_split * BLOCK_K, K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_K):
-        k = start + offs_k
-        k_mask = k < hi
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + k[None, :],
-            mask=m_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        )
         words_row = start // PACK + offs_w
+        w_mask = words_row < hi // PACK
         words = tl.load(
             qw_ptr + words_row.to(tl.int64)[:, None] * N + offs_n[None, :],
-            mask=(words_row < hi // PACK)[:, None] & n_mask[None, :],
+            mask=w_mask[:, None] & n_mask[None, :],
             other=0,
         )
-        q = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
-        q = tl.reshape(q, (BLOCK_K, BLOCK_N))
-        if LUT:
-            w = tl.load(lut_ptr + offs_n[None, :] * 16 + q, mask=n_mask[None, :], other=0.0)
-            w = w.to(tl.float32)
+        if NIBBLE_DOTS:
+            acc += nibble_dots(
+                x_ptr,
+                s_ptr,
+                z_ptr,
+                words,
+                words_row,
+                w_mask,
+                offs_m,
+                offs_n,
+                m_mask,
+                n_mask,
+                N,
+                stride_xm,
+                start // group_size,
+                BITS,
+                BLOCK_M,
+                BLOCK_N,
+                OFFSET,
+                DOT_PRECISION,
+            )
         else:
-            if ROW_GROUPS:
-                if HAS_GIDX:
-                    g = tl.load(gidx_ptr + k, mask=k_mask, other=0)
-                else:
-                    g = k // group_size
-                sz = g.to(tl.int64)[:, None] * N + offs_n[None, :]
-                sz_mask = k_mask[:, None] & n_mask[None, :]
-            else:
-                sz = (start // group_size) * N + offs_n[None, :]
-                sz_mask = n_mask[None, :]
-            s = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            w = (q.to(tl.float32) - z) * s
-        acc += tl.dot(x, w.to(x.dtype), input_precision=DOT_PRECISION)
+            acc += unpacked_dot(
+                x_ptr,
+                s_ptr,
+                z_ptr,
+                gidx_ptr,
+                lut_ptr,
+                words,
+                start,
+                hi,
+                offs_m,
+                offs_n,
+                m_mask,
+                n_mask,
+                N,
+                stride_xm,
+                group_size,
+                BITS,
+                LUT,
+                HAS_GIDX,
+                ROW_GROUPS,
+                BLOCK_K,
+                BLOCK_N,
+                DOT_PRECISION,
+            )
     mask = m_mask[:, None] & n_mask[None, :]
     if PARTIAL:
         base = out_ptr + split.to(tl.int64) * M * N
@@ -96,21 +125,6 @@ def _quant_gemm_kernel(
     else:
         y = acc.to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask)
-
-
-def _blocks(m: int, bits: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): skinny tiles for decode rows."""
-    if m <= 16:
-        return 16, 64, 128, 4
-    if m <= 64:
-        return 64, 64, 64, 4
-    return 128, 128, 64, 8
-
-
-def _num_splits(m_blocks: int, n_blocks: int, k_chunks: int, num_sms: int) -> int:
-    """About four programs per SM, each at least four K chunks."""
-    wanted = tu.cdiv(4 * num_sms, m_blocks * n_blocks)
-    return max(1, min(wanted, k_chunks // 4))
 
 
 def quant_gemm(
@@ -124,6 +138,9 @@ def quant_gemm(
     lookup_table: torch.Tensor | None = None,  # [N, 16]
     num_splits: int | None = None,
     blocks: tuple[int, int, int, int] | None = None,
+    per_sm: int | None = None,
+    stages: int | None = None,
+    half_magic: bool = True,
 ) -> torch.Tensor:  # [M, N] in x.dtype
     _check(x, qweight, bits)
     m, k = x.shape
@@ -131,17 +148,26 @@ def quant_gemm(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_m, block_n, block_k, warps = blocks or _blocks(m, bits)
+    tile = kernel_table.pick(kernel_table.INT_GEMM_TILES, m)
+    block_m, block_n, block_k, warps = blocks or tile[:4]
+    per_sm = per_sm or tile[4]
+    lut = lookup_table is not None
+    nibble = not lut and g_idx is None and group_size % block_k == 0
+    if nibble and block_k < 16 * (32 // bits):  # tl.dot needs K >= 16 per code slot
+        nibble = False
     k_chunks = tu.cdiv(k, block_k)
     grid_mn = (tu.cdiv(m, block_m), tu.cdiv(n, block_n))
     if num_splits is None:
-        num_splits = _num_splits(*grid_mn, k_chunks, tu.num_sms(x.device))
+        num_splits = kernel_table.num_splits(
+            grid_mn[0] * grid_mn[1],
+            k_chunks,
+            per_sm,
+            tu.num_sms(x.device),
+            min_chunks=4,
+        )
     chunks = tu.cdiv(k_chunks, num_splits)
     splits = tu.cdiv(k_chunks, chunks)
-    target = (
-        out if splits == 1 else torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
-    )
-    lut = lookup_table is not None
+    target = split_target(out, splits)
     row_groups = g_idx is not None or group_size % block_k != 0
     tu.launch(
         _quant_gemm_kernel,
@@ -169,12 +195,21 @@ def quant_gemm(
         BLOCK_K=block_k,
         PARTIAL=splits > 1,
         DOT_PRECISION=tu.dot_precision(x.dtype),
+        NIBBLE_DOTS=nibble,
+        OFFSET=code_offset(x.dtype, bits) if half_magic else 0.0,
         num_warps=warps,
-        num_stages=3,
+        num_stages=stages or kernel_table.INT_GEMM_STAGES,
     )
     if splits > 1:
-        out.copy_(target.sum(dim=0))
+        sum_splits(target, out)
     return out
+
+
+def code_offset(dtype: torch.dtype, bits: int) -> float:
+    """The offset of the 16-bit codes of _codes_to_float (0.0: through float32)."""
+    if dtype == torch.float16:
+        return 1024.0
+    return 128.0 if dtype == torch.bfloat16 and bits == 4 else 0.0
 
 
 def _check(x: torch.Tensor, qweight: torch.Tensor, bits: int) -> None:

@@ -4,16 +4,19 @@ without tensor cores and without unpacking a tile into one [BLOCK_K, BLOCK_N] bl
 Word row r of a tile holds weight rows r*p + j (p = 32 / bits, j = 0..p-1) at bits
 j*bits. Instead of reshaping the unpacked codes, the kernel walks j: codes
 (words >> j*bits) & mask are a [BLOCK_K/p, BLOCK_N] block that multiplies the x
-entries r*p + j (a strided load, cached). With one quantization group per tile the
-scale and zero point come out of the sum:
+entries r*p + j (a strided load, cached). Within a word row the group is constant,
+so scale and zero point come out of the sum over j:
 
-    sum_k x_k (q_kn - z_n) s_n = s_n * (sum_k x_k q_kn - z_n * sum_k x_k)
+    sum_j x_j (q_jn - z_n) s_n = s_n * (sum_j x_j q_jn - z_n * sum_j x_j)
 
-so the inner loop is shift, mask, convert, multiply-add. Torch reference:
-int_packing.dequantize_ref.
+The codes become floats without an int-to-float conversion (quarter rate on Hopper):
+q | 0x4B000000 read as a float32 is 2^23 + q, exact, so one OR (fused with the mask
+into one LOP3) and one subtraction. Products accumulate in a [BLOCK_M, BLOCK_K/p,
+BLOCK_N] register block that is reduced over K once at the end, not once per j.
+Torch reference: int_packing.dequantize_ref.
 
     grid = (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), S)   S > 1: split-K, float32 partial
-    sums [S, M, N] added in order afterwards (deterministic).
+    sums [S, M, N] added in order by _sum_splits_kernel (deterministic).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import triton
 import triton.language as tl
 
 from pagedllm.layers import triton_utils as tu
+from pagedllm.layers.quantization import kernel_table
+
+MAGIC_F32 = 8388608.0  # 2^23: float32 bits 0x4B000000 | q  ==  2^23 + q
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "chunks_per_split"])  # see triton_utils
 def _quant_gemv_kernel(
     x_ptr,  # [M, K], row stride stride_xm, last dim contiguous
     qw_ptr,  # [K // PACK, N] int32 contiguous
@@ -54,7 +60,7 @@ def _quant_gemv_kernel(
     m_mask, n_mask = offs_m < M, offs_n < N
     lo = split * chunks_per_split * BLOCK_K
     hi = tl.minimum(lo + chunks_per_split * BLOCK_K, K)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, KW, BLOCK_N], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_K):
         rows = start // PACK + offs_r
         r_mask = rows < hi // PACK
@@ -64,46 +70,71 @@ def _quant_gemv_kernel(
             other=0,
         )
         if ONE_GROUP:
-            g = start // group_size
-            s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-            part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            x_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+            sz = (start // group_size) * N + offs_n[None, :]  # [1, BLOCK_N]
+            sz_mask = n_mask[None, :]
         else:
             sz = ((rows * PACK) // group_size).to(tl.int64)[:, None] * N + offs_n[None, :]
             sz_mask = r_mask[:, None] & n_mask[None, :]
-            s = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+        s = tl.load(s_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + sz, mask=sz_mask, other=0.0).to(tl.float32)
+        part = tl.zeros([BLOCK_M, KW, BLOCK_N], dtype=tl.float32)
+        x_sum = tl.zeros([BLOCK_M, KW], dtype=tl.float32)
         for j in tl.static_range(PACK):
             x = tl.load(
                 x_ptr + offs_m[:, None] * stride_xm + (rows * PACK + j)[None, :],
                 mask=m_mask[:, None] & r_mask[None, :],
                 other=0.0,
             ).to(tl.float32)
-            q = ((words >> (j * BITS)) & ((1 << BITS) - 1)).to(tl.float32)
-            if ONE_GROUP:
-                part += tl.sum(x[:, :, None] * q[None, :, :], axis=1)
-                x_sum += tl.sum(x, axis=1)
-            else:
-                acc += tl.sum(x[:, :, None] * ((q - z) * s)[None, :, :], axis=1)
-        if ONE_GROUP:
-            acc += s[None, :] * (part - x_sum[:, None] * z[None, :])
+            bits = ((words >> (j * BITS)) & ((1 << BITS) - 1)) | 0x4B000000
+            q = bits.to(tl.float32, bitcast=True) - 8388608.0
+            part += x[:, :, None] * q[None, :, :]
+            x_sum += x
+        acc += (part - x_sum[:, :, None] * z[None, :, :]) * s[None, :, :]
+    y = tl.sum(acc, axis=1)
     mask = m_mask[:, None] & n_mask[None, :]
     if PARTIAL:
         base = out_ptr + split.to(tl.int64) * M * N
-        tl.store(base + offs_m[:, None] * N + offs_n[None, :], acc, mask=mask)
+        tl.store(base + offs_m[:, None] * N + offs_n[None, :], y, mask=mask)
     else:
-        y = acc.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask)
+        tl.store(
+            out_ptr + offs_m[:, None] * N + offs_n[None, :],
+            y.to(out_ptr.dtype.element_ty),
+            mask=mask,
+        )
 
 
-GEMV_MAX_ROWS = 8  # above this the tensor-core kernel (triton_quant_gemm) is faster
+@triton.jit(do_not_specialize=["total", "splits"])
+def _sum_splits_kernel(part_ptr, out_ptr, total, splits, BLOCK: tl.constexpr):
+    """out[i] = sum_s part[s, i] in order (float32), cast to out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(splits):
+        acc += tl.load(part_ptr + s * total + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _default_blocks(m: int, group_size: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)."""
-    block_k = 128 if group_size % 128 == 0 else 64
-    return (1 if m == 1 else min(4, triton.next_power_of_2(m))), 128, block_k, 4
+def sum_splits(part: torch.Tensor, out: torch.Tensor) -> None:
+    """out <- part.sum(0) for float32 partial sums [S, M, N] (one kernel, deterministic)."""
+    total = out.numel()
+    block = 1024
+    tu.launch(
+        _sum_splits_kernel,
+        (tu.cdiv(total, block),),
+        out.device,
+        part,
+        out,
+        total,
+        part.shape[0],
+        BLOCK=block,
+        num_warps=4,
+    )
+
+
+def split_target(out: torch.Tensor, splits: int) -> torch.Tensor:
+    if splits == 1:
+        return out
+    return torch.empty((splits, *out.shape), dtype=torch.float32, device=out.device)
 
 
 def quant_gemv(
@@ -115,23 +146,27 @@ def quant_gemv(
     zeros: torch.Tensor,  # [G, N] float
     num_splits: int | None = None,
     blocks: tuple[int, int, int, int] | None = None,
+    per_sm: int | None = None,
 ) -> torch.Tensor:  # [M, N] in x.dtype
     m, k = x.shape
     n = qweight.shape[1]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_m, block_n, block_k, warps = blocks or _default_blocks(m, group_size)
+    tile = kernel_table.pick(kernel_table.INT_GEMV_TILES, m)
+    block_m, block_n, block_k, warps = blocks or tile[:4]
+    per_sm = per_sm or tile[4]
+    block_m = min(block_m, tu.next_power_of_2(m))
+    while group_size % block_k and block_k > 32 * 8 // bits:
+        block_k //= 2
     k_chunks = tu.cdiv(k, block_k)
     grid_mn = (tu.cdiv(m, block_m), tu.cdiv(n, block_n))
     if num_splits is None:
-        wanted = tu.cdiv(4 * tu.num_sms(x.device), grid_mn[0] * grid_mn[1])
-        num_splits = max(1, min(wanted, k_chunks // 2))
+        sms = tu.num_sms(x.device)
+        num_splits = kernel_table.num_splits(grid_mn[0] * grid_mn[1], k_chunks, per_sm, sms)
     chunks = tu.cdiv(k_chunks, num_splits)
     splits = tu.cdiv(k_chunks, chunks)
-    target = (
-        out if splits == 1 else torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
-    )
+    target = split_target(out, splits)
     tu.launch(
         _quant_gemv_kernel,
         (*grid_mn, splits),
@@ -156,5 +191,5 @@ def quant_gemv(
         num_warps=warps,
     )
     if splits > 1:
-        out.copy_(target.sum(dim=0))
+        sum_splits(target, out)
     return out

@@ -1,0 +1,55 @@
+"""Which quantized-matmul kernel (and tile) runs for how many rows: one table for the
+packed integer methods (AWQ, GPTQ) and FP8, measured on an H200 by
+scripts/gpu_quant_sweep.py, which prints this module's values to paste here.
+
+Tiles are (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, per_sm), per_sm the programs per SM
+that split-K aims at; a row count m uses the entry of the smallest key >= m.
+"""
+
+from __future__ import annotations
+
+Tile = tuple[int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, per_sm
+
+# Packed integer weights (K-packed int4/int8, triton_quant_gemv / triton_quant_gemm).
+INT_GEMV_MAX_ROWS = 4  # rows up to which the FMA GEMV beats the tensor-core kernel
+INT_GEMV_TILES: dict[int, Tile] = {
+    1: (1, 128, 128, 4, 4),
+    2: (2, 128, 128, 4, 4),
+    4: (4, 128, 128, 8, 4),
+    8: (8, 64, 128, 8, 4),
+    16: (16, 64, 128, 8, 4),
+}
+INT_GEMM_TILES: dict[int, Tile] = {
+    16: (16, 128, 128, 4, 4),
+    64: (64, 128, 128, 4, 2),
+    1 << 30: (128, 128, 128, 8, 1),
+}
+INT_GEMM_STAGES = 3
+
+# FP8 (e4m3 weights): weight-only GEMV up to FP8_GEMV_MAX_ROWS rows (a tile with
+# BLOCK_M >= 16 multiplies on tensor cores, else by FMA), above that activations are
+# quantized per tensor and multiplied by torch._scaled_mm.
+FP8_GEMV_MAX_ROWS = 4
+FP8_GEMV_TILES: dict[int, Tile] = {
+    1: (1, 64, 128, 4, 4),
+    2: (2, 64, 128, 4, 4),
+    4: (4, 32, 128, 4, 4),
+    8: (16, 64, 128, 4, 4),
+    16: (16, 64, 128, 4, 4),
+}
+FP8_GEMV_BIT_CONVERT = True  # FMA tiles: e4m3 -> float32 by integer ops, not cvt
+FP8_ACT_QUANT_TRITON = True  # triton_fp8.quantize_per_tensor, else its torch reference
+
+
+def pick(table: dict[int, Tile], m: int) -> Tile:
+    """The entry of the smallest key >= m (the largest key beyond the table)."""
+    for key in sorted(table):
+        if m <= key:
+            return table[key]
+    return table[max(table)]
+
+
+def num_splits(programs: int, k_chunks: int, per_sm: int, sms: int, min_chunks: int = 2) -> int:
+    """Split-K factor: about `per_sm` programs per SM, each at least `min_chunks` K tiles."""
+    wanted = -(-per_sm * sms // max(programs, 1))
+    return max(1, min(wanted, k_chunks // min_chunks))
