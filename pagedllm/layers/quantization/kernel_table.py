@@ -11,33 +11,38 @@ from __future__ import annotations
 Tile = tuple[int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, per_sm
 
 # Packed integer weights (K-packed int4/int8, triton_quant_gemv / triton_quant_gemm).
-INT_GEMV_MAX_ROWS = 4  # rows up to which the FMA GEMV beats the tensor-core kernel
+# Values from `scripts/gpu_quant_sweep.py` on an H200, 2026-12-01 07:52 (docs/benchmarks.md).
+INT_GEMV_MAX_ROWS = 0  # rows up to which the FMA GEMV beats the tensor-core kernel
 INT_GEMV_TILES: dict[int, Tile] = {
-    1: (1, 128, 128, 4, 4),
-    2: (2, 128, 128, 4, 4),
-    4: (4, 128, 128, 8, 4),
-    8: (8, 64, 128, 8, 4),
-    16: (16, 64, 128, 8, 4),
+    1: (1, 64, 128, 4, 8),
+    4: (2, 128, 128, 4, 4),
+    8: (8, 32, 128, 4, 4),
+    16: (16, 32, 128, 8, 4),
 }
 INT_GEMM_TILES: dict[int, Tile] = {
-    16: (16, 128, 128, 4, 4),
-    64: (64, 128, 128, 4, 2),
-    1 << 30: (128, 128, 128, 8, 1),
+    1: (16, 128, 128, 4, 8),
+    4: (16, 128, 128, 4, 8),
+    8: (16, 128, 128, 4, 8),
+    16: (16, 128, 128, 4, 8),
+    64: (64, 256, 128, 8, 1),
+    1 << 30: (128, 256, 128, 8, 1),
 }
 INT_GEMM_STAGES = 3
+# From this many rows on, the weight is dequantized whole (triton_quant_dequant) and
+# multiplied by cuBLAS: at 64 rows the fused kernel took 6x the bf16 matmul's time.
+INT_DEQUANT_MIN_ROWS = 32
 
 # FP8 (e4m3 weights): weight-only GEMV up to FP8_GEMV_MAX_ROWS rows (a tile with
 # BLOCK_M >= 16 multiplies on tensor cores, else by FMA), above that activations are
-# quantized per tensor and multiplied by torch._scaled_mm.
-FP8_GEMV_MAX_ROWS = 4
+# quantized per tensor and multiplied by torch._scaled_mm (the faster at 1 row too).
+FP8_GEMV_MAX_ROWS = 0
 FP8_GEMV_TILES: dict[int, Tile] = {
-    1: (1, 64, 128, 4, 4),
-    2: (2, 64, 128, 4, 4),
-    4: (4, 32, 128, 4, 4),
-    8: (16, 64, 128, 4, 4),
-    16: (16, 64, 128, 4, 4),
+    1: (16, 64, 128, 4, 4),
+    4: (16, 64, 128, 4, 4),
+    8: (16, 64, 256, 4, 4),
+    16: (16, 64, 256, 4, 4),
 }
-FP8_GEMV_BIT_CONVERT = True  # FMA tiles: e4m3 -> float32 by integer ops, not cvt
+FP8_GEMV_BIT_CONVERT = False  # FMA tiles: e4m3 -> float32 by integer ops, not cvt
 FP8_ACT_QUANT_TRITON = True  # triton_fp8.quantize_per_tensor, else its torch reference
 
 

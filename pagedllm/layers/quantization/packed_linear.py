@@ -94,9 +94,18 @@ class PackedLinearMethod(LinearMethodBase):
             from pagedllm.layers.quantization.triton_quant_gemv import quant_gemv
 
             x = x.contiguous()
-            few_rows = x.shape[0] <= kernel_table.INT_GEMV_MAX_ROWS
-            if few_rows and lut is None and g_idx is None and scales is not None:
-                assert zeros is not None  # affine methods hold both
+            rows = x.shape[0]
+            affine = lut is None and scales is not None and zeros is not None
+            if affine and rows >= kernel_table.INT_DEQUANT_MIN_ROWS:
+                from pagedllm.layers.quantization.triton_quant_dequant import dequantize_packed
+
+                assert scales is not None and zeros is not None
+                w = dequantize_packed(
+                    layer.qweight, self.bits, group, scales, zeros, x.dtype, g_idx
+                )
+                return x @ w
+            if affine and g_idx is None and rows <= kernel_table.INT_GEMV_MAX_ROWS:
+                assert scales is not None and zeros is not None
                 return quant_gemv(x, layer.qweight, self.bits, group, scales, zeros)
             return quant_gemm(x, layer.qweight, self.bits, group, scales, zeros, g_idx, lut)
         weight = dequantize_ref(layer.qweight, self.bits, scales, zeros, g_idx, group, lut)
