@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pagedllm.sampling_params import PoolingParams, SamplingParams
 
 
@@ -49,6 +51,11 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest]
     num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)  # runner may drop their state
+    # Structured outputs: row i of the bitmask is what request
+    # structured_output_request_ids[i] may sample this step (bit j of word w allows
+    # token 32 * w + j); None when no scheduled request samples under a grammar.
+    grammar_bitmask: np.ndarray | None = None  # [R, ceil(V / 32)] int32
+    structured_output_request_ids: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

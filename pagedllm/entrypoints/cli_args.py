@@ -19,6 +19,7 @@ from pagedllm.config import (
     RUNNERS,
     TASKS,
     EngineArgs,
+    StructuredOutputsConfig,
 )
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.http_options import DEFAULT_MAX_REQUEST_BODY_SIZE, HTTPOptions
@@ -49,6 +50,8 @@ _HELP: dict[str, str] = {
     "max_num_seqs": "Maximum number of sequences per step (default 256).",
     "max_num_batched_tokens": "Token budget per step.",
     "disable_log_stats": "Do not log the periodic throughput line.",
+    "structured_outputs_config": 'Grammar backend options: JSON (\'{"backend": "xgrammar"}\') '
+    "or backend=auto|guidance|xgrammar,disable_any_whitespace=true (default: auto = guidance).",
 }
 _HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgtKMGT]?)$")
 _MULTIPLIERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -103,6 +106,8 @@ def _add_field(
             kwargs["action"] = argparse.BooleanOptionalAction
     else:
         parse: Callable[[str], Any] = human_int if inner is int else inner
+        if inner is StructuredOutputsConfig:
+            parse = StructuredOutputsConfig.from_cli
         kwargs["metavar"] = f.name.upper()
         kwargs["type"] = _optional(parse) if optional else parse
         if f.name in _CHOICES:
