@@ -43,7 +43,7 @@ class StructuredOutputManager:
         self._backend: StructuredOutputBackend | None = None
         self._backend_lock = threading.Lock()
         # Compilation is CPU-bound (llguidance and xgrammar drop the GIL): half the cores.
-        workers = max(1, (os.cpu_count() or 2) // 2)
+        workers = max(2, (os.cpu_count() or 2) // 2)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grammar")
         self.num_words = bitmask_words(self.vocab_size)
 

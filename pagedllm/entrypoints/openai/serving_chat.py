@@ -44,9 +44,6 @@ def _check_supported(request: ChatCompletionRequest) -> None:
         raise APIError("messages must contain at least one message", param="messages")
     if request.tools and request.tool_choice != "none":
         raise APIError("Tool calling is not supported by this server", param="tools")
-    fmt = (request.response_format or {}).get("type", "text")
-    if fmt != "text":
-        raise APIError(f"response_format {fmt!r} is not supported", param="response_format")
     if request.top_logprobs and not request.logprobs:
         raise APIError(
             "when using `top_logprobs`, `logprobs` must be set to true", param="top_logprobs"
