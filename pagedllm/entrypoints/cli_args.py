@@ -234,6 +234,17 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--disable-log-requests", action="store_true", help="Do not log requests.")
     group.add_argument("--disable-uvicorn-access-log", action="store_true")
     group.add_argument("--root-path", type=str, default=None, help="ASGI root_path behind a proxy.")
+    group.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='Allow tool_choice="auto" (needs --tool-call-parser).',
+    )
+    group.add_argument(
+        "--tool-call-parser",
+        choices=["hermes", "llama3_json", "mistral", "pythonic"],
+        default=None,
+        help="How the model writes tool calls (for tool_choice=auto).",
+    )
     return parser
 
 

@@ -25,7 +25,14 @@ from remote_server import MODEL_NAME, SERVER_FLAGS, RemoteServer
 def so_server() -> Iterator[RemoteServer]:
     server = RemoteServer(
         "pagedllm.entrypoints.openai.api_server",
-        [*SERVER_FLAGS, "--structured-outputs-config", "disable_any_whitespace=true"],
+        [
+            *SERVER_FLAGS,
+            "--structured-outputs-config",
+            "disable_any_whitespace=true",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "hermes",
+        ],
     )
     try:
         server.wait_ready()
@@ -109,6 +116,20 @@ SCHEMAS: list[dict[str, Any]] = [
         "additionalProperties": False,
     },
 ]
+
+
+def _strict(schema: Any) -> Any:
+    """additionalProperties false on every object (OpenAI's strict schemas): without it
+    a small model invents properties until max_tokens cuts the JSON."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if out.get("type") == "object":
+            out.setdefault("additionalProperties", False)
+        return out
+    return [_strict(v) for v in schema] if isinstance(schema, list) else schema
+
+
+SCHEMAS = [_strict(s) for s in SCHEMAS]
 TOPICS = [
     "a cat",
     "Paris",
@@ -210,3 +231,94 @@ def test_invalid_specs_are_400_naming_the_field(
             extra_body=extra,
         )
     assert field in str(info.value)
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 16},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+}
+ADD = {
+    "type": "object",
+    "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}, "b": {"type": "integer"}},
+    "required": ["a", "b"],
+}
+WEATHER, ADD = _strict(WEATHER), _strict(ADD)
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "add", "parameters": ADD}},
+]
+SCHEMA_OF = {"get_weather": WEATHER, "add": ADD}
+QUESTIONS = ["What is the weather in Paris?", "What is 2 plus 3?", "Is it cold in Oslo?"]
+
+
+def _tool_request(client: openai.OpenAI, question: str, choice: Any, stream: bool) -> Any:
+    return client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": question}],
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice=choice,
+        max_tokens=60,
+        temperature=0,
+        stream=stream,
+    )
+
+
+def _streamed_calls(stream: Any) -> tuple[list[dict[str, str]], str | None]:
+    """Tool calls put together from OpenAI-style deltas (index, name once, arguments)."""
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                if delta.function.name:
+                    call["name"] = delta.function.name
+                call["arguments"] += delta.function.arguments or ""
+    return [calls[i] for i in sorted(calls)], finish
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_choice_required_gives_valid_calls(so_client: openai.OpenAI, stream: bool) -> None:
+    for question in QUESTIONS:
+        result = _tool_request(so_client, question, "required", stream)
+        if stream:
+            calls, finish = _streamed_calls(result)
+        else:
+            message = result.choices[0].message
+            calls = [
+                {"name": c.function.name, "arguments": c.function.arguments}
+                for c in message.tool_calls
+            ]
+            finish = result.choices[0].finish_reason
+        assert calls and finish == "tool_calls"
+        for call in calls:
+            jsonschema.validate(json.loads(call["arguments"]), SCHEMA_OF[call["name"]])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_named_tool_choice_gives_that_call(so_client: openai.OpenAI, stream: bool) -> None:
+    for name in ("get_weather", "add"):
+        choice = {"type": "function", "function": {"name": name}}
+        result = _tool_request(so_client, QUESTIONS[0], choice, stream)
+        if stream:
+            calls, _ = _streamed_calls(result)
+        else:
+            tool_calls = result.choices[0].message.tool_calls
+            calls = [
+                {"name": c.function.name, "arguments": c.function.arguments} for c in tool_calls
+            ]
+            assert tool_calls[0].id and tool_calls[0].type == "function"
+        assert [c["name"] for c in calls] == [name]
+        jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMA_OF[name])
+
+
+def test_tool_choice_none_and_auto_answer_text(so_client: openai.OpenAI) -> None:
+    for choice in ("none", "auto"):
+        result = _tool_request(so_client, "Say hello.", choice, False)
+        message = result.choices[0].message
+        assert message.content and not message.tool_calls
