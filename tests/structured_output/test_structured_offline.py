@@ -102,3 +102,23 @@ def test_mixed_batch_free_requests_unchanged(smol_llm: Any) -> None:
     )
     assert [mixed[i].outputs[0].token_ids for i in (0, 2, 3)] == alone
     assert np.all([mixed[i].outputs[0].text.startswith("{") for i in (1, 4)])
+
+
+def test_async_scheduling_gives_the_same_constrained_tokens(smol_llm: Any) -> None:
+    """With async scheduling on, a constrained request makes the steps synchronous
+    (its bitmask needs its last token): the same tokens as the synchronous engine,
+    and the free request beside it too."""
+    from pagedllm import LLM
+
+    prompts = [_chat(smol_llm, "Describe a person as JSON."), _chat(smol_llm, "Say hello.")]
+    params = [
+        SamplingParams(max_tokens=24, temperature=0.8, seed=5, structured_outputs=StructuredOutputsParams(json=SCHEMA)),
+        SamplingParams(max_tokens=24, temperature=0.8, seed=6),
+    ]  # fmt: skip
+    expected = [o.outputs[0].token_ids for o in smol_llm.generate(prompts, params, use_tqdm=False)]
+    llm = LLM(max_model_len=1024, kv_cache_memory_bytes=64 << 20, async_scheduling=True)
+    try:
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    finally:
+        llm.shutdown()
+    assert got == expected
