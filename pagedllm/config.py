@@ -31,6 +31,7 @@ RUNNERS = ("auto", "generate", "pooling")
 TASKS = ("auto", "generate", "embed", "embedding")
 POOLING_TYPES = ("LAST", "MEAN", "CLS", "ALL")
 PREEMPTION_MODES = ("recompute", "swap")
+STRUCTURED_OUTPUTS_BACKENDS = ("auto", "guidance", "xgrammar")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -148,6 +149,35 @@ class DeviceConfig:
 
 
 @dataclass
+class StructuredOutputsConfig:
+    """vLLM's --structured-outputs-config: the grammar backend ("auto" is llguidance,
+    vLLM's "guidance"; "xgrammar" needs `pip install xgrammar`) and whether JSON may
+    hold whitespace between its tokens (vLLM's default: it may)."""
+
+    backend: str = "auto"
+    disable_any_whitespace: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice(
+            "structured_outputs_config.backend", self.backend, STRUCTURED_OUTPUTS_BACKENDS
+        )
+
+    @classmethod
+    def from_cli(cls, value: str) -> StructuredOutputsConfig:
+        """JSON (`{"backend": "xgrammar"}`) or `backend=xgrammar,disable_any_whitespace=true`."""
+        import json
+
+        text = value.strip()
+        if text.startswith("{"):
+            return cls(**json.loads(text))
+        items = dict(part.split("=", 1) for part in text.split(",") if part)
+        kwargs: dict[str, Any] = dict(items)
+        if "disable_any_whitespace" in kwargs:
+            kwargs["disable_any_whitespace"] = items["disable_any_whitespace"].lower() == "true"
+        return cls(**kwargs)
+
+
+@dataclass
 class EngineConfig:
     model_config: ModelConfig
     cache_config: CacheConfig
@@ -156,6 +186,9 @@ class EngineConfig:
     device_config: DeviceConfig
     enforce_eager: bool = False
     max_seq_len_to_capture: int = 8192
+    structured_outputs_config: StructuredOutputsConfig = field(
+        default_factory=StructuredOutputsConfig
+    )
 
 
 @dataclass
@@ -201,6 +234,7 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = None
     async_scheduling: bool | None = None  # None: on for CUDA (pipeline_parallel_size 1)
     preemption_mode: str | None = None  # None: by length (swap long requests)
+    structured_outputs_config: StructuredOutputsConfig | None = None  # None: the defaults
 
     @classmethod
     def field_names(cls) -> list[str]:

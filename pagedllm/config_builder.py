@@ -19,6 +19,7 @@ from pagedllm.config import (
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
+    StructuredOutputsConfig,
 )
 
 
@@ -147,7 +148,17 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         device_config=DeviceConfig(device=device),
         enforce_eager=args.enforce_eager,
         max_seq_len_to_capture=args.max_seq_len_to_capture,
+        structured_outputs_config=_structured_outputs_config(args.structured_outputs_config),
     )
+
+
+def _structured_outputs_config(value: Any) -> StructuredOutputsConfig:
+    """LLM(structured_outputs_config={"backend": ...}) takes a dict as vLLM does."""
+    if value is None:
+        return StructuredOutputsConfig()
+    if isinstance(value, dict):
+        return StructuredOutputsConfig(**value)
+    return value
 
 
 def _sentence_transformers_max_len(path: str) -> int | None:

@@ -25,6 +25,39 @@ class SamplingType(enum.IntEnum):
 
 
 @dataclass
+class StructuredOutputsParams:
+    """Constrain the output to a grammar (vLLM's names): exactly one of `json` (a JSON
+    schema, as a dict or its text), `regex`, `choice` (one of these strings),
+    `grammar` (Lark or GBNF/EBNF text) or `json_object` (any JSON object)."""
+
+    json: str | dict[str, Any] | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def __post_init__(self) -> None:
+        kinds = [name for name in _STRUCTURED_KINDS if getattr(self, name) not in (None, False)]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) or "none"
+            raise ValueError(
+                "structured_outputs must set exactly one of json, regex, choice, grammar, "
+                f"json_object; got {found}"
+            )
+        if self.choice is not None:
+            self.choice = _str_list(self.choice, "structured_outputs.choice")
+            _require(bool(self.choice), "structured_outputs.choice", "cannot be empty")
+
+    @property
+    def kind(self) -> str:
+        """Which constraint is set: json, regex, choice, grammar or json_object."""
+        return next(n for n in _STRUCTURED_KINDS if getattr(self, n) not in (None, False))
+
+
+_STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+@dataclass
 class SamplingParams:
     n: int = 1
     best_of: int | None = None
@@ -52,6 +85,7 @@ class SamplingParams:
     bad_words: list[str] | None = None
     truncate_prompt_tokens: int | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
     # Filled by the engine: stop tokens of the model's generation config (EOS variants),
     # and the token sequences of bad_words.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
@@ -186,6 +220,8 @@ def _normalize(sp: SamplingParams) -> None:
         sp.logit_bias = _logit_bias(sp.logit_bias)
     if sp.top_k == -1:
         sp.top_k = 0
+    if isinstance(sp.structured_outputs, dict):
+        sp.structured_outputs = StructuredOutputsParams(**sp.structured_outputs)
     if not isinstance(sp.output_kind, RequestOutputKind):
         raise ValueError(f"output_kind must be a RequestOutputKind, got {sp.output_kind!r}")
 

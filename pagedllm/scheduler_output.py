@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pagedllm.sampling_params import PoolingParams, SamplingParams
 
 
@@ -52,6 +54,11 @@ class SchedulerOutput:
     # KV copies to make before the forward, in this order (core/cpu_tier.py):
     swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu block, cpu block)
     swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu block, gpu block)
+    # Structured outputs: row i of the bitmask is what request
+    # structured_output_request_ids[i] may sample this step (bit j of word w allows
+    # token 32 * w + j); None when no scheduled request samples under a grammar.
+    grammar_bitmask: np.ndarray | None = None  # [R, ceil(V / 32)] int32
+    structured_output_request_ids: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

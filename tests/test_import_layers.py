@@ -17,6 +17,7 @@ RANKS = {
     "llm": 1,
     "engine": 1,
     "core": 2,
+    "structured_output": 2,
     "executor": 3,
     "worker": 4,
     "models": 5,

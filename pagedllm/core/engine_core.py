@@ -8,6 +8,7 @@ end's process (offline `LLM`, `InprocClient`) or in its own (`engine_core_proc.p
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -20,6 +21,8 @@ from pagedllm.core.scheduler import Scheduler
 from pagedllm.executor.base import ExecutorDeadError, get_executor_class
 from pagedllm.outputs import SchedulerStats
 from pagedllm.scheduler_output import SchedulerOutput
+from pagedllm.structured_output import StructuredOutputManager
+from pagedllm.structured_output.backend_types import StructuredOutputGrammar
 from pagedllm.worker.kv_cache import cpu_tier_num_blocks
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class EngineCore:
         self.scheduler = Scheduler(engine_config.scheduler_config, self.kv_cache_manager)
         self.async_scheduling = engine_config.scheduler_config.async_scheduling
         self._pending: tuple[SchedulerOutput, Any] | None = None  # launched, not yet finished
+        self.structured_output_manager = StructuredOutputManager(engine_config)
         logger.info(
             "EngineCore ready: %s, %d KV blocks of %d tokens",
             engine_config.model_config.model,
@@ -80,6 +84,11 @@ class EngineCore:
             max_tokens=req.max_tokens,
             stream_outputs=req.stream_outputs,
         )
+        sp = req.sampling_params
+        if sp is not None and sp.structured_outputs is not None:
+            request.structured_output_request = self.structured_output_manager.grammar_init(
+                sp.structured_outputs
+            )
         self.scheduler.add_request(request)
 
     def abort_requests(
@@ -101,6 +110,9 @@ class EngineCore:
         if not self.async_scheduling or self.scheduler.has_history_requests():
             updated += self._finish_pending()  # sampling needs the latest tokens first
         scheduler_output = self.scheduler.schedule()
+        self._add_grammar_bitmask(scheduler_output)
+        if scheduler_output.is_empty and self._pending is None:
+            self._wait_for_grammars()
         try:
             result = self.executor.execute_model(scheduler_output)
         except ExecutorDeadError:
@@ -117,6 +129,37 @@ class EngineCore:
             # reports no unfinished work.
             updated += self._finish_pending()
         return self.make_outputs(updated)
+
+    def _add_grammar_bitmask(self, scheduler_output: SchedulerOutput) -> None:
+        """The bitmask rows of the scheduled requests that sample under a grammar.
+        Their grammars have taken every earlier token: with a constrained request
+        unfinished, step() finishes the step in flight before it schedules."""
+        if not self.scheduler.has_structured_requests():
+            return
+        req_ids: list[str] = []
+        grammars: list[StructuredOutputGrammar] = []
+        for sched in scheduler_output.scheduled:
+            request = self.scheduler.requests.get(sched.req_id)
+            sor = request.structured_output_request if request is not None else None
+            grammar = sor.grammar if sor is not None else None
+            if grammar is not None and sched.samples:
+                req_ids.append(sched.req_id)
+                grammars.append(grammar)
+        if grammars:
+            bitmask = self.structured_output_manager.grammar_bitmask(grammars)
+            scheduler_output.grammar_bitmask = bitmask
+            scheduler_output.structured_output_request_ids = req_ids
+
+    def _wait_for_grammars(self) -> None:
+        """Nothing to run but requests whose grammar compiles: wait a little for one
+        (instead of spinning the busy loop), then go back to read inputs."""
+        futures = [
+            r.structured_output_request.future
+            for r in self.scheduler.waiting
+            if r.structured_output_request is not None and not r.structured_output_request.is_ready
+        ]
+        if futures:
+            concurrent.futures.wait(futures, timeout=0.01, return_when="FIRST_COMPLETED")
 
     def _finish_pending(self) -> list[Request]:
         if self._pending is None:
@@ -189,6 +232,7 @@ class EngineCore:
         self.executor.check_health()
 
     def shutdown(self) -> None:
+        self.structured_output_manager.shutdown()
         self.executor.shutdown()
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pagedllm.outputs import RequestMetrics
 from pagedllm.sampling_params import PoolingParams, SamplingParams
 from pagedllm.scheduler_output import SampledLogprobs
+from pagedllm.structured_output.request import StructuredOutputRequest
 
 
 class RequestStatus(enum.IntEnum):
@@ -74,6 +75,8 @@ class Request:
     stream_outputs: bool = True
     num_sent_tokens: int = 0
     num_sent_prompt_logprobs: int = 0
+    # Its grammar (structured outputs): compiling, then advanced with every token.
+    structured_output_request: StructuredOutputRequest | None = None
 
     def __post_init__(self) -> None:
         if self.metrics is None:

@@ -24,7 +24,7 @@ from pagedllm.config import SchedulerConfig
 from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
-from pagedllm.core.stop_checker import check_stop
+from pagedllm.core.stop_checker import check_grammar_stop, check_stop
 from pagedllm.outputs import SchedulerStats
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
@@ -43,6 +43,7 @@ class Scheduler:
         self.stats = SchedulerStats(num_gpu_blocks=kv_cache_manager.num_blocks)
         self.finished_now: list[Request] = []  # finished inside schedule() (cannot ever fit)
         self._history_req_ids: set[str] = set()  # requests whose sampling reads their outputs
+        self._structured_req_ids: set[str] = set()  # requests sampling under a grammar
 
     # ---- requests in and out -------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -51,10 +52,17 @@ class Scheduler:
         sp = request.sampling_params
         if sp is not None and uses_token_history(sp):
             self._history_req_ids.add(request.request_id)
+        if request.structured_output_request is not None:
+            self._structured_req_ids.add(request.request_id)
 
     def has_history_requests(self) -> bool:
-        """Whether an unfinished request samples from its own output so far."""
-        return bool(self._history_req_ids)
+        """Whether an unfinished request samples from its own output so far: its own
+        tokens (penalties) or its grammar's state, which its last token advanced.
+        The engine then waits for each step before it schedules the next."""
+        return bool(self._history_req_ids or self._structured_req_ids)
+
+    def has_structured_requests(self) -> bool:
+        return bool(self._structured_req_ids)
 
     def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> list[Request]:
         """Abort (or stop on a stop string) requests wherever they are; free their blocks."""
@@ -74,6 +82,7 @@ class Scheduler:
 
     def _free(self, request: Request) -> None:
         self._history_req_ids.discard(request.request_id)
+        self._structured_req_ids.discard(request.request_id)
         self.kv.free(request)
         self.finished_req_ids.add(request.request_id)
         self.requests.pop(request.request_id, None)
@@ -162,6 +171,31 @@ class Scheduler:
         return mode == "swap"
 
     def _schedule_waiting(self, budget: int, out: list[ScheduledRequest]) -> None:
+        skipped = self._pop_grammar_waiting()
+        self._schedule_waiting_ready(budget, out)
+        self.waiting.extendleft(reversed(skipped))  # first in the queue once compiled
+
+    def _pop_grammar_waiting(self) -> list[Request]:
+        """Take the requests whose grammar is still compiling out of the queue (kept
+        in order for later); fail those whose grammar did not compile."""
+        if not self._structured_req_ids:
+            return []
+        skipped: list[Request] = []
+        for request in list(self.waiting):
+            sor = request.structured_output_request
+            if sor is None or (sor.is_ready and sor.error is None):
+                continue
+            self.waiting.remove(request)
+            if not sor.is_ready:
+                skipped.append(request)
+                continue
+            logger.error("Request %s: grammar failed: %s", request.request_id, sor.error)
+            request.status = RequestStatus.FINISHED_ERROR
+            self._free(request)
+            self.finished_now.append(request)
+        return skipped
+
+    def _schedule_waiting_ready(self, budget: int, out: list[ScheduledRequest]) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             if request.num_output_placeholders:
@@ -257,7 +291,7 @@ class Scheduler:
         logprobs = out.logprobs[i] if out.logprobs is not None else None
         if logprobs is not None:
             request.logprobs.append(logprobs)
-        if check_stop(request, self.config.max_model_len):
+        if check_stop(request, self.config.max_model_len) or check_grammar_stop(request, token):
             self._finish_running(request)
         return True
 

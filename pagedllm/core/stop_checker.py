@@ -3,7 +3,11 @@ the detokenizer's business (they need text)."""
 
 from __future__ import annotations
 
+import logging
+
 from pagedllm.core.request import Request, RequestStatus
+
+logger = logging.getLogger(__name__)
 
 
 def check_stop(request: Request, max_model_len: int) -> bool:
@@ -19,5 +23,23 @@ def check_stop(request: Request, max_model_len: int) -> bool:
         return True
     if request.num_output_tokens >= request.max_tokens or request.num_tokens >= max_model_len:
         request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+        return True
+    return False
+
+
+def check_grammar_stop(request: Request, token: int) -> bool:
+    """Structured outputs: advance the request's grammar by its new token; True (and
+    the request stopped) when the grammar has terminated, or cannot take the token
+    (logged: the bitmask allowed only tokens it can take, so a backend bug)."""
+    sor = request.structured_output_request
+    grammar = sor.grammar if sor is not None else None
+    if grammar is None:
+        return False
+    if not grammar.accept_token(token):
+        logger.error("Request %s: its grammar rejected token %d", request.request_id, token)
+        request.status = RequestStatus.FINISHED_STOPPED
+        return True
+    if grammar.is_terminated():
+        request.status = RequestStatus.FINISHED_STOPPED
         return True
     return False

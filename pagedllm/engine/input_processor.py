@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pagedllm.config import ModelConfig
+from pagedllm.config import ModelConfig, StructuredOutputsConfig
 from pagedllm.layers.sampling_metadata import verify_token_ids
 from pagedllm.sampling_params import SamplingParams
 
@@ -103,6 +103,7 @@ def resolve_sampling_params(
     eos_token_id: int | None,
     tokenizer: Any = None,
     max_num_seqs: int | None = None,
+    structured_outputs_config: StructuredOutputsConfig | None = None,
 ) -> tuple[SamplingParams, int]:
     """A private copy, validated again (fields may have changed since construction),
     with EOS and bad words resolved, and the effective max_tokens.
@@ -118,6 +119,12 @@ def resolve_sampling_params(
         raise ValueError(f"stop_token_ids contains a token id outside the vocabulary [0, {vocab})")
     if sp.bad_words:
         sp.bad_words_token_ids = tokenize_bad_words(sp.bad_words, tokenizer)
+    if sp.structured_outputs is not None:
+        from pagedllm.structured_output import validate_structured_outputs
+
+        validate_structured_outputs(
+            sp.structured_outputs, structured_outputs_config or StructuredOutputsConfig()
+        )
     sp.update_from_generation_config(model_config.generation_config, eos_token_id)
     room = model_config.max_model_len - num_prompt_tokens
     max_tokens = room if sp.max_tokens is None else min(sp.max_tokens, room)

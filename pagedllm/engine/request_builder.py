@@ -28,6 +28,7 @@ class RequestBuilder:
     def __init__(self, engine_config: EngineConfig, tokenizer: Any, num_gpu_blocks: int) -> None:
         self.model_config = engine_config.model_config
         self.scheduler_config = engine_config.scheduler_config
+        self.structured_outputs_config = engine_config.structured_outputs_config
         self.block_size = engine_config.cache_config.block_size
         self.num_gpu_blocks = num_gpu_blocks
         self.tokenizer = tokenizer
@@ -101,6 +102,7 @@ class RequestBuilder:
             self.eos_token_id,
             self.tokenizer,
             max_num_seqs=self.scheduler_config.max_num_seqs,
+            structured_outputs_config=self.structured_outputs_config,
         )
         children = []
         for index in range(n):

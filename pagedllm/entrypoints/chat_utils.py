@@ -153,6 +153,7 @@ def _prepare(
     add_generation_prompt: bool,
     continue_final_message: bool,
     template_kwargs: dict[str, Any] | None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """(the template source, the variables it sees), validated."""
     _check_request(messages, add_generation_prompt, continue_final_message)
@@ -166,7 +167,7 @@ def _prepare(
     context.update(kwargs)
     context.update(
         messages=to_conversation(messages),
-        tools=None,
+        tools=tools,
         documents=None,
         add_generation_prompt=add_generation_prompt,
     )
@@ -205,8 +206,10 @@ async def render_chat_async(
     continue_final_message: bool = False,
     template_kwargs: dict[str, Any] | None = None,
     limits: RenderLimits | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """render_chat for the server: the event loop only waits."""
+    """render_chat for the server: the event loop only waits. `tools`: the request's
+    tools, as the template's `tools` variable (transformers' apply_chat_template(tools=))."""
     limits = limits or RenderLimits()
     render = _renderer(
         tokenizer,
@@ -216,6 +219,7 @@ async def render_chat_async(
         continue_final_message,
         template_kwargs,
         limits,
+        tools,
     )
     return await run_with_deadline_async(render, limits.timeout_s)
 
@@ -228,6 +232,7 @@ def _renderer(
     continue_final_message: bool,
     template_kwargs: dict[str, Any] | None,
     limits: RenderLimits,
+    tools: list[dict[str, Any]] | None = None,
 ) -> Callable[[], str]:
     """The whole render as one call for the render thread: the checks, the flattening
     of huge messages and the template all run under its deadline."""
@@ -240,6 +245,7 @@ def _renderer(
             add_generation_prompt,
             continue_final_message,
             template_kwargs,
+            tools,
         )
         return _render(source, context, continue_final_message, limits.max_chars)
 

@@ -20,6 +20,7 @@ from pagedllm.config import (
     RUNNERS,
     TASKS,
     EngineArgs,
+    StructuredOutputsConfig,
 )
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.http_options import DEFAULT_MAX_REQUEST_BODY_SIZE, HTTPOptions
@@ -57,6 +58,8 @@ _HELP: dict[str, str] = {
     "layer (GPU only).",
     "preemption_mode": "recompute | swap (default: swap requests with many computed tokens, "
     "recompute short ones).",
+    "structured_outputs_config": 'Grammar backend options: JSON (\'{"backend": "xgrammar"}\') '
+    "or backend=auto|guidance|xgrammar,disable_any_whitespace=true (default: auto = guidance).",
 }
 _HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgtKMGT]?)$")
 _MULTIPLIERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -111,6 +114,8 @@ def _add_field(
             kwargs["action"] = argparse.BooleanOptionalAction
     else:
         parse: Callable[[str], Any] = human_int if inner is int else inner
+        if inner is StructuredOutputsConfig:
+            parse = StructuredOutputsConfig.from_cli
         kwargs["metavar"] = f.name.upper()
         kwargs["type"] = _optional(parse) if optional else parse
         if f.name in _CHOICES:
@@ -242,6 +247,17 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--disable-dashboard",
         action="store_true",
         help="Do not serve the live dashboard (/dashboard, /dashboard/snapshot, /dashboard/events).",
+    )
+    group.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='Allow tool_choice="auto" (needs --tool-call-parser).',
+    )
+    group.add_argument(
+        "--tool-call-parser",
+        choices=["hermes", "llama3_json", "mistral", "pythonic"],
+        default=None,
+        help="How the model writes tool calls (for tool_choice=auto).",
     )
     return parser
 

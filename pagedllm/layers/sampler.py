@@ -2,7 +2,7 @@
 (+ logprobs), in vLLM v1's order:
 
     raw logprobs       log_softmax(raw logits), only if some row asked for logprobs
-    restrict           allowed_token_ids, min_tokens stop ids / bad words (-inf), logit_bias
+    restrict           the grammar bitmask (structured outputs), allowed_token_ids, min_tokens stop ids / bad words (-inf), logit_bias
     penalties          repetition (prompt + output tokens), frequency, presence (output tokens)
     greedy rows        argmax of the processed logits
     random rows        / temperature -> top-k -> top-p -> softmax -> min-p -> exponential race
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pagedllm.layers.grammar_bitmask import apply_grammar_bitmask_
 from pagedllm.layers.sampling_metadata import PenaltyState, SamplingMetadata
 
 _SAMPLING_EPS = 1e-5
@@ -144,9 +145,11 @@ def apply_logits_processing(logits: torch.Tensor, metadata: SamplingMetadata) ->
     """Masks, logit bias and penalties; returns a new tensor when any applies."""
     md = metadata
     if md.allowed_token_mask is None and md.banned_tokens is None and md.logit_bias is None:
-        if md.penalties is None:
+        if md.penalties is None and md.grammar_bitmask is None:
             return logits
     logits = logits.clone()  # everything below works in place on our own copy
+    if md.grammar_bitmask is not None:
+        apply_grammar_bitmask_(logits, md.grammar_bitmask)
     neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
     if md.allowed_token_mask is not None:
         rows, mask = md.allowed_token_mask.rows, md.allowed_token_mask.mask

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pagedllm.layers.grammar_bitmask import GrammarBitmask
 from pagedllm.sampling_params import SamplingParams
 
 _SAMPLING_EPS = 1e-5  # the same threshold as SamplingParams: temperature below it is greedy
@@ -79,6 +80,9 @@ class SamplingMetadata:
     logit_bias: SparseTokens | None  # added to the logits (values set)
     allowed_token_mask: RowMask | None  # rows with allowed_token_ids
     banned_tokens: SparseTokens | None  # set to -inf: min_tokens stop ids and bad words
+    # Structured outputs: the rows under a grammar and what each may sample (set by
+    # the model runner from the SchedulerOutput's bitmask).
+    grammar_bitmask: GrammarBitmask | None = None
 
     @classmethod
     def build(

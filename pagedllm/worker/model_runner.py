@@ -13,6 +13,7 @@ import torch
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
 from pagedllm.layers.attention.metadata import PoolingMetadata
+from pagedllm.layers.grammar_bitmask import GrammarBitmask
 from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
 from pagedllm.models.pipeline import IntermediateTensors
@@ -181,7 +182,7 @@ class ModelRunner:
             return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[None] * len(req_ids))
         if self.is_pooling:
             return self._pool(scheduled, inputs, hidden)
-        output = self._sample(scheduled, inputs, hidden, logits)
+        output = self._sample(scheduled, inputs, hidden, logits, scheduler_output)
         add_prompt_logprobs(self.model, self.prompt_ids, scheduled, inputs, hidden, output)
         return output
 
@@ -246,6 +247,7 @@ class ModelRunner:
         inputs: StepInputs,
         hidden: torch.Tensor,
         all_logits: torch.Tensor | None = None,
+        scheduler_output: SchedulerOutput | None = None,
     ) -> AsyncModelRunnerOutput:
         """Sample on the device; the tokens stay there for the next step's placeholders
         and travel to the host without blocking. `all_logits`: every token's logits,
@@ -267,6 +269,8 @@ class ModelRunner:
                 s.sampling_params.bad_words_token_ids if s.sampling_params else None for s in rows
             ],
         )
+        if scheduler_output is not None:
+            metadata.grammar_bitmask = self._grammar_bitmask(rows, scheduler_output)
         out = self.sampler(logits, metadata)
         self.prev_sampled = out.sampled_token_ids
         self.prev_rows = {s.req_id: j for j, s in enumerate(rows)}
@@ -277,6 +281,16 @@ class ModelRunner:
         return AsyncModelRunnerOutput.start_copy(
             req_ids, inputs.sample_rows, out.sampled_token_ids, logprobs
         )
+
+    def _grammar_bitmask(
+        self, rows: list[ScheduledRequest], so: SchedulerOutput
+    ) -> GrammarBitmask | None:
+        """The step's structured-output bitmask, its rows mapped to logits rows."""
+        if so.grammar_bitmask is None:
+            return None
+        row_of = {s.req_id: j for j, s in enumerate(rows)}
+        logits_rows = [row_of[r] for r in so.structured_output_request_ids]
+        return GrammarBitmask.build(logits_rows, so.grammar_bitmask, self.device)
 
     def _logits(
         self, inputs: StepInputs, hidden: torch.Tensor, all_logits: torch.Tensor | None

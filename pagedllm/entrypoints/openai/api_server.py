@@ -87,6 +87,8 @@ def build_app(
     root_path: str | None = None,
     http_options: HTTPOptions | None = None,
     render_limits: RenderLimits | None = None,
+    enable_auto_tool_choice: bool = False,
+    tool_call_parser: str | None = None,
 ) -> FastAPI:
     """The app around a new engine (or `engine`, already running)."""
     names = _served_names(engine_args, served_model_name)
@@ -128,7 +130,14 @@ def build_app(
     state.prometheus = prometheus
     state.completion = OpenAIServingCompletion(engine, models, log_requests, inflight=inflight)
     state.chat = OpenAIServingChat(
-        engine, models, template, log_requests, render_limits=limits, inflight=inflight
+        engine,
+        models,
+        template,
+        log_requests,
+        render_limits=limits,
+        inflight=inflight,
+        enable_auto_tools=enable_auto_tool_choice,
+        tool_parser=tool_call_parser,
     )
     state.embedding = OpenAIServingEmbedding(engine, models, log_requests, inflight=inflight)
     state.tokenization = OpenAIServingTokenization(engine, models, template, render_limits=limits)
@@ -176,6 +185,8 @@ def run_server(args: argparse.Namespace) -> None:
             root_path=args.root_path,
             http_options=http_options_from_namespace(args, ("/v1",)),
             render_limits=RenderLimits(args.chat_template_timeout, args.chat_template_max_chars),
+            enable_auto_tool_choice=args.enable_auto_tool_choice,
+            tool_call_parser=args.tool_call_parser,
         )
 
     start_or_exit(args, make_app, timeout_keep_alive=5)

@@ -13,6 +13,7 @@ from pagedllm.entrypoints.chat_utils import check_text
 from pagedllm.entrypoints.openai.errors import APIError
 from pagedllm.entrypoints.openai.protocol import SamplingRequestMixin
 from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.structured_outputs import structured_outputs_params
 from pagedllm.entrypoints.shutdown import InflightRequests
 from pagedllm.entrypoints.utils import run_blocking
 from pagedllm.outputs import PoolingRequestOutput, RequestOutput
@@ -176,6 +177,9 @@ class OpenAIServing:
             allowed_token_ids=request.allowed_token_ids,
             bad_words=request.bad_words,
             output_kind=output_kind,
+            structured_outputs=structured_outputs_params(
+                request, self.engine.engine_config.structured_outputs_config
+            ),
         )
 
     def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
