@@ -70,8 +70,9 @@ def _checkpoint_quantization(hf_config: Any) -> str | None:
 
 
 def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) -> str | None:
-    """The checkpoint's method (its config's quantization_config) unless the argument
-    names one; `fp8` on a float checkpoint quantizes it online."""
+    """The checkpoint's method (its config's quantization_config; "gguf" for a GGUF
+    file, kept quantized) unless the argument names one; `fp8` on a float checkpoint
+    quantizes it online; "none" dequantizes a GGUF file to `dtype` at load."""
     from pagedllm.layers.quantization import QUANTIZATION_METHODS
 
     found = "gguf" if load_format == "gguf" else _checkpoint_quantization(hf_config)
@@ -80,6 +81,13 @@ def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) 
             f"the checkpoint is quantized with {found!r}, which is not supported "
             f"(supported: {QUANTIZATION_METHODS})"
         )
+    if requested == "none":  # float weights: a GGUF file is dequantized at load
+        if found not in (None, "gguf"):
+            raise ValueError(
+                f"quantization='none' needs float or GGUF weights; the checkpoint is "
+                f"quantized with {found!r}"
+            )
+        return None
     if requested is None or requested == found:
         return found
     if found is not None:
