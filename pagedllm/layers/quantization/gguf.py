@@ -152,12 +152,13 @@ class GGUFLinearMethod(LinearMethodBase):
         weight = nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
         weight.weight_loader = self._loader(layer)  # type: ignore[attr-defined]
         layer.register_parameter("weight", weight)
-        layer.gguf_loaded = {}  # shard id (None: whole) -> tensor
-        layer.gguf_shard_ids = _shard_ids(layer, len(output_partition_sizes))
-        layer.gguf_parts = []
+        state: Any = layer
+        state.gguf_loaded = {}  # shard id (None: whole) -> GGUFPart
+        state.gguf_shard_ids = _shard_ids(layer, len(output_partition_sizes))
+        state.gguf_parts = []
 
     @staticmethod
-    def _loader(layer: nn.Module) -> Any:
+    def _loader(layer: Any) -> Any:
         def load(param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None) -> None:
             qtype = gguf_qtype(loaded)
             part = _shard(layer, loaded, shard_id).to(param.device)
@@ -166,16 +167,17 @@ class GGUFLinearMethod(LinearMethodBase):
         return load
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        loaded: dict[Any, GGUFPart] = layer.gguf_loaded
+        state: Any = layer
+        loaded: dict[Any, GGUFPart] = state.gguf_loaded
         if not loaded:
             return  # dummy weights or a model built without loading
-        ids = [None] if None in loaded else layer.gguf_shard_ids
+        ids = [None] if None in loaded else state.gguf_shard_ids
         missing = [sid for sid in ids if sid not in loaded]
         if missing:
-            raise ValueError(f"{layer.prefix}: GGUF shards {missing} were not loaded")
-        layer.gguf_parts = merge_parts([loaded[sid] for sid in ids])
-        layer.gguf_loaded = {}
-        for i, part in enumerate(layer.gguf_parts):  # buffers: counted, moved with .to()
+            raise ValueError(f"{state.prefix}: GGUF shards {missing} were not loaded")
+        state.gguf_parts = merge_parts([loaded[sid] for sid in ids])
+        state.gguf_loaded = {}
+        for i, part in enumerate(state.gguf_parts):  # buffers: counted with the model's
             for name in ("qweight", "scales", "mins") if isinstance(part, PackedGGUF) else ():
                 if getattr(part, name) is not None:
                     layer.register_buffer(f"gguf_{name}_{i}", getattr(part, name), persistent=False)
@@ -183,9 +185,10 @@ class GGUFLinearMethod(LinearMethodBase):
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        parts: list[GGUFPart] = layer.gguf_parts
+        state: Any = layer
+        parts: list[GGUFPart] = state.gguf_parts
         if not parts:
-            raise RuntimeError(f"{layer.prefix}: GGUF weights were not loaded")
+            raise RuntimeError(f"{state.prefix}: GGUF weights were not loaded")
         outs = [_apply_part(x, part) for part in parts]
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return y + bias if bias is not None else y

@@ -96,7 +96,9 @@ def _legacy(raw: torch.Tensor, qtype: int) -> PackedGGUF:
     start = 4 if has_min else 2
     if qtype in (Q4_0, Q4_1):
         mins = m if m is not None else d * -8
-        return PackedGGUF(_flat(b[..., start : start + 16]), d.contiguous(), mins.contiguous(), 4, 32)
+        return PackedGGUF(
+            _flat(b[..., start : start + 16]), d.contiguous(), mins.contiguous(), 4, 32
+        )
     q = _nibbles(b[..., start + 4 : start + 20]) | (_high_bits(b[..., start : start + 4]) << 4)
     q8 = q.to(torch.int8) if has_min else (q.to(torch.int16) - 16).to(torch.int8)
     return PackedGGUF(_flat(q8), d.contiguous(), None if m is None else m.contiguous(), 8, 32)
