@@ -27,7 +27,7 @@ from pagedllm.layers.quantization.gguf_repack import PackedGGUF, dequantize
 logger = logging.getLogger(__name__)
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "gguf_cpu_kernel.cpp")
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-std=c++17"]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c"]
 
 
 def _supported_cpu() -> bool:
