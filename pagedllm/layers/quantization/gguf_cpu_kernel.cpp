@@ -176,6 +176,64 @@ torch::Tensor gguf_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor 
   return y;
 }
 
+namespace {
+
+template <int BITS, typename S>
+void dequantize_row(const uint8_t* w, const S* s, const S* mn, int64_t K, int64_t group,
+                    float* out) {
+  for (int64_t b = 0; b < K / kBlock; ++b) {
+    const float m = mn ? to_float(mn[b]) : 0.f;
+    float* o = out + b * kBlock;
+    if constexpr (BITS == 4) {
+      const float d = to_float(s[b]);
+      const uint8_t* q = w + b * 16;
+      for (int j = 0; j < 16; ++j) o[j] = d * static_cast<float>(q[j] & 0x0F) + m;
+      for (int j = 0; j < 16; ++j) o[j + 16] = d * static_cast<float>(q[j] >> 4) + m;
+    } else {
+      const int8_t* q = reinterpret_cast<const int8_t*>(w) + b * kBlock;
+      for (int64_t h = 0; h < kBlock / group; ++h) {
+        const float d = to_float(s[b * (kBlock / group) + h]);
+        for (int64_t j = h * group; j < (h + 1) * group; ++j)
+          o[j] = d * static_cast<float>(q[j]) + m;
+      }
+    }
+  }
+}
+
+template <int BITS, typename S>
+void dequantize_all(const torch::Tensor& qw, const torch::Tensor& scales,
+                    const torch::Tensor& mins, int64_t K, int64_t group, torch::Tensor& out) {
+  const uint8_t* w = qw.data_ptr<uint8_t>();
+  const S* s = scales.data_ptr<S>();
+  const S* mn = mins.numel() ? mins.data_ptr<S>() : nullptr;
+  float* o = out.data_ptr<float>();
+  const int64_t wrow = BITS == 4 ? K / 2 : K;
+  at::parallel_for(0, out.size(0), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)
+      dequantize_row<BITS, S>(w + n * wrow, s + n * (K / group),
+                              mn ? mn + n * (K / kBlock) : nullptr, K, group, o + n * K);
+  });
+}
+
+}  // namespace
+
+// The packed weight as float32 [N, K] (many rows of x: one float GEMM beats the kernel).
+torch::Tensor gguf_dequantize(torch::Tensor qweight, torch::Tensor scales, torch::Tensor mins,
+                              int64_t bits, int64_t group) {
+  const int64_t K = bits == 4 ? qweight.size(1) * 2 : qweight.size(1);
+  auto out = torch::empty({qweight.size(0), K}, scales.options().dtype(at::kFloat));
+  auto qw = qweight.view(at::kByte);
+  const bool half = scales.scalar_type() == at::kHalf;
+  if (bits == 4)
+    half ? dequantize_all<4, at::Half>(qw, scales, mins, K, group, out)
+         : dequantize_all<4, float>(qw, scales, mins, K, group, out);
+  else
+    half ? dequantize_all<8, at::Half>(qw, scales, mins, K, group, out)
+         : dequantize_all<8, float>(qw, scales, mins, K, group, out);
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_linear", &gguf_linear, "y = x W^T with W packed (see gguf_repack.py)");
+  m.def("gguf_dequantize", &gguf_dequantize, "the packed weight as float32 [N, K]");
 }

@@ -161,10 +161,11 @@ def dequantize(p: PackedGGUF) -> torch.Tensor:
     """The float32 [N, K] weight a PackedGGUF stands for (the kernels' reference)."""
     n, k = p.shape
     if p.bits == 4:
-        q = _nibbles(p.qweight.reshape(n, -1, 16)).reshape(n, k).float()
+        qs = p.qweight.reshape(n, k // 32, 1, 16)
+        q = torch.cat([qs & 0x0F, qs >> 4], dim=2).to(torch.float32)  # [N, K/32, 2, 16]
     else:
-        q = p.qweight.float()
-    w = q * p.scales.float().repeat_interleave(p.group, dim=1)
+        q = p.qweight.to(torch.float32)
+    w = q.reshape(n, -1, p.group) * p.scales.to(torch.float32).reshape(n, -1, 1)
     if p.mins is not None:
-        w = w + p.mins.float().repeat_interleave(32, dim=1)
-    return w
+        w = w.reshape(n, -1, 32) + p.mins.to(torch.float32).reshape(n, -1, 1)
+    return w.reshape(n, k)

@@ -107,3 +107,19 @@ def test_merge_parts_concatenates_same_layouts_only() -> None:
     assert isinstance(first, PackedGGUF) and first.shape == (2 * N, K)
     assert torch.equal(dequantize(first), torch.cat([ref_a, ref_b]))
     assert merged[1] is c
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_many_rows_take_the_exact_dequantized_path(name: str) -> None:
+    """From DEQUANT_MIN_ROWS rows of x (prefill) the weight is dequantized in C++ for
+    one float GEMM: equal to the reference dequantizer, so x is not quantized."""
+    ext = gguf_kernels.cpu_extension()
+    if ext is None:
+        pytest.skip("the GGUF CPU kernel cannot be built here")
+    packed, ref = _packed(name)
+    mins = packed.mins if packed.mins is not None else gguf_kernels._EMPTY
+    assert torch.equal(
+        ext.gguf_dequantize(packed.qweight, packed.scales, mins, packed.bits, packed.group), ref
+    )
+    x = torch.randn(gguf_kernels.DEQUANT_MIN_ROWS, K, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(gguf_linear(x, packed), x @ ref.T, rtol=1e-4, atol=1e-4)
