@@ -63,12 +63,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def test_smollm2_greedy_agreement_on_16_chats() -> None:
     """The embedded Q4_1 file, quantized vs float32, 32 greedy tokens of 16 chat prompts.
 
-    The kernel quantizes activations to int8 per 32 values (llama.cpp's Q8_1 scheme),
-    so near-ties between the top two logits go either way, and a sequence differs from
-    there on. Measured (2026-12-01): 5 of 16 prompts identical over all 32 tokens,
-    63.9% of the 512 tokens before each prompt's first difference (with the exact
-    dequantizing path, PAGEDLLM_GGUF_KERNEL=reference: 16 of 16, 100%).
-    Asserted: >= 3 identical, >= 50%."""
+    Decode steps quantize activations to int8 per 32 values (llama.cpp's Q8_1 scheme;
+    the batched prefill here, >= 64 rows, multiplies exact dequantized weights), so
+    near-ties between the top two logits go either way, and a sequence differs from
+    there on. Measured (2026-12-01, c4b9a0b): 9 of 16 prompts identical over all 32
+    tokens, 81.1% of the 512 tokens before each prompt's first difference (int8 kernel
+    for prefill too: 5 of 16, 63.9%; the exact dequantizing path everywhere,
+    PAGEDLLM_GGUF_KERNEL=reference: 16 of 16, 100%). Asserted: >= 7 identical, >= 70%."""
     model, config = load_model(None)
     float_model, float_config = load_model(None, quantization="none")
     assert config.quantization == "gguf"
@@ -87,5 +88,5 @@ def test_smollm2_greedy_agreement_on_16_chats() -> None:
     same = sum(a == b for a, b in zip(ours, ref))
     rate = sum(_common_prefix(a, b) for a, b in zip(ours, ref)) / (32 * len(prompts))
     print(f"SmolLM2 Q4_1 quantized vs float32: {same}/16 identical, {rate:.1%} agreement")
-    assert same >= 3 and rate >= 0.5
+    assert same >= 7 and rate >= 0.7
     assert torch.equal(torch.tensor(ours[0][:4]), torch.tensor(ref[0][:4]))
