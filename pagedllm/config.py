@@ -270,7 +270,7 @@ class EngineArgs:
         if self.quantization is not None:
             from pagedllm.layers.quantization import QUANTIZATION_METHODS
 
-            _check_choice("quantization", self.quantization, (None, *QUANTIZATION_METHODS))
+            _check_choice("quantization", self.quantization, (None, "none", *QUANTIZATION_METHODS))
         if self.pooling_type is not None:
             _check_choice("pooling_type", self.pooling_type.upper(), POOLING_TYPES)
         if self.preemption_mode is not None:

@@ -73,7 +73,10 @@ def _checkpoint_quantization(hf_config: Any) -> str | None:
 def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) -> str | None:
     """The checkpoint's method (its config's quantization_config) unless the argument
     names one; `fp8` on a float checkpoint quantizes it online, and dummy weights take
-    any method's default layout."""
+    any method's default layout. A GGUF file is dequantized to `dtype` at load unless
+    `quantization="gguf"` asks to keep it packed (opt-in until the packed CPU kernel
+    is measured ahead of float32 on a quiet machine: docs/benchmarks.md); "none"
+    dequantizes too."""
     from pagedllm.layers.quantization import QUANTIZATION_METHODS
 
     found = "gguf" if load_format == "gguf" else _checkpoint_quantization(hf_config)
@@ -82,6 +85,15 @@ def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) 
             f"the checkpoint is quantized with {found!r}, which is not supported "
             f"(supported: {QUANTIZATION_METHODS})"
         )
+    if requested == "none":  # float weights: a GGUF file is dequantized at load
+        if found not in (None, "gguf"):
+            raise ValueError(
+                f"quantization='none' needs float or GGUF weights; the checkpoint is "
+                f"quantized with {found!r}"
+            )
+        return None
+    if requested is None and found == "gguf":
+        return None
     if requested is None or requested == found:
         return found
     if found is not None:

@@ -1,6 +1,8 @@
 """Workload C1 (../shared/BENCHMARKS.md): the embedded SmolLM2-135M-Instruct on the
 CPU, 32 chat prompts ("Write a short paragraph about X.", 16 topics twice), 128
-greedy tokens each, all 32 at once and one at a time. `pagedllm bench cpu-chat`."""
+greedy tokens each, all 32 at once and one at a time. `pagedllm bench cpu-chat`
+(`--quantization gguf` for the packed GGUF weights, `--llama-cpp` to run llama.cpp on the
+same file one chat at a time in the same command)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def run(llm: Any, batch: int, max_tokens: int) -> dict[str, Any]:
         tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
     elapsed = time.perf_counter() - start
     return dict(
+        engine="pagedllm",
         batch=batch,
         prompts=len(PROMPTS),
         output_tokens=tokens,
@@ -58,13 +61,38 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--batches", default="32,1", help="comma-separated batch sizes to run")
     p.add_argument("--output-json", default=None)
+    p.add_argument(
+        "--quantization",
+        default="auto",
+        help="comma-separated, run in turn: 'gguf' keeps the GGUF file quantized, 'auto' "
+        "(the engine's default) and 'none' dequantize it to float32",
+    )
+    p.add_argument("--llama-cpp", action="store_true", help="also run llama-cpp-python")
+    p.add_argument("--llama-cpp-threads", type=int, default=2)
     args = p.parse_args(argv)
-    llm = LLM(device="cpu", max_model_len=2048)
-    llm.chat([{"role": "user", "content": "Hi"}], use_tqdm=False)  # warm-up
-    results = [run(llm, int(b), args.max_tokens) for b in args.batches.split(",")]
+    results: list[dict[str, Any]] = []
+    path = ""
+    for quantization in args.quantization.split(","):
+        llm = LLM(
+            device="cpu",
+            max_model_len=2048,
+            quantization=None if quantization == "auto" else quantization,
+        )
+        path = llm.llm_engine.model_config.model
+        llm.chat([{"role": "user", "content": "Hi"}], use_tqdm=False)  # warm-up
+        for batch in args.batches.split(","):
+            results.append(run(llm, int(batch), args.max_tokens))
+            results[-1]["quantization"] = llm.llm_engine.model_config.quantization or "none"
+        llm.shutdown()
+    if args.llama_cpp:
+        from pagedllm.benchmarks.llama_cpp_peer import run_llama_cpp
+
+        results.append(run_llama_cpp(path, PROMPTS, args.max_tokens, args.llama_cpp_threads))
     for r in results:
         print(
-            f"C1 batch={r['batch']}: {r['output_tokens_per_s']} output tokens/s ({r['elapsed_s']} s)"
+            f"C1 {r['engine']} {r.get('quantization', 'gguf')} batch={r['batch']}: "
+            f"{r['output_tokens_per_s']} output tokens/s "
+            f"({r['elapsed_s']} s)"
         )
     publish_results(results, args.output_json)
     return results

@@ -49,6 +49,8 @@ class VocabParallelEmbedding(nn.Module):
     def weight_loader(
         self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None
     ) -> None:
+        if getattr(loaded_weight, "gguf_qtype", None) is not None:
+            loaded_weight = self._load_gguf(param, loaded_weight)
         if (
             loaded_weight.shape[1:] != param.shape[1:]
             or loaded_weight.shape[0] < self.vocab_end_index
@@ -61,6 +63,17 @@ class VocabParallelEmbedding(nn.Module):
         with torch.no_grad():
             param[:num].copy_(loaded_weight[self.vocab_start_index : self.vocab_end_index])
             param[num:].zero_()
+
+    def _load_gguf(self, param: nn.Parameter, raw: torch.Tensor) -> torch.Tensor:
+        """GGUF blocks (quantization="gguf"): the lookup table is dequantized; with one
+        rank the packed blocks are kept on the parameter too (`gguf_packed`, shared by
+        a tied LM head), for LogitsProcessor's packed matmul."""
+        from pagedllm.layers.quantization.gguf_repack import dequantize, repack
+
+        packed = repack(raw, int(raw.gguf_qtype))  # type: ignore[attr-defined]
+        if self.tp_size == 1 and param.device.type == "cpu":
+            param.gguf_packed = packed  # type: ignore[attr-defined]
+        return dequantize(packed)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
@@ -120,7 +133,13 @@ class LogitsProcessor(nn.Module):
         """`out`: a float32 [N, V] tensor to write the logits into (CUDA graphs share
         one such buffer across their batch sizes); a new tensor otherwise."""
         bias = getattr(head, "bias", None)
-        logits = linear(hidden_states, head.weight, bias)
+        packed = getattr(head.weight, "gguf_packed", None)
+        if packed is not None and hidden_states.dtype == torch.float32:
+            from pagedllm.layers.quantization.gguf_kernels import gguf_linear
+
+            logits = gguf_linear(hidden_states, packed, bias)
+        else:
+            logits = linear(hidden_states, head.weight, bias)
         logits = tensor_model_parallel_all_gather(logits, dim=-1)[..., : self.vocab_size]
         if out is None:
             out = logits.float()

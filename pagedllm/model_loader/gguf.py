@@ -1,5 +1,5 @@
 """GGUF checkpoints: the HF config, the tokenizer (with the chat template stored in
-the file) and the weights, dequantized at load time under HF names.
+the file) and the weights under HF names.
 
 Config and tokenizer come from transformers' own GGUF support. Parsing a GGUF's
 metadata takes seconds, so the result is saved once as a plain HF directory
@@ -7,8 +7,9 @@ metadata takes seconds, so the result is saved once as a plain HF directory
 $PAGEDLLM_CACHE_DIR (default ~/.cache/pagedllm)/gguf/<name>-<key>, keyed by the file's
 path, size and mtime and the transformers version; later loads read that directory.
 Weights of Llama/Qwen2/Qwen3 GGUFs stream through gguf_reader (one tensor at a time,
-llama.cpp's q/k row permutation undone); other architectures use transformers'
-load_gguf_checkpoint.
+llama.cpp's q/k row permutation undone), dequantized or, with quantization="gguf"
+(the default for GGUF files), as raw blocks that the linear layers keep packed;
+other architectures use transformers' load_gguf_checkpoint (dequantized).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from pagedllm.model_loader.gguf_reader import dequantize_tensor, read_layout
+from pagedllm.layers.quantization.gguf import mark_gguf
+from pagedllm.layers.quantization.gguf_types import QUANTIZED_TYPES
+from pagedllm.model_loader.gguf_reader import dequantize_tensor, raw_tensor, read_layout
 from pagedllm.model_loader.registry import architecture_for_model_type
 
 logger = logging.getLogger(__name__)
@@ -141,14 +144,17 @@ def _gguf_to_hf_names(config: PretrainedConfig, gguf_arch: str) -> dict[str, str
 
 
 def _unpermute(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row permutation (interleaved -> half-split rotary pairs)."""
+    """Undo llama.cpp's q/k row permutation (interleaved -> half-split rotary pairs).
+    The permutation moves whole rows, so it applies as well to raw blocks [rows, bytes]."""
     half = weight.shape[0] // num_heads // 2
     return (
         weight.reshape(num_heads, half, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
     )
 
 
-def _stream_weights(gguf_path: str, config: PretrainedConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def _stream_weights(
+    gguf_path: str, config: PretrainedConfig, keep_quantized: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
     layout = read_layout(gguf_path)
     gguf_arch = str(layout.metadata.get("general.architecture"))
     names = _gguf_to_hf_names(config, gguf_arch)
@@ -158,11 +164,17 @@ def _stream_weights(gguf_path: str, config: PretrainedConfig) -> Iterator[tuple[
         if hf_name is None:
             logger.debug("GGUF tensor %s has no HF counterpart; skipped", info.name)
             continue
-        tensor = dequantize_tensor(layout, info)
+        tensor = (
+            raw_tensor(layout, info)
+            if keep_quantized and info.qtype in QUANTIZED_TYPES
+            else dequantize_tensor(layout, info)
+        )
         if gguf_arch == "llama" and ".attn_q." in info.name:
             tensor = _unpermute(tensor, config.num_attention_heads)
         elif gguf_arch == "llama" and ".attn_k." in info.name:
             tensor = _unpermute(tensor, kv_heads)
+        if keep_quantized and info.qtype in QUANTIZED_TYPES:
+            tensor = mark_gguf(tensor.contiguous(), info.qtype)
         yield hf_name, tensor
 
 
@@ -181,15 +193,23 @@ def _transformers_weights(
 
 
 def iterate_gguf_weights(
-    gguf_path: str, config: PretrainedConfig | None = None
+    gguf_path: str, config: PretrainedConfig | None = None, keep_quantized: bool = False
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, dequantized float32 CPU tensor) for every weight of the GGUF file."""
+    """(HF name, CPU tensor) for every weight of the GGUF file: dequantized float32,
+    or with `keep_quantized` the raw blocks of quantized tensors (uint8 [rows, bytes]
+    marked with `gguf_qtype`, see layers/quantization/gguf.py; Llama/Qwen/Mistral
+    files only, other architectures are dequantized)."""
     config = config if config is not None else load_gguf_config(gguf_path)
     model_type = getattr(config, "model_type", "")
-    logger.info("dequantizing GGUF weights from %s", gguf_path)
     if model_type in _STREAMING_ARCHS or model_type == "mistral":
-        weights = _stream_weights(gguf_path, config)
+        logger.info(
+            "reading GGUF weights from %s (%s)",
+            gguf_path,
+            "kept quantized" if keep_quantized else "dequantized",
+        )
+        weights = _stream_weights(gguf_path, config, keep_quantized)
     else:
+        logger.info("dequantizing GGUF weights from %s", gguf_path)
         weights = _transformers_weights(gguf_path, config)
     return _naming_file(weights, gguf_path)
 

@@ -155,3 +155,10 @@ def dequantize_tensor(layout: GGUFLayout, info: GGUFTensorInfo) -> torch.Tensor:
     values = dequantize(raw.reshape(rows, -1), GGMLQuantizationType(info.qtype))
     array = np.array(values, dtype=np.float32, copy=True).reshape(info.shape)
     return torch.from_numpy(array)
+
+
+def raw_tensor(layout: GGUFLayout, info: GGUFTensorInfo) -> torch.Tensor:
+    """The tensor's blocks as uint8 [rows, row_bytes] (a copy: the map is read-only)."""
+    raw = np.frombuffer(layout.buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+    rows = math.prod(info.shape[:-1])
+    return torch.from_numpy(raw.reshape(rows, -1).copy())

@@ -39,7 +39,8 @@ def iterate_weights(model_config: ModelConfig) -> Iterable[tuple[str, torch.Tens
     if model_config.load_format == "gguf":
         from pagedllm.model_loader.gguf import iterate_gguf_weights
 
-        return iterate_gguf_weights(model_config.model, model_config.hf_config)
+        keep = model_config.quantization == "gguf"
+        return iterate_gguf_weights(model_config.model, model_config.hf_config, keep)
     from pagedllm.model_loader.hf import iterate_hf_weights
 
     return iterate_hf_weights(model_config.model, model_config.load_format)

@@ -1,5 +1,6 @@
 """The packaged SmolLM2-135M-Instruct GGUF (Q4_1): pagedllm's greedy tokens equal HF
-transformers' on the same file (both dequantize to float32 at load time)."""
+transformers' on the same file (both dequantize to float32 at load time:
+quantization="none"; the default keeps it quantized, tests/layers/quantization)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ MAX_TOKENS = 20
 
 @pytest.fixture(scope="module")
 def smollm2():
-    model, model_config = load_model(None)  # the embedded default model
+    model, model_config = load_model(None, quantization="none")  # the embedded model
     return model, model_config, get_tokenizer(model_config.tokenizer)
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from pagedllm.layers.quantization.base_config import LinearMethodBase, QuantizationConfig
 
-# name -> "module:class". None: handled by its loader (GGUF is dequantized at load time).
+# name -> "module:class". None: handled by its loader.
 _REGISTRY: dict[str, str | None] = {
     "awq": "pagedllm.layers.quantization.awq:AWQConfig",
     "fp8": "pagedllm.layers.quantization.fp8:Fp8Config",
-    "gguf": None,
+    "gguf": "pagedllm.layers.quantization.gguf:GGUFConfig",
     "gptq": "pagedllm.layers.quantization.gptq:GPTQConfig",
     "squeezellm": "pagedllm.layers.quantization.squeezellm:SqueezeLLMConfig",
 }

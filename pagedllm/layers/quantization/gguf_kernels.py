@@ -1,0 +1,91 @@
+"""y = x W^T with W a PackedGGUF, on the CPU.
+
+The fast path is gguf_cpu_kernel.cpp (x86 AVX2, llama.cpp's scheme: x quantized per
+32 columns to int8, integer dot products with the packed weight), built once per
+machine with torch's C++ extension builder and cached by torch
+($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). Torch's own int4 CPU op
+(`_weight_int4pack_mm_for_cpu`) was measured slower than float32 oneDNN on this AVX2
+machine (docs/benchmarks.md), so it is not used. Where the extension cannot be
+built (no compiler, no AVX2, not x86) or for other dtypes/devices, the weight is
+dequantized for the call and multiplied in float (`reference_linear`: slow, exact).
+`PAGEDLLM_GGUF_KERNEL=reference` forces that path.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pagedllm.layers.quantization.gguf_repack import PackedGGUF, dequantize
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "gguf_cpu_kernel.cpp")
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c"]
+
+
+def _supported_cpu() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_extension() -> Any | None:
+    """The compiled kernel module, or None (logged once) where it cannot be had."""
+    if os.environ.get("PAGEDLLM_GGUF_KERNEL", "") == "reference":
+        return None
+    if not _supported_cpu():
+        logger.warning("no AVX2 CPU: GGUF weights are dequantized per call (slow)")
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(
+            name="pagedllm_gguf_cpu",
+            sources=[_SOURCE],
+            extra_cflags=_FLAGS,
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, missing headers, ...
+        logger.warning("cannot build the GGUF CPU kernel (%s); dequantizing per call", exc)
+        return None
+
+
+def reference_linear(
+    x: torch.Tensor, weight: PackedGGUF, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    w = dequantize(weight).to(device=x.device, dtype=x.dtype)
+    return F.linear(x, w, bias)
+
+
+def gguf_linear(
+    x: torch.Tensor, weight: PackedGGUF, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [.., K] -> [.., N] through the packed kernel where it applies."""
+    ext = cpu_extension() if x.device.type == "cpu" else None
+    if ext is None or x.dtype != torch.float32 or x.numel() == 0:
+        return reference_linear(x, weight, bias)
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    mins = weight.mins if weight.mins is not None else _EMPTY
+    args = (weight.qweight, weight.scales, mins, weight.bits, weight.group)
+    if x2.shape[0] >= DEQUANT_MIN_ROWS:
+        y = F.linear(x2, ext.gguf_dequantize(*args))
+    else:
+        y = ext.gguf_linear(x2, *args)
+    if bias is not None:
+        y += bias
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+# From this many rows of x (prefill), dequantizing the weight for the call and one
+# float GEMM beat the kernel, whose integer dot products re-read x for every weight
+# row (32 prefilled chats: 9.6 against 79.6 tok/s without this switch).
+DEQUANT_MIN_ROWS = 64
+_EMPTY = torch.empty(0, dtype=torch.float16)
