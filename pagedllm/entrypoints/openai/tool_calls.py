@@ -61,7 +61,7 @@ class ToolPlan:
 def _complete_items(text: str) -> list[Any]:
     """The complete items of a JSON array, also when max_tokens cut it short (the
     grammar allows any number of calls; a small model may go on repeating them)."""
-    decoder, items = json.JSONDecoder(), []
+    decoder, items = json.JSONDecoder(), list[Any]()
     i = text.index("[") + 1
     while True:
         while i < len(text) and text[i] in " \n\t\r,":
