@@ -71,7 +71,10 @@ SCHEMAS: list[dict[str, Any]] = [
         "properties": {
             "user": {
                 "type": "object",
-                "properties": {"name": _NAME, "id": {"type": "integer", "minimum": 0}},
+                "properties": {
+                    "name": _NAME,
+                    "id": {"type": "integer", "minimum": 0, "maximum": 9999},
+                },
                 "required": ["name", "id"],
             }
         },
@@ -79,7 +82,7 @@ SCHEMAS: list[dict[str, Any]] = [
     },
     {
         "type": "object",
-        "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1}},
+        "properties": {"score": {"type": "number", "minimum": 0, "maximum": 100}},
         "required": ["score"],
     },
     {
@@ -169,11 +172,11 @@ def test_hundred_requests_ten_schemas_validate(so_server: RemoteServer) -> None:
 def test_choice_regex_json_object_and_guided_fields(so_client: openai.OpenAI) -> None:
     client = so_client
 
-    def chat(**extra: Any) -> str:
+    def chat(max_tokens: int = 20, **extra: Any) -> str:
         result = client.chat.completions.create(
             model=MODEL_NAME,
             messages=[{"role": "user", "content": "Pick one."}],
-            max_tokens=20,
+            max_tokens=max_tokens,
             temperature=0.9,
             seed=3,
             **extra,
@@ -212,7 +215,7 @@ def test_choice_regex_json_object_and_guided_fields(so_client: openai.OpenAI) ->
         ({"guided_json": '{"type": '}, "guided_json"),
         ({"guided_regex": "(ab"}, "guided_regex"),
         ({"structured_outputs": {"json": {"type": "nonsense"}}}, "structured_outputs"),
-        ({"guided_grammar": 'root ::= "a" |'}, "guided_grammar"),
+        ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
             "response_format",
@@ -243,7 +246,10 @@ WEATHER = {
 }
 ADD = {
     "type": "object",
-    "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}, "b": {"type": "integer"}},
+    "properties": {
+        "a": {"type": "integer", "minimum": 0, "maximum": 99},
+        "b": {"type": "integer", "minimum": -99, "maximum": 99},
+    },
     "required": ["a", "b"],
 }
 WEATHER, ADD = _strict(WEATHER), _strict(ADD)
@@ -295,7 +301,9 @@ def test_tool_choice_required_gives_valid_calls(so_client: openai.OpenAI, stream
                 for c in message.tool_calls
             ]
             finish = result.choices[0].finish_reason
-        assert calls and finish == "tool_calls"
+        # "length": the grammar allows any number of calls, and a 135M model may repeat
+        # them until max_tokens; the complete ones are still returned.
+        assert calls and finish in ("tool_calls", "length")
         for call in calls:
             jsonschema.validate(json.loads(call["arguments"]), SCHEMA_OF[call["name"]])
 

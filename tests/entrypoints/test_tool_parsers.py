@@ -69,3 +69,10 @@ def test_named_stream_deltas_carry_name_once() -> None:
     assert first is not None and second is not None
     assert first["tool_calls"][0]["function"] == {"arguments": '{"a"', "name": "f"}
     assert second["tool_calls"][0] == {"index": 0, "function": {"arguments": ": 1}"}}
+
+
+def test_required_calls_cut_by_max_tokens_keep_the_complete_ones() -> None:
+    plan = make_tool_plan(_req(TOOLS, "required"), False, None)
+    text = '[{"name": "f", "parameters": {"a": 1}}, {"name": "f", "parameters": {"a'
+    assert [c.arguments for c in plan.extract(text).tool_calls] == ['{"a": 1}']
+    assert len(plan.extract('[{"name": "f", "parameters": {}}]').tool_calls) == 1

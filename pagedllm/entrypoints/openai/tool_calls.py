@@ -49,13 +49,30 @@ class ToolPlan:
             assert self.named is not None
             return ExtractedToolCalls(None, [ToolCall(self.named, text)])
         if self.mode == "required":
-            calls = json.loads(text)
+            calls = _complete_items(text)
             return ExtractedToolCalls(
                 None, [ToolCall(c["name"], json.dumps(c["parameters"])) for c in calls]
             )
         if self.mode == "auto" and self.parser is not None:
             return self.parser(text)
         return ExtractedToolCalls(text)
+
+
+def _complete_items(text: str) -> list[Any]:
+    """The complete items of a JSON array, also when max_tokens cut it short (the
+    grammar allows any number of calls; a small model may go on repeating them)."""
+    decoder, items = json.JSONDecoder(), list[Any]()
+    i = text.index("[") + 1
+    while True:
+        while i < len(text) and text[i] in " \n\t\r,":
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            return items
+        try:
+            item, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return items
+        items.append(item)
 
 
 def _parameters(function: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +90,7 @@ def _required_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
                 "parameters": _parameters(t["function"]),
             },
             "required": ["name", "parameters"],
+            "additionalProperties": False,
         }
         for t in tools
     ]
