@@ -123,12 +123,23 @@ class ModelRunner:
         # Graphs replay whole-model decode steps: not with activations sent between stages.
         graphs_ok = not self.config.enforce_eager and not self.is_pooling and self.pp_size == 1
         graphs_ok = graphs_ok and self.cpu_offloader is None  # weights move between buffers
+        graphs_ok = graphs_ok and not self._needs_torch_attention()
         if self.device.type == "cuda" and graphs_ok:
             from pagedllm.worker.cuda_graphs import CudaGraphRunner
 
             self.cuda_graphs = CudaGraphRunner(self)
             self.cuda_graphs.capture()
             self._capture_piecewise()
+
+    def _needs_torch_attention(self) -> bool:
+        """Sliding-window / soft-capped layers (Gemma) on the Triton backend attend through
+        the torch fallback, which syncs with the host: no CUDA graphs then."""
+        from pagedllm.layers.attention.layer import needs_torch_attention
+
+        if self.model is None or not needs_torch_attention(self.model):
+            return False
+        logger.warning("Sliding-window/soft-capped attention runs the torch path: no CUDA graphs")
+        return True
 
     def _capture_piecewise(self) -> None:
         """Graphs for the steps the decode graphs cannot take (on unless

@@ -22,6 +22,9 @@ _LLAMA_LIKE = dict(
 
 def tiny_configs() -> dict[str, PretrainedConfig]:
     from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GemmaConfig,
         GPT2Config,
         LlamaConfig,
         MistralConfig,
@@ -109,8 +112,35 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
             norm_topk_prob=True,
             decoder_sparse_step=2,
         ),
+        **_gemma_configs(GemmaConfig, Gemma2Config, Gemma3TextConfig),
         "gpt2": GPT2Config(
             vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1
+        ),
+    }
+
+
+def _gemma_configs(gemma: Any, gemma2: Any, gemma3: Any) -> dict[str, PretrainedConfig]:
+    """Window 8, shorter than the test prompts plus their decode: the window matters.
+    Gemma 2 alternates sliding and global layers; Gemma 3 here has 3 sliding : 1 global,
+    its local rope theta differs from the global one, which is linearly scaled."""
+    base = dict(_LLAMA_LIKE, head_dim=32, tie_word_embeddings=True)
+    return {
+        "gemma": gemma(**base),
+        "gemma2": gemma2(
+            **{**base, "num_hidden_layers": 3},
+            sliding_window=8,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        ),
+        "gemma3": gemma3(
+            **{**base, "num_hidden_layers": 4},
+            sliding_window=8,
+            sliding_window_pattern=4,
+            query_pre_attn_scalar=24,
+            final_logit_softcapping=3.0,
+            rope_local_base_freq=100.0,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
         ),
     }
 

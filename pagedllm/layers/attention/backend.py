@@ -13,6 +13,9 @@ from pagedllm.layers.attention.metadata import AttentionMetadata
 
 class AttentionBackend(ABC):
     name: str = "abstract"
+    # Whether forward takes `sliding_window` and `soft_cap` (Gemma); layers that need
+    # them run the torch backend where this is False (see Attention.attend).
+    supports_window_and_soft_cap: bool = False
 
     @abstractmethod
     def write_kv(

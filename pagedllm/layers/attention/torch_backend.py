@@ -9,6 +9,10 @@ All sequences of a step are attended at once in a padded layout:
 Decode sequences (q_len == 1) and prefill/chunked-prefill sequences are attended as
 two separate groups, so one long prompt does not pad every decode to its length.
 Grouped-query heads: query head h reads kv head h // (H / KH) (HF's repeat_kv order).
+
+Gemma's options: a sliding window W (query at position q sees keys p > q - W, HF's
+convention) and a logit soft-cap c (scores -> c * tanh(scores / c) before the mask and
+softmax); with a soft-cap the softmax is written out (SDPA has no such hook).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def _make_plan(
     max_q: int,
     group: int,  # query heads per kv head
     causal: bool,
+    window: int | None = None,
 ) -> _GroupPlan:
     num_seqs, max_k = key_slots.shape
     q_off = torch.arange(max_q, device=key_slots.device)
@@ -58,9 +63,11 @@ def _make_plan(
     q_index = torch.where(q_valid, q_start[:, None] + q_off[None, :], 0)
     k_pos = torch.arange(max_k, device=key_slots.device)
     mask = k_pos[None, None, :] < seq_lens[:, None, None]  # [B, 1, max_k]
+    q_pos = (seq_lens - q_lens)[:, None] + q_off[None, :]  # [B, max_q]
     if causal:
-        q_pos = (seq_lens - q_lens)[:, None] + q_off[None, :]  # [B, max_q]
         mask = mask & (k_pos[None, None, :] <= q_pos[:, :, None])
+    if window is not None:
+        mask = mask & (k_pos[None, None, :] > q_pos[:, :, None] - window)
     # Padded query rows see every key so that no softmax row is empty; they are dropped.
     mask = mask | ~q_valid[:, :, None]
     mask = (
@@ -83,6 +90,7 @@ def _attend_group(
     value_store: torch.Tensor,  # [S, KH, D]
     plan: _GroupPlan,
     scale: float,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Returns the valid rows [N, H, D] float32 (their tokens are plan.tokens)."""
     num_seqs, max_k = plan.key_slots.shape
@@ -95,10 +103,28 @@ def _attend_group(
     q = q.permute(0, 2, 3, 1, 4).reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
     k = _rows(key_store, plan.key_slots).float().transpose(1, 2)  # [B, KH, max_k, D]
     v = _rows(value_store, plan.key_slots).float().transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale)
+    if soft_cap is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale)
+    else:
+        out = _soft_capped_attention(q, k, v, plan.mask, scale, soft_cap)
     out = out.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)
     out = out.reshape(num_seqs, max_q, num_heads, head_dim)
     return out[plan.q_valid]
+
+
+def _soft_capped_attention(
+    q: torch.Tensor,  # [B, KH, M, D] float32
+    k: torch.Tensor,  # [B, KH, N, D]
+    v: torch.Tensor,  # [B, KH, N, D]
+    mask: torch.Tensor,  # [B, 1, M, N] bool, True = may attend
+    scale: float,
+    soft_cap: float,
+) -> torch.Tensor:  # [B, KH, M, D]
+    """HF's eager Gemma 2 attention: scale, cap with tanh, mask, softmax."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / soft_cap) * soft_cap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def _single_decode(
@@ -133,19 +159,24 @@ def paged_attention(
     scale: float,
     causal: bool,
     cache_key: tuple[object, ...] | None = None,
+    window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Attend every query token of the step; returns [T, H, D] in query dtype."""
     qsl_cpu = metadata.query_start_loc_cpu
     if qsl_cpu is None:
         qsl_cpu = metadata.query_start_loc.cpu()
     q_lens_cpu = (qsl_cpu[1:] - qsl_cpu[:-1]).long()
-    if qsl_cpu.shape[0] == 2 and int(q_lens_cpu[0]) == 1 and query.shape[0] == 1:
+    plain = window is None and soft_cap is None
+    if plain and qsl_cpu.shape[0] == 2 and int(q_lens_cpu[0]) == 1 and query.shape[0] == 1:
         return _single_decode(query, key_store, value_store, key_slots[0], metadata, scale)
     group = query.shape[1] // key_store.shape[1]
-    plans = _step_plans(metadata, key_slots, seq_lens, group, causal, q_lens_cpu, cache_key)
+    plans = _step_plans(
+        metadata, key_slots, seq_lens, (group, causal, window), q_lens_cpu, cache_key
+    )
     out = torch.zeros_like(query)
     for plan in plans:
-        rows = _attend_group(query, key_store, value_store, plan, scale)
+        rows = _attend_group(query, key_store, value_store, plan, scale, soft_cap)
         out[plan.tokens] = rows.to(query.dtype)
     return out
 
@@ -154,19 +185,18 @@ def _step_plans(
     metadata: AttentionMetadata,
     key_slots: torch.Tensor,  # [B, max_k] int64
     seq_lens: torch.Tensor,  # [B]
-    group: int,
-    causal: bool,
+    mask_kind: tuple[int, bool, int | None],  # (group, causal, sliding window)
     q_lens_cpu: torch.Tensor,  # [B] int64
     cache_key: tuple[object, ...] | None,
 ) -> list[_GroupPlan]:
     """Decode sequences and the others, as two plans. With a cache_key (key_slots
     that depend only on the step) they are cached on the step's metadata: every
-    layer shares the key slots, lengths and masks."""
+    layer of the same mask kind shares the key slots, lengths and masks."""
     cache: dict[tuple[object, ...], list[_GroupPlan]] = metadata.__dict__.setdefault(
         "_torch_plans", {}
     )
-    if cache_key is not None and (cache_key, group, causal) in cache:
-        return cache[(cache_key, group, causal)]
+    if cache_key is not None and (cache_key, *mask_kind) in cache:
+        return cache[(cache_key, *mask_kind)]
     qsl = metadata.query_start_loc.long()
     q_lens = qsl[1:] - qsl[:-1]
     plans = []
@@ -185,17 +215,17 @@ def _step_plans(
                 q_lens[idx],
                 seq_lens[idx].long(),
                 max_q,
-                group,
-                causal,
+                *mask_kind,
             )
         )
     if cache_key is not None:
-        cache[(cache_key, group, causal)] = plans
+        cache[(cache_key, *mask_kind)] = plans
     return plans
 
 
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
+    supports_window_and_soft_cap = True
 
     def write_kv(
         self,
@@ -221,6 +251,8 @@ class TorchAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         scale: float,
         causal: bool = True,
+        sliding_window: int | None = None,
+        soft_cap: float | None = None,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
         block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
         key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
@@ -243,6 +275,8 @@ class TorchAttentionBackend(AttentionBackend):
             scale,
             causal,
             cache_key=("paged", block_size, max_k),
+            window=sliding_window,
+            soft_cap=soft_cap,
         )
 
 
@@ -253,6 +287,8 @@ def attention_without_cache(
     metadata: AttentionMetadata,
     scale: float,
     causal: bool = True,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [T, H, D]
     """Attention over this step's tokens only (no KV cache: encoders, profiling runs).
     Every sequence must be a whole prompt: its keys are its own query tokens."""
@@ -261,4 +297,15 @@ def attention_without_cache(
     max_q = max(metadata.max_query_len, 1)
     offsets = torch.arange(max_q, device=query.device)
     key_slots = (qsl[:-1, None] + offsets[None, :]).clamp(max=max(key.shape[0] - 1, 0))
-    return paged_attention(query, key, value, key_slots, metadata, q_lens, scale, causal)
+    return paged_attention(
+        query,
+        key,
+        value,
+        key_slots,
+        metadata,
+        q_lens,
+        scale,
+        causal,
+        window=sliding_window,
+        soft_cap=soft_cap,
+    )
