@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pagedllm.layers.attention import Attention, AttentionMetadata, TorchAttentionBackend
+from pagedllm.layers.attention.layer import needs_torch_attention
 from pagedllm.layers.attention.torch_backend import attention_without_cache
 
 NUM_BLOCKS = 64
@@ -58,7 +59,13 @@ def _make_case(
 
 
 def _reference(
-    query: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float, causal: bool
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    causal: bool,
+    window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     block_size = kv_cache.shape[2]
     group = query.shape[1] // kv_cache.shape[3]
@@ -72,9 +79,13 @@ def _reference(
         q_len = qsl[i + 1] - qsl[i]
         for j in range(q_len):
             visible = seq_len - q_len + j + 1 if causal else seq_len
+            first = max(0, visible - window) if window else 0  # keys p > q_pos - window
             q = query[qsl[i] + j].float()  # [H, D]
-            scores = torch.einsum("hd,shd->hs", q, k[:visible]) * scale
-            out[qsl[i] + j] = torch.einsum("hs,shd->hd", scores.softmax(-1), v[:visible])
+            scores = torch.einsum("hd,shd->hs", q, k[first:visible]) * scale
+            if soft_cap is not None:
+                scores = soft_cap * torch.tanh(scores / soft_cap)
+            probs = scores.softmax(-1)
+            out[qsl[i] + j] = torch.einsum("hs,shd->hd", probs, v[first:visible])
     return out
 
 
@@ -184,3 +195,51 @@ def test_attention_layer_writes_then_attends() -> None:
 def test_attention_layer_rejects_indivisible_heads() -> None:
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         Attention(num_heads=6, head_dim=8, scale=1.0, num_kv_heads=4)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("window,soft_cap", [(5, None), (None, 2.0), (3, 1.5), (1, None)])
+def test_sliding_window_and_soft_cap_match_reference(
+    case: str, window: int | None, soft_cap: float | None
+) -> None:
+    q_lens, ctx_lens = CASES[case]
+    query, key, value, kv_cache, meta = _make_case(q_lens, ctx_lens, 8, 2, 16, 4, seed=5)
+    backend = TorchAttentionBackend()
+    backend.write_kv(key, value, kv_cache, meta.slot_mapping)
+    out = backend.forward(query, kv_cache, meta, 0.6, sliding_window=window, soft_cap=soft_cap)
+    expected = _reference(query, kv_cache, meta, 0.6, True, window, soft_cap)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # The options change the result (the cases reach past the window / cap).
+    plain = _reference(query, kv_cache, meta, 0.6, True)
+    assert not torch.allclose(out, plain, atol=1e-3)
+
+
+def test_without_cache_takes_window_and_soft_cap() -> None:
+    query, key, value, kv_cache, meta = _make_case([9, 4], [0, 0], 4, 2, 8, 4, seed=13)
+    backend = TorchAttentionBackend()
+    backend.write_kv(key, value, kv_cache, meta.slot_mapping)
+    cached = backend.forward(query, kv_cache, meta, 0.4, sliding_window=3, soft_cap=1.0)
+    uncached = attention_without_cache(query, key, value, meta, 0.4, sliding_window=3, soft_cap=1.0)
+    torch.testing.assert_close(uncached, cached, atol=1e-6, rtol=1e-6)
+
+
+class _PlainOnlyBackend(TorchAttentionBackend):
+    """A backend without the options (as Triton's): it must not be asked to attend."""
+
+    name = "plain-only"
+    supports_window_and_soft_cap = False
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("a windowed layer attended through a backend without windows")
+
+
+def test_windowed_layer_falls_back_to_torch_backend() -> None:
+    query, key, value, kv_cache, meta = _make_case([6, 1], [0, 9], 4, 2, 8, 4, seed=17)
+    layer = Attention(4, 8, 0.35, 2, backend=_PlainOnlyBackend(), sliding_window=4)
+    plain = Attention(4, 8, 0.35, 2, backend=_PlainOnlyBackend())
+    assert layer.needs_torch_fallback and not plain.needs_torch_fallback
+    assert needs_torch_attention(torch.nn.Sequential(plain, layer))
+    assert not needs_torch_attention(torch.nn.Sequential(plain))
+    out = layer(query.flatten(1), key.flatten(1), value.flatten(1), kv_cache, meta)
+    expected = _reference(query, kv_cache, meta, 0.35, True, window=4).flatten(1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

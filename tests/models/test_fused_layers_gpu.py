@@ -110,7 +110,18 @@ def test_silu_and_mul_cuda_matches_torch_path(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["llama", "llama3-tied", "qwen3", "phi3-partial-rope", "mixtral", "qwen2-moe", "qwen3-moe"],
+    [
+        "llama",
+        "llama3-tied",
+        "qwen3",
+        "phi3-partial-rope",
+        "mixtral",
+        "qwen2-moe",
+        "qwen3-moe",
+        "gemma",
+        "gemma2",
+        "gemma3",
+    ],
 )
 @pytest.mark.parametrize("enforce_eager", [True, False])
 def test_tiny_model_on_cuda_matches_hf(tmp_path: Path, name: str, enforce_eager: bool) -> None:

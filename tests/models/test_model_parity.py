@@ -49,3 +49,23 @@ def test_chunked_prefill_gives_same_tokens(pair) -> None:
     whole = PagedHarness(model, model_config, seed=2).greedy(PROMPTS, 8)
     chunked = PagedHarness(model, model_config, block_size=2, seed=3).greedy(PROMPTS, 8, chunk=3)
     assert chunked == whole
+
+
+# Prompts several windows long (window 8), prefilled in chunks of 5 beside each other.
+LONG_PROMPTS = [
+    [(7 * i + 3) % 500 + 1 for i in range(40)],
+    [(11 * i + 5) % 500 + 1 for i in range(25)],
+]
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_sliding_window_long_prompts_chunked_match_hf(tmp_path: Path, name: str) -> None:
+    hf_model = save_tiny(CONFIGS[name], tmp_path)
+    model, model_config = load_model(str(tmp_path))
+    ours = PagedHarness(model, model_config, block_size=4, seed=4).greedy(
+        LONG_PROMPTS, MAX_TOKENS, chunk=5
+    )
+    assert ours == [hf_greedy(hf_model, prompt, MAX_TOKENS) for prompt in LONG_PROMPTS]
+    logits = PagedHarness(model, model_config).prompt_logits(LONG_PROMPTS)
+    for prompt, got in zip(LONG_PROMPTS, logits):
+        torch.testing.assert_close(got, hf_logits(hf_model, prompt), atol=1e-4, rtol=1e-4)
