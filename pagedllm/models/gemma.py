@@ -35,7 +35,7 @@ def _norm(config: PretrainedConfig, size: int | None = None) -> RMSNorm:
 
 
 def _is_sliding(config: PretrainedConfig, layer_idx: int) -> bool:
-    layer_types = getattr(config, "layer_types", None)
+    layer_types: list[str] = getattr(config, "layer_types", None) or []
     return bool(layer_types) and layer_types[layer_idx] == "sliding_attention"
 
 
