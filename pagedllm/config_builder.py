@@ -127,7 +127,7 @@ def _pick_runner(args: EngineArgs, hf_config: Any) -> str:
 
 
 def _pick_model_impl(args: EngineArgs, hf_config: Any, quantization: str | None) -> str:
-    """"pagedllm" (native) or "transformers" (the HF fallback, models/transformers.py),
+    """The implementation: "pagedllm" (native) or "transformers" (models/transformers.py),
     which runs on one device, unquantized, eagerly (CUDA graphs are not verified for
     HF's modeling code)."""
     from pagedllm.model_loader.registry import resolve_model_impl
@@ -149,8 +149,7 @@ def _pick_model_impl(args: EngineArgs, hf_config: Any, quantization: str | None)
             f"quantization={quantization!r}"
         )
     logger.info(
-        "Using the Transformers fallback for %s (HF modeling code with pagedllm paged "
-        "attention)%s",
+        "Using the Transformers fallback for %s (HF modeling code, paged attention)%s",
         arch,
         "" if args.enforce_eager else "; enforce_eager=True (no CUDA graphs for it)",
     )

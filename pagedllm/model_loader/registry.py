@@ -93,10 +93,13 @@ def transformers_causal_lm_class(arch: str, hf_config: object) -> str | None:
     if getattr(hf_config, "is_encoder_decoder", False):
         return "it is an encoder-decoder model"
     model_type = getattr(hf_config, "model_type", "")
-    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
-    names = [names] if isinstance(names, str) else list(names or [])
+    mapped = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    names = [mapped] if isinstance(mapped, str) else list(mapped or [])
     if arch not in names:
-        return f"HF transformers {transformers.__version__} has no causal LM {arch!r}"
+        return (
+            f"{arch!r} is not a decoder-only causal LM of HF transformers "
+            f"{transformers.__version__}"
+        )
     cls = getattr(transformers, arch, None)
     if cls is None or not getattr(cls, "_supports_attention_backend", False):
         return f"HF transformers' {arch} does not support custom attention functions"
@@ -113,15 +116,15 @@ def resolve_model_impl(arch: str, model_impl: str, hf_config: object) -> str:
     if model_impl in ("pagedllm", "vllm"):
         raise ValueError(
             f"model architecture {arch!r} has no native pagedllm implementation "
-            f"(supported: {', '.join(supported_architectures())}); "
+            f"(supported architectures: {', '.join(supported_architectures())}); "
             f"use model_impl='transformers' or 'auto' for the Transformers fallback"
         )
     reason = transformers_causal_lm_class(arch, hf_config)
     if reason is not None:
         raise ValueError(
-            f"model architecture {arch!r} is not supported: pagedllm has no native "
-            f"implementation (supported: {', '.join(supported_architectures())}) and the "
-            f"Transformers fallback (model_impl='transformers') cannot run it: {reason}"
+            f"model architecture {arch!r} is not supported; supported architectures: "
+            f"{', '.join(supported_architectures())}; the Transformers fallback "
+            f"(model_impl='transformers') cannot run it either: {reason}"
         )
     return "transformers"
 

@@ -23,7 +23,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, AutoModelForCausalLM, PretrainedConfig
+from transformers import (
+    AttentionInterface,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.vocab_embedding import LogitsProcessor
@@ -45,7 +50,9 @@ _current_step: _Step | None = None  # set by TransformersForCausalLM.forward
 
 
 @contextlib.contextmanager
-def _step_context(kv_caches: list[torch.Tensor], attn_metadata: AttentionMetadata) -> Iterator[None]:
+def _step_context(
+    kv_caches: list[torch.Tensor], attn_metadata: AttentionMetadata
+) -> Iterator[None]:
     global _current_step
     previous, _current_step = _current_step, _Step(kv_caches, attn_metadata)
     try:
@@ -165,18 +172,18 @@ class TransformersForCausalLM(nn.Module):
         """Checkpoint tensors are copied by their HF names (after HF's own renamings of
         legacy checkpoint keys, e.g. GPT-NeoX's embed_out -> lm_head); returns this
         module's parameter names."""
-        loaded = load_weights_by_name(self.hf_model, weights, [], _checkpoint_renamer(self.hf_model))
+        loaded = load_weights_by_name(
+            self.hf_model, weights, [], _checkpoint_renamer(self.hf_model)
+        )
         return {f"hf_model.{name}" for name in loaded}
 
 
-def _checkpoint_renamer(model: nn.Module) -> Callable[[str], str | None]:
+def _checkpoint_renamer(model: PreTrainedModel) -> Callable[[str], str | None]:
     """HF's checkpoint-key renamings for `model` (conversion_mapping.py); tensors that
     HF would merge or split (WeightConverter) are not converted: the coverage check then
     names the parameters left unloaded."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightRenaming, apply_renamings
 
-    renamings = [
-        t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)
-    ]
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
     return lambda name: apply_renamings(name, renamings)
