@@ -5,6 +5,7 @@ as HF; model_impl chooses between native and fallback; the rest is a clear error
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,11 +87,47 @@ def test_engine_with_prefix_caching_matches_hf(pair, caplog: pytest.LogCaptureFi
             max_model_len=128,
         )
     assert "Transformers fallback" in caplog.text
+    assert llm.llm_engine.engine_config.enforce_eager  # no CUDA graphs for HF's code
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     expected = [hf_greedy(hf_model, p, 8) for p in prompts]
     for _ in range(2):  # the second round reads the cached prefix blocks
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         assert [list(o.outputs[0].token_ids) for o in outputs] == expected
+
+
+def test_server_runs_the_fallback(tmp_path: Path) -> None:
+    """A real uvicorn server and the openai client on a fallback architecture."""
+    import openai
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "entrypoints"))
+    from remote_server import RemoteServer
+
+    from pagedllm.model_loader.resolve import _SMOLLM2_PACKAGE, _packaged_model_path
+    from pagedllm.model_loader.tokenizer import get_tokenizer
+
+    gguf = _packaged_model_path(*_SMOLLM2_PACKAGE)  # the embedded model's tokenizer
+    tokenizer = get_tokenizer(gguf)
+    config = GPTNeoXConfig(**{**_SMALL, "vocab_size": len(tokenizer)})
+    hf_model = save_tiny(config, tmp_path)
+    prompt = tokenizer.encode("The capital of France is")
+    expected = tokenizer.decode(hf_greedy(hf_model, prompt, 6))
+    flags = ["--model", str(tmp_path), "--tokenizer", gguf, "--served-model-name", "neox"]
+    flags += ["--max-model-len", "128", "--kv-cache-memory-bytes", "16M", "--dtype", "float32"]
+    server = RemoteServer("pagedllm.entrypoints.openai.api_server", flags)
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=server.url("/v1"), api_key="none")
+        out = client.completions.create(
+            model="neox",
+            prompt=prompt,
+            max_tokens=6,
+            temperature=0.0,
+            extra_body={"ignore_eos": True},
+        )
+        assert out.choices[0].text == expected
+        assert "Transformers fallback" in server.log_tail(100_000)
+    finally:
+        server.stop()
 
 
 def test_llama_through_transformers_matches_native(tmp_path: Path) -> None:
@@ -131,3 +168,23 @@ def test_fallback_refuses_parallelism(tmp_path: Path) -> None:
     FALLBACK_CONFIGS["gpt_neox"].save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="Transformers fallback.*tensor"):
         load_model(str(tmp_path), load_format="dummy", tensor_parallel_size=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fallback_on_the_gpu_matches_hf(tmp_path: Path) -> None:
+    """The GPU path (Triton attention backend, eager): tokens as HF's in float32."""
+    hf_model = save_tiny(FALLBACK_CONFIGS["gpt_neox"], tmp_path)
+    llm = LLM(
+        model=str(tmp_path),
+        device="cuda",
+        dtype="float32",
+        block_size=16,
+        max_num_batched_tokens=16,
+        max_model_len=128,
+        gpu_memory_utilization=0.2,
+    )
+    assert llm.llm_engine.engine_config.enforce_eager  # set by the fallback
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
+    expected = [hf_greedy(hf_model, p, MAX_TOKENS) for p in PROMPTS]
+    assert [list(o.outputs[0].token_ids) for o in outputs] == expected
