@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,19 +47,22 @@ class _Step:
     attn_metadata: AttentionMetadata
 
 
-_current_step: _Step | None = None  # set by TransformersForCausalLM.forward
+class _StepLocal(threading.local):
+    step: _Step | None = None  # set by TransformersForCausalLM.forward on this thread
+
+
+_local = _StepLocal()  # per thread: engines on different threads do not share it
 
 
 @contextlib.contextmanager
 def _step_context(
     kv_caches: list[torch.Tensor], attn_metadata: AttentionMetadata
 ) -> Iterator[None]:
-    global _current_step
-    previous, _current_step = _current_step, _Step(kv_caches, attn_metadata)
+    previous, _local.step = _local.step, _Step(kv_caches, attn_metadata)
     try:
         yield
     finally:
-        _current_step = previous
+        _local.step = previous
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +81,7 @@ def paged_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """HF's attention-function signature; returns ([1, T, heads, head_dim], None)."""
-    step = _current_step
+    step = _local.step
     if step is None:
         raise RuntimeError("pagedllm attention runs only inside TransformersForCausalLM.forward")
     if kwargs.get("softcap") is not None:

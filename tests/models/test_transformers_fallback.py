@@ -15,6 +15,7 @@ from tiny_configs import hf_greedy, hf_logits, save_tiny, tiny_configs
 from transformers import GPTNeoXConfig, PretrainedConfig, Starcoder2Config
 
 from pagedllm import LLM, SamplingParams
+from pagedllm.config import EngineArgs
 from pagedllm.models.transformers import TransformersForCausalLM
 
 _SMALL = dict(
@@ -162,6 +163,15 @@ def test_unsupported_architecture_names_it_and_the_fallback(arch: str, tmp_path:
     config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=f"{arch}.*Transformers fallback"):
         load_model(str(tmp_path), load_format="dummy")
+
+
+def test_model_impl_flag() -> None:
+    from pagedllm.entrypoints.cli_args import make_server_parser
+
+    parser = make_server_parser()
+    assert parser.parse_args(["--model-impl", "transformers"]).model_impl == "transformers"
+    with pytest.raises(ValueError, match="model_impl"):
+        EngineArgs(model_impl="hf").validate()
 
 
 def test_fallback_refuses_parallelism(tmp_path: Path) -> None:
