@@ -33,6 +33,7 @@ from transformers import (
 
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.vocab_embedding import LogitsProcessor
+from pagedllm.models.llama import _warn_unsupported
 from pagedllm.models.pipeline import IntermediateTensors
 from pagedllm.models.utils import config_head_dim, load_weights_by_name
 
@@ -137,6 +138,12 @@ class TransformersForCausalLM(nn.Module):
             config, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.get_default_dtype()
         )
         self.config = self.hf_model.config
+        if getattr(self.config, "attn_logit_softcapping", None):
+            raise ValueError(
+                f"{type(self.hf_model).__name__}: attention logit soft-capping is not "
+                f"supported by the Transformers fallback"
+            )
+        _warn_unsupported(self.config)  # sliding windows: full context, as native Llama
         num_layers = _attach_paged_attention(self.hf_model, self.config)
         scale = float(getattr(self.config, "logit_scale", None) or 1.0)  # Cohere
         scale /= float(getattr(self.config, "logits_scaling", None) or 1.0)  # Granite
