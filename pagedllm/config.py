@@ -31,6 +31,7 @@ RUNNERS = ("auto", "generate", "pooling")
 TASKS = ("auto", "generate", "embed", "embedding")
 POOLING_TYPES = ("LAST", "MEAN", "CLS", "ALL")
 PREEMPTION_MODES = ("recompute", "swap")
+MODEL_IMPLS = ("auto", "pagedllm", "vllm", "transformers")  # "vllm": alias of "pagedllm"
 STRUCTURED_OUTPUTS_BACKENDS = ("auto", "guidance", "xgrammar")
 
 
@@ -65,6 +66,7 @@ class ModelConfig:
     revision: str | None = None
     max_logprobs: int = 20
     generation_config: dict[str, Any] = field(default_factory=dict)
+    model_impl: str = "pagedllm"  # resolved: "pagedllm" (native) | "transformers" (fallback)
 
     @property
     def architecture(self) -> str:
@@ -235,6 +237,7 @@ class EngineArgs:
     async_scheduling: bool | None = None  # None: on for CUDA (pipeline_parallel_size 1)
     preemption_mode: str | None = None  # None: by length (swap long requests)
     structured_outputs_config: StructuredOutputsConfig | None = None  # None: the defaults
+    model_impl: str = "auto"  # auto | pagedllm (alias vllm) | transformers (HF fallback)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -245,6 +248,7 @@ class EngineArgs:
         _check_choice("device", self.device, DEVICES)
         _check_choice("runner", self.runner, RUNNERS)
         _check_choice("task", self.task, TASKS)
+        _check_choice("model_impl", self.model_impl, MODEL_IMPLS)
         if self.dtype not in DTYPE_ALIASES and self.dtype != "auto":
             _check_choice("dtype", self.dtype, ("auto", *DTYPE_ALIASES))
         if self.distributed_executor_backend is not None:

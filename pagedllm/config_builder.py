@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,8 @@ from pagedllm.config import (
     SchedulerConfig,
     StructuredOutputsConfig,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _pick_device(name: str) -> torch.device:
@@ -123,6 +126,36 @@ def _pick_runner(args: EngineArgs, hf_config: Any) -> str:
     return "pooling" if archs and is_pooling_architecture(archs[0]) else "generate"
 
 
+def _pick_model_impl(args: EngineArgs, hf_config: Any, quantization: str | None) -> str:
+    """The implementation: "pagedllm" (native) or "transformers" (models/transformers.py),
+    which runs on one device, unquantized, eagerly (CUDA graphs are not verified for
+    HF's modeling code)."""
+    from pagedllm.model_loader.registry import resolve_model_impl
+
+    archs = getattr(hf_config, "architectures", None) or []
+    arch = archs[0] if archs else ""
+    impl = resolve_model_impl(arch, args.model_impl, hf_config)
+    if impl != "transformers":
+        logger.info("Using the native pagedllm implementation of %s", arch)
+        return impl
+    if args.tensor_parallel_size > 1 or args.pipeline_parallel_size > 1:
+        raise ValueError(
+            f"{arch} runs through the Transformers fallback, which supports neither tensor "
+            f"nor pipeline parallelism; use tensor_parallel_size=1 and pipeline_parallel_size=1"
+        )
+    if quantization is not None:
+        raise ValueError(
+            f"{arch} runs through the Transformers fallback, which does not support "
+            f"quantization={quantization!r}"
+        )
+    logger.info(
+        "Using the Transformers fallback for %s (HF modeling code, paged attention)%s",
+        arch,
+        "" if args.enforce_eager else "; enforce_eager=True (no CUDA graphs for it)",
+    )
+    return impl
+
+
 def build_engine_config(args: EngineArgs) -> EngineConfig:
     from pagedllm.model_loader.resolve import resolve_model
 
@@ -134,6 +167,8 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
     dtype = _pick_dtype(args.dtype, resolved.checkpoint_dtype, device)
     max_model_len = _pick_max_model_len(args.max_model_len, hf_config, resolved.path)
     runner = _pick_runner(args, hf_config)
+    quantization = _pick_quantization(args.quantization, hf_config, resolved.load_format)
+    model_impl = _pick_model_impl(args, hf_config, quantization)
     model_config = ModelConfig(
         model=resolved.path,
         tokenizer=args.tokenizer or resolved.tokenizer_path,
@@ -143,7 +178,7 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         seed=args.seed if args.seed is not None else 0,
         trust_remote_code=args.trust_remote_code,
         load_format=resolved.load_format,
-        quantization=_pick_quantization(args.quantization, hf_config, resolved.load_format),
+        quantization=quantization,
         served_model_name=args.served_model_name or resolved.name,
         runner=runner,
         pooling_type=args.pooling_type.upper() if args.pooling_type else None,
@@ -151,6 +186,7 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         revision=args.revision,
         max_logprobs=args.max_logprobs,
         generation_config=resolved.generation_config,
+        model_impl=model_impl,
     )
     return EngineConfig(
         model_config=model_config,
@@ -158,7 +194,7 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         scheduler_config=_scheduler_config(args, max_model_len, device),
         parallel_config=_parallel_config(args),
         device_config=DeviceConfig(device=device),
-        enforce_eager=args.enforce_eager,
+        enforce_eager=args.enforce_eager or model_impl == "transformers",
         max_seq_len_to_capture=args.max_seq_len_to_capture,
         structured_outputs_config=_structured_outputs_config(args.structured_outputs_config),
     )

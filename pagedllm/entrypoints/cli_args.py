@@ -16,6 +16,7 @@ from pagedllm.config import (
     DTYPE_ALIASES,
     EXECUTOR_BACKENDS,
     LOAD_FORMATS,
+    MODEL_IMPLS,
     PREEMPTION_MODES,
     RUNNERS,
     TASKS,
@@ -40,6 +41,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "dtype": ("auto", *DTYPE_ALIASES),
     "kv_cache_dtype": ("auto",),
     "preemption_mode": PREEMPTION_MODES,
+    "model_impl": MODEL_IMPLS,
 }
 _HELP: dict[str, str] = {
     "model": "Model: a directory, a .gguf file or a known name (default: the embedded "
@@ -58,6 +60,8 @@ _HELP: dict[str, str] = {
     "layer (GPU only).",
     "preemption_mode": "recompute | swap (default: swap requests with many computed tokens, "
     "recompute short ones).",
+    "model_impl": "auto: native implementation, else the HF transformers modeling code with "
+    "paged attention; pagedllm (alias vllm): native only; transformers: always HF's code.",
     "structured_outputs_config": 'Grammar backend options: JSON (\'{"backend": "xgrammar"}\') '
     "or backend=auto|guidance|xgrammar,disable_any_whitespace=true (default: auto = guidance).",
 }

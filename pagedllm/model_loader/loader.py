@@ -19,7 +19,7 @@ from pagedllm.layers.quantization import (
     set_current_quant_config,
 )
 from pagedllm.model_loader.dummy import initialize_dummy_weights
-from pagedllm.model_loader.registry import get_model_class
+from pagedllm.model_loader.registry import get_model_class_for
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def build_model(model_config: ModelConfig, device: torch.device) -> nn.Module:
     arch = model_config.architecture
     if not arch:
         raise ValueError(f"the config of {model_config.model} names no architecture")
-    model_cls = get_model_class(arch)
+    model_cls = get_model_class_for(arch, model_config.model_impl)
     quant_config = get_quant_config(model_config)
     with (
         set_default_dtype(model_config.dtype),

@@ -55,7 +55,15 @@ def is_pooling_architecture(arch: str) -> bool:
 
 
 def architecture_for_model_type(model_type: str | None) -> str | None:
-    return _MODEL_TYPE_TO_ARCH.get(model_type or "")
+    """The native architecture of `model_type`, else HF transformers' causal LM of it
+    (which the Transformers fallback can run)."""
+    arch = _MODEL_TYPE_TO_ARCH.get(model_type or "")
+    if arch is not None or not model_type:
+        return arch
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    return names if isinstance(names, str) else None
 
 
 def get_model_class(arch: str) -> type[nn.Module]:
@@ -63,7 +71,8 @@ def get_model_class(arch: str) -> type[nn.Module]:
     if entry is None:
         raise ValueError(
             f"model architecture {arch!r} is not supported; supported architectures: "
-            f"{', '.join(supported_architectures())}"
+            f"{', '.join(supported_architectures())} (others: the Transformers fallback, "
+            f"model_impl='transformers')"
         )
     module_name, class_name = entry
     try:
@@ -75,3 +84,60 @@ def get_model_class(arch: str) -> type[nn.Module]:
             f"model architecture {arch!r} is registered but {module_name} is missing"
         ) from err
     return getattr(module, class_name)
+
+
+_TRANSFORMERS_CLASS = ("pagedllm.models.transformers", "TransformersForCausalLM")
+
+
+def transformers_causal_lm_class(arch: str, hf_config: object) -> str | None:
+    """Why `arch` cannot run through the Transformers fallback (None: it can): it must
+    be the causal-LM class HF transformers maps the config's model_type to, decoder-only,
+    with support for custom attention functions."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(hf_config, "is_encoder_decoder", False):
+        return "it is an encoder-decoder model"
+    model_type = getattr(hf_config, "model_type", "")
+    mapped = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    names = [mapped] if isinstance(mapped, str) else list(mapped or [])
+    if arch not in names:
+        return (
+            f"{arch!r} is not a decoder-only causal LM of HF transformers "
+            f"{transformers.__version__}"
+        )
+    cls = getattr(transformers, arch, None)
+    if cls is None or not getattr(cls, "_supports_attention_backend", False):
+        return f"HF transformers' {arch} does not support custom attention functions"
+    return None
+
+
+def resolve_model_impl(arch: str, model_impl: str, hf_config: object) -> str:
+    """The implementation that runs `arch`: "pagedllm" (native) or "transformers".
+    `model_impl`: "auto" (native when there is one, else the fallback), "pagedllm"
+    (alias "vllm") or "transformers"."""
+    native = arch in _TEXT_GENERATION_MODELS or arch in _POOLING_MODELS
+    if not arch or (native and model_impl != "transformers"):
+        return "pagedllm"
+    if model_impl in ("pagedllm", "vllm"):
+        raise ValueError(
+            f"model architecture {arch!r} has no native pagedllm implementation "
+            f"(supported architectures: {', '.join(supported_architectures())}); "
+            f"use model_impl='transformers' or 'auto' for the Transformers fallback"
+        )
+    reason = transformers_causal_lm_class(arch, hf_config)
+    if reason is not None:
+        raise ValueError(
+            f"model architecture {arch!r} is not supported; supported architectures: "
+            f"{', '.join(supported_architectures())}; the Transformers fallback "
+            f"(model_impl='transformers') cannot run it either: {reason}"
+        )
+    return "transformers"
+
+
+def get_model_class_for(arch: str, model_impl: str) -> type[nn.Module]:
+    """The class of a resolved implementation (see resolve_model_impl)."""
+    if model_impl != "transformers":
+        return get_model_class(arch)
+    module_name, class_name = _TRANSFORMERS_CLASS
+    return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
