@@ -12,8 +12,6 @@ What sets them apart from Llama (models/llama.py, whose MLP and weight names the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 from transformers import PretrainedConfig
@@ -24,10 +22,10 @@ from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.layers.rotary import RotaryEmbedding, get_rope, get_rope_from_config
-from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
-from pagedllm.models.llama import _STACKED
+from pagedllm.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
-from pagedllm.models.utils import config_head_dim, load_weights_by_name
+from pagedllm.models.utils import config_head_dim
 
 
 def _norm(config: PretrainedConfig, size: int | None = None) -> RMSNorm:
@@ -204,59 +202,17 @@ class GemmaModel(nn.Module):
         return hidden_states
 
 
-class GemmaForCausalLM(nn.Module):
+class GemmaForCausalLM(CausalLM):
     qk_norm = False
     sandwich = False
-    supports_pp = True
+    tie_word_embeddings_default = True
+    skipped_weights = ("rotary_emb.",)
 
     def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
         super().__init__()
         self.config = config
         self.model = GemmaModel(config, self.qk_norm, self.sandwich)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head: ParallelLMHead | PPMissingLayer
-        if is_pipeline_last_stage():
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-            if self.tie_word_embeddings:
-                self.lm_head.tie_weights(self.model.embed_tokens)  # type: ignore[arg-type]
-        else:
-            self.lm_head = PPMissingLayer()
-        cap = getattr(config, "final_logit_softcapping", None)
-        self.logits_processor = LogitsProcessor(config.vocab_size, soft_cap=cap)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
-        attn_metadata: AttentionMetadata,
-        intermediate_tensors: IntermediateTensors | None = None,
-    ) -> torch.Tensor | IntermediateTensors:
-        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
-
-    def make_empty_intermediate_tensors(
-        self, num_tokens: int, dtype: torch.dtype, device: torch.device
-    ) -> IntermediateTensors:
-        shape = (num_tokens, self.config.hidden_size)
-        return IntermediateTensors(
-            torch.empty(shape, dtype=dtype, device=device),
-            torch.empty(shape, dtype=dtype, device=device),
-        )
-
-    def compute_logits(
-        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states, out)  # last stage only
-
-    def _rename(self, name: str) -> str | None:
-        if "rotary_emb." in name:
-            return None
-        if self.tie_word_embeddings and name.startswith("lm_head."):
-            return None  # shares the embedding
-        return name
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_weights_by_name(self, weights, _STACKED, self._rename)
+        self.init_lm_head(config, soft_cap=getattr(config, "final_logit_softcapping", None))
 
 
 class Gemma2ForCausalLM(GemmaForCausalLM):

@@ -5,7 +5,7 @@ hidden states (RMSNorm fuses the add)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,19 +17,14 @@ from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.layers.rotary import get_rope_from_config
-from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
+from pagedllm.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.causal_lm import STACKED_QKV_GATE_UP, CausalLM
 from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
-from pagedllm.models.utils import config_head_dim, load_weights_by_name
+from pagedllm.models.utils import config_head_dim
 
 logger = logging.getLogger(__name__)
 
-_STACKED = [
-    ("qkv_proj", "q_proj", "q"),
-    ("qkv_proj", "k_proj", "k"),
-    ("qkv_proj", "v_proj", "v"),
-    ("gate_up_proj", "gate_proj", 0),
-    ("gate_up_proj", "up_proj", 1),
-]
+_STACKED = STACKED_QKV_GATE_UP  # the MoE models load their dense weights with it
 
 
 class LlamaMLP(nn.Module):
@@ -208,10 +203,9 @@ class LlamaModel(nn.Module):
         return hidden_states
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(CausalLM):
     qkv_bias_default = False  # Qwen2 always has q/k/v biases; Llama follows `attention_bias`
     qk_norm = False
-    supports_pp = True
 
     def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
         super().__init__()
@@ -219,53 +213,11 @@ class LlamaForCausalLM(nn.Module):
         _warn_unsupported(config)
         qkv_bias = self.qkv_bias_default or bool(getattr(config, "attention_bias", False))
         self.model = LlamaModel(config, qkv_bias, self.qk_norm, self.make_mlp)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head: ParallelLMHead | PPMissingLayer
-        if is_pipeline_last_stage():
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-            if self.tie_word_embeddings:
-                self.lm_head.tie_weights(self.model.embed_tokens)  # type: ignore[arg-type]
-        else:
-            self.lm_head = PPMissingLayer()
-        self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.init_lm_head(config)
 
     def make_mlp(self, layer_idx: int) -> nn.Module:
         """Layer `layer_idx`'s feed-forward block (the MoE models override this)."""
         return LlamaMLP(self.config)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
-        attn_metadata: AttentionMetadata,
-        intermediate_tensors: IntermediateTensors | None = None,
-    ) -> torch.Tensor | IntermediateTensors:
-        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
-
-    def make_empty_intermediate_tensors(
-        self, num_tokens: int, dtype: torch.dtype, device: torch.device
-    ) -> IntermediateTensors:
-        shape = (num_tokens, self.config.hidden_size)
-        return IntermediateTensors(
-            torch.empty(shape, dtype=dtype, device=device),
-            torch.empty(shape, dtype=dtype, device=device),
-        )
-
-    def compute_logits(
-        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states, out)  # last stage only
-
-    def _rename(self, name: str) -> str | None:
-        if "rotary_emb.inv_freq" in name or "rotary_emb.cos_cached" in name:
-            return None
-        if self.tie_word_embeddings and name.startswith("lm_head."):
-            return None  # shares the embedding
-        return name
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_weights_by_name(self, weights, _STACKED, self._rename)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -1,0 +1,84 @@
+"""The causal-LM shell that decoder-only models share: the LM head (tied to the input
+embedding when the config says so, absent off the last pipeline stage), `forward`
+into the model's decoder stack, the pipeline placeholder, `compute_logits` and
+weight loading by HF name. A model sets `self.model` (its decoder stack, with an
+`embed_tokens`) and calls `init_lm_head`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from pagedllm.distributed.parallel_state import is_pipeline_last_stage
+from pagedllm.layers.attention import AttentionMetadata
+from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead
+from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer
+from pagedllm.models.utils import StackedMapping, load_weights_by_name
+
+# HF's fused-projection names: (pagedllm param, HF name, shard id).
+STACKED_QKV_GATE_UP: StackedMapping = [
+    ("qkv_proj", "q_proj", "q"),
+    ("qkv_proj", "k_proj", "k"),
+    ("qkv_proj", "v_proj", "v"),
+    ("gate_up_proj", "gate_proj", 0),
+    ("gate_up_proj", "up_proj", 1),
+]
+
+
+class CausalLM(nn.Module):
+    supports_pp = True
+    tie_word_embeddings_default = False  # when the config does not say
+    stacked_params: StackedMapping = STACKED_QKV_GATE_UP
+    skipped_weights: tuple[str, ...] = ("rotary_emb.inv_freq", "rotary_emb.cos_cached")
+
+    config: PretrainedConfig
+    model: nn.Module
+
+    def init_lm_head(self, config: PretrainedConfig, soft_cap: float | None = None) -> None:
+        default = self.tie_word_embeddings_default
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", default))
+        self.lm_head: ParallelLMHead | PPMissingLayer
+        if is_pipeline_last_stage():
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+            if self.tie_word_embeddings:
+                self.lm_head.tie_weights(self.model.embed_tokens)  # type: ignore[arg-type]
+        else:
+            self.lm_head = PPMissingLayer()
+        self.logits_processor = LogitsProcessor(config.vocab_size, soft_cap=soft_cap)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+        intermediate_tensors: IntermediateTensors | None = None,
+    ) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
+
+    def make_empty_intermediate_tensors(
+        self, num_tokens: int, dtype: torch.dtype, device: torch.device
+    ) -> IntermediateTensors:
+        shape = (num_tokens, self.config.hidden_size)
+        return IntermediateTensors(
+            torch.empty(shape, dtype=dtype, device=device),
+            torch.empty(shape, dtype=dtype, device=device),
+        )
+
+    def compute_logits(
+        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states, out)  # last stage only
+
+    def _rename(self, name: str) -> str | None:
+        if any(skipped in name for skipped in self.skipped_weights):
+            return None
+        if self.tie_word_embeddings and name.startswith("lm_head."):
+            return None  # shares the embedding
+        return name
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return load_weights_by_name(self, weights, self.stacked_params, self._rename)
