@@ -64,9 +64,9 @@ class QuantizationConfig(ABC):
         """Parse the checkpoint's `quantization_config` ({} when quantizing online)."""
 
     @classmethod
-    @abstractmethod
     def get_supported_act_dtypes(cls) -> list[torch.dtype]:
-        """Activation dtypes the method runs with."""
+        """Activation dtypes the method runs with (every float dtype unless overridden)."""
+        return [torch.float16, torch.bfloat16, torch.float32]
 
     @abstractmethod
     def get_quant_method(self, layer: nn.Module, prefix: str) -> LinearMethodBase | None:

@@ -51,10 +51,6 @@ class GGUFConfig(QuantizationConfig):
     def from_config(cls, hf_quant_config: dict[str, Any]) -> GGUFConfig:
         return cls()
 
-    @classmethod
-    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
-        return [torch.float32, torch.bfloat16, torch.float16]
-
     def get_quant_method(self, layer: nn.Module, prefix: str) -> LinearMethodBase | None:
         return GGUFLinearMethod()
 

@@ -62,10 +62,6 @@ class GPTQConfig(QuantizationConfig):
             list(get(hf_quant_config, ["modules_to_not_convert"]) or []),
         )
 
-    @classmethod
-    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
-        return [torch.float16, torch.bfloat16, torch.float32]
-
     def get_quant_method(self, layer: nn.Module, prefix: str) -> LinearMethodBase | None:
         if is_layer_skipped(prefix, self.modules_to_not_convert):
             return None

@@ -32,10 +32,6 @@ class SqueezeLLMConfig(QuantizationConfig):
     def from_config(cls, hf_quant_config: dict[str, Any]) -> SqueezeLLMConfig:
         return cls(int(cls.get_from_keys(hf_quant_config, ["wbits", "bits"], 4)))
 
-    @classmethod
-    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
-        return [torch.float16, torch.bfloat16, torch.float32]
-
     def get_quant_method(self, layer: nn.Module, prefix: str) -> LinearMethodBase | None:
         return SqueezeLLMLinearMethod()
 
