@@ -2,7 +2,10 @@
 embedding when the config says so, absent off the last pipeline stage), `forward`
 into the model's decoder stack, the pipeline placeholder, `compute_logits` and
 weight loading by HF name. A model sets `self.model` (its decoder stack, with an
-`embed_tokens`) and calls `init_lm_head`."""
+`embed_tokens`) and calls `init_lm_head`.
+
+`DecoderStack` is the pre-norm residual stack under it: embedding (first stage, and
+the last when tied), this stage's layers, the final norm (last stage)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from pagedllm.distributed.parallel_state import is_pipeline_last_stage
+from pagedllm.distributed.parallel_state import is_pipeline_first_stage, is_pipeline_last_stage
 from pagedllm.layers.attention import AttentionMetadata
-from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead
+from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
 from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer
 from pagedllm.models.utils import StackedMapping, load_weights_by_name
 
@@ -26,6 +29,55 @@ STACKED_QKV_GATE_UP: StackedMapping = [
     ("gate_up_proj", "gate_proj", 0),
     ("gate_up_proj", "up_proj", 1),
 ]
+
+
+class DecoderStack(nn.Module):
+    """Layers are (positions, hidden, residual, kv_cache, metadata) -> (hidden,
+    residual); only this pipeline stage's layers are built (models/pipeline.py)."""
+
+    start_layer: int
+    end_layer: int
+    layers: nn.ModuleList
+    norm: nn.Module
+
+    def init_embedding(self, config: PretrainedConfig, tie_default: bool) -> None:
+        """The embedding on the first stage, and on the last when the LM head shares it."""
+        self.is_last_stage = is_pipeline_last_stage()
+        tied = bool(getattr(config, "tie_word_embeddings", tie_default))
+        self.embed_tokens: VocabParallelEmbedding | PPMissingLayer
+        if is_pipeline_first_stage() or (tied and self.is_last_stage):
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        else:
+            self.embed_tokens = PPMissingLayer()
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+        intermediate_tensors: IntermediateTensors | None = None,
+    ) -> torch.Tensor | IntermediateTensors:
+        """kv_caches[j] is layer start_layer + j's cache (this stage's layers only).
+        A stage after the first starts from `intermediate_tensors`; a stage before the
+        last returns them instead of hidden states."""
+        if intermediate_tensors is None:
+            hidden_states, residual = self.embed(input_ids), None
+        else:
+            hidden_states = intermediate_tensors.hidden_states
+            residual = intermediate_tensors.residual
+        for i in range(self.start_layer, self.end_layer):
+            kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
+            hidden_states, residual = self.layers[i](
+                positions, hidden_states, residual, kv_cache, attn_metadata
+            )
+        if not self.is_last_stage:
+            return IntermediateTensors(hidden_states, residual)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
 
 
 class CausalLM(nn.Module):

@@ -16,15 +16,13 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from pagedllm.distributed.parallel_state import is_pipeline_first_stage, is_pipeline_last_stage
 from pagedllm.layers.activation import get_act_and_mul_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.layers.rotary import RotaryEmbedding, get_rope, get_rope_from_config
-from pagedllm.layers.vocab_embedding import VocabParallelEmbedding
-from pagedllm.models.causal_lm import CausalLM
-from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
+from pagedllm.models.causal_lm import CausalLM, DecoderStack
+from pagedllm.models.pipeline import PPMissingLayer, make_layers
 from pagedllm.models.utils import config_head_dim
 
 
@@ -155,17 +153,11 @@ class GemmaDecoderLayer(nn.Module):
         return self.post_feedforward_layernorm(hidden_states), residual
 
 
-class GemmaModel(nn.Module):
+class GemmaModel(DecoderStack):
     def __init__(self, config: PretrainedConfig, qk_norm: bool, sandwich: bool) -> None:
         super().__init__()
-        self.is_last_stage = is_pipeline_last_stage()
+        self.init_embedding(config, tie_default=True)
         self.embed_scale = float(config.hidden_size) ** 0.5
-        self.embed_tokens: VocabParallelEmbedding | PPMissingLayer
-        tied = bool(getattr(config, "tie_word_embeddings", True))
-        if is_pipeline_first_stage() or (tied and self.is_last_stage):
-            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        else:
-            self.embed_tokens = PPMissingLayer()
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
             lambda i: GemmaDecoderLayer(config, i, qk_norm, sandwich),
@@ -177,29 +169,6 @@ class GemmaModel(nn.Module):
         hidden = self.embed_tokens(input_ids)
         # HF rounds sqrt(hidden_size) to the model dtype first (55.4256 -> 55.5 in bf16).
         return hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
-        attn_metadata: AttentionMetadata,
-        intermediate_tensors: IntermediateTensors | None = None,
-    ) -> torch.Tensor | IntermediateTensors:
-        if intermediate_tensors is None:
-            hidden_states, residual = self.embed(input_ids), None
-        else:
-            hidden_states = intermediate_tensors.hidden_states
-            residual = intermediate_tensors.residual
-        for i in range(self.start_layer, self.end_layer):
-            kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
-            hidden_states, residual = self.layers[i](
-                positions, hidden_states, residual, kv_cache, attn_metadata
-            )
-        if not self.is_last_stage:
-            return IntermediateTensors(hidden_states, residual)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
 
 
 class GemmaForCausalLM(CausalLM):

@@ -11,15 +11,13 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from pagedllm.distributed.parallel_state import is_pipeline_first_stage, is_pipeline_last_stage
 from pagedllm.layers.activation import get_act_and_mul_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.layers.rotary import get_rope_from_config
-from pagedllm.layers.vocab_embedding import VocabParallelEmbedding
-from pagedllm.models.causal_lm import STACKED_QKV_GATE_UP, CausalLM
-from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
+from pagedllm.models.causal_lm import STACKED_QKV_GATE_UP, CausalLM, DecoderStack
+from pagedllm.models.pipeline import PPMissingLayer, make_layers
 from pagedllm.models.utils import config_head_dim
 
 logger = logging.getLogger(__name__)
@@ -146,7 +144,7 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden_states), residual
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(DecoderStack):
     """Only this pipeline stage's layers are built (see models/pipeline.py); with pp = 1
     that is all of them."""
 
@@ -158,14 +156,7 @@ class LlamaModel(nn.Module):
         make_mlp: Callable[[int], nn.Module],
     ) -> None:
         super().__init__()
-        self.is_last_stage = is_pipeline_last_stage()
-        tied = bool(getattr(config, "tie_word_embeddings", False))
-        # The last stage holds the embedding too when the LM head shares its weight.
-        self.embed_tokens: VocabParallelEmbedding | PPMissingLayer
-        if is_pipeline_first_stage() or (tied and self.is_last_stage):
-            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        else:
-            self.embed_tokens = PPMissingLayer()
+        self.init_embedding(config, tie_default=False)
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
             lambda i: LlamaDecoderLayer(config, qkv_bias, qk_norm, make_mlp(i)),
@@ -175,32 +166,6 @@ class LlamaModel(nn.Module):
             self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         else:
             self.norm = PPMissingLayer()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
-        attn_metadata: AttentionMetadata,
-        intermediate_tensors: IntermediateTensors | None = None,
-    ) -> torch.Tensor | IntermediateTensors:
-        """kv_caches[j] is layer start_layer + j's cache (this stage's layers only).
-        A stage after the first starts from `intermediate_tensors`; a stage before the
-        last returns them instead of hidden states."""
-        if intermediate_tensors is None:
-            hidden_states, residual = self.embed_tokens(input_ids), None
-        else:
-            hidden_states = intermediate_tensors.hidden_states
-            residual = intermediate_tensors.residual
-        for i in range(self.start_layer, self.end_layer):
-            kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
-            hidden_states, residual = self.layers[i](
-                positions, hidden_states, residual, kv_cache, attn_metadata
-            )
-        if not self.is_last_stage:
-            return IntermediateTensors(hidden_states, residual)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
 
 
 class LlamaForCausalLM(CausalLM):
