@@ -84,7 +84,8 @@ class ModelConfig:
     @property
     def num_layers(self) -> int:
         cfg = self.hf_config
-        return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
+        layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None)
+        return int(layers or cfg.n_layer)  # num_layers: ChatGLM's own config
 
     @property
     def num_attention_heads(self) -> int:
@@ -93,12 +94,17 @@ class ModelConfig:
 
     @property
     def num_kv_heads(self) -> int:
-        kv = getattr(self.hf_config, "num_key_value_heads", None)
+        cfg = self.hf_config
+        kv = getattr(cfg, "num_key_value_heads", None)
+        if not kv and getattr(cfg, "multi_query_attention", False):
+            kv = cfg.multi_query_group_num  # ChatGLM's query groups
         return int(kv) if kv else self.num_attention_heads
 
     @property
     def head_dim(self) -> int:
-        hd = getattr(self.hf_config, "head_dim", None)
+        hd = getattr(self.hf_config, "head_dim", None) or getattr(
+            self.hf_config, "kv_channels", None
+        )
         return int(hd) if hd else self.hidden_size // self.num_attention_heads
 
 

@@ -121,6 +121,8 @@ def test_silu_and_mul_cuda_matches_torch_path(dtype: torch.dtype) -> None:
         "gemma",
         "gemma2",
         "gemma3",
+        "glm",
+        "glm4",
     ],
 )
 @pytest.mark.parametrize("enforce_eager", [True, False])

@@ -1,5 +1,6 @@
 """Tensor parallelism on CPU: two gloo processes load a tiny model sharded (vocab
-padding, replicated kv heads, fused GPT-2 qkv) and must give HF's logits."""
+padding, replicated kv heads, fused GPT-2 qkv, ChatGLM's fused query_key_value) and must
+give HF's logits."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from chatglm_checkpoint import save_tiny_chatglm
 from harness import PagedHarness, load_model
 from tiny_configs import hf_logits, save_tiny, tiny_configs
 
@@ -24,7 +26,7 @@ def _worker(rank: int, model_dirs: list[str], init_file: str, out_file: str) -> 
         init_model_parallel(WORLD)
         results = {}
         for model_dir in model_dirs:
-            model, model_config = load_model(model_dir)
+            model, model_config = load_model(model_dir, trust_remote_code=True)
             vocab = model_config.vocab_size
             assert model.lm_head.weight.shape[0] == -(-vocab // WORLD)  # sharded, padded
             results[model_dir] = PagedHarness(model, model_config).prompt_logits(PROMPTS)
@@ -48,6 +50,8 @@ def _configs():
         # Every expert split along its intermediate dim, the shared expert row-parallel,
         # one all-reduce of their sum.
         "qwen2-moe": configs["qwen2-moe"],
+        # q/k/v and gate/up loaded separately and fused: each split per rank.
+        "glm4": configs["glm4"],
     }
 
 
@@ -56,6 +60,8 @@ def test_tp2_matches_hf(tmp_path: Path) -> None:
     hf_models = {
         str(tmp_path / name): save_tiny(cfg, tmp_path / name) for name, cfg in _configs().items()
     }
+    # ChatGLM: query_key_value and dense_h_to_4h arrive fused, split per rank on load.
+    hf_models[str(tmp_path / "chatglm")] = save_tiny_chatglm(tmp_path / "chatglm")[0]
     out_file = tmp_path / "logits.pt"
     mp.spawn(_worker, args=(list(hf_models), str(tmp_path / "init"), str(out_file)), nprocs=WORLD)
     results = torch.load(out_file)

@@ -25,6 +25,8 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
         Gemma2Config,
         Gemma3TextConfig,
         GemmaConfig,
+        Glm4Config,
+        GlmConfig,
         GPT2Config,
         LlamaConfig,
         MistralConfig,
@@ -113,6 +115,7 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
             decoder_sparse_step=2,
         ),
         **_gemma_configs(GemmaConfig, Gemma2Config, Gemma3TextConfig),
+        **_glm_configs(GlmConfig, Glm4Config),
         "gpt2": GPT2Config(
             vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1
         ),
@@ -142,6 +145,16 @@ def _gemma_configs(gemma: Any, gemma2: Any, gemma3: Any) -> dict[str, Pretrained
             rope_local_base_freq=100.0,
             rope_scaling={"rope_type": "linear", "factor": 2.0},
         ),
+    }
+
+
+def _glm_configs(glm: Any, glm4: Any) -> dict[str, PretrainedConfig]:
+    """Rotary on half of each head (interleaved), q/k/v biases; head_dim 32 (not
+    hidden / heads). GLM's token ids default past this vocabulary."""
+    base = dict(_LLAMA_LIKE, head_dim=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return {
+        "glm": glm(**base, rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
+        "glm4": glm4(**base),
     }
 
 
