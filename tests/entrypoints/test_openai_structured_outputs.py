@@ -330,3 +330,52 @@ def test_tool_choice_none_and_auto_answer_text(so_client: openai.OpenAI) -> None
         result = _tool_request(so_client, "Say hello.", choice, False)
         message = result.choices[0].message
         assert message.content and not message.tool_calls
+
+
+# The hermes format written under a regex, so that the 135M model calls a tool with
+# tool_choice="auto" (the server's --tool-call-parser is hermes).
+HERMES_CALL = (
+    r'<tool_call>\{"name": "get_weather", "arguments": \{"city": "[A-Z][a-z]{1,12}", '
+    r'"unit": "(celsius|fahrenheit)"\}\}</tool_call>'
+)
+STREAM_CASES = [
+    ("required", {}, "tool_calls"),
+    ({"type": "function", "function": {"name": "add"}}, {}, "stop"),  # OpenAI: named -> stop
+    ("auto", {"structured_outputs": {"regex": HERMES_CALL}}, "tool_calls"),
+]
+
+
+@pytest.mark.parametrize(("choice", "extra", "finish"), STREAM_CASES)
+def test_streamed_tool_calls_come_in_pieces_that_join_to_the_whole(
+    so_client: openai.OpenAI, choice: Any, extra: dict[str, Any], finish: str
+) -> None:
+    """Greedy, streamed and not: the first delta of the call carries its id, type and
+    name; its arguments arrive over several chunks and join to exactly the
+    non-streamed arguments; the last chunk has the finish reason."""
+    args = dict(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": QUESTIONS[0]}],
+        tools=TOOLS,
+        tool_choice=choice,
+        max_tokens=100,
+        temperature=0,
+        extra_body=extra,
+    )
+    whole = so_client.chat.completions.create(**args)  # type: ignore[call-overload]
+    expected = [
+        (c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls
+    ]
+    assert whole.choices[0].finish_reason == finish and len(expected) == 1
+    deltas, finishes = [], []
+    for chunk in so_client.chat.completions.create(**args, stream=True):  # type: ignore[call-overload]
+        deltas += [d for c in chunk.choices for d in c.delta.tool_calls or []]
+        finishes += [c.finish_reason for c in chunk.choices]
+    first, rest = deltas[0], deltas[1:]
+    assert first.index == 0 and first.id and first.type == "function"
+    assert first.function.name == expected[0][0]
+    assert len([d for d in deltas if d.function.arguments]) >= 5  # token by token
+    assert all(d.index == 0 and not d.function.name and not d.id for d in rest)
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert arguments == expected[0][1]
+    jsonschema.validate(json.loads(arguments), SCHEMA_OF[expected[0][0]])
+    assert finishes[-1] == finish and all(f is None for f in finishes[:-1])

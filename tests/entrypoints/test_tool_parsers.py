@@ -26,14 +26,14 @@ CALLS = [("f", {"a": 1}), ("g", {})]
     ],
 )  # fmt: skip
 def test_parsers_extract_calls(parser: str, text: str, content: str | None) -> None:
-    out = TOOL_PARSERS[parser](text)
+    out = TOOL_PARSERS[parser].extract(text)
     assert out.content == content
     assert [(c.name, json.loads(c.arguments)) for c in out.tool_calls] == CALLS
 
 
 @pytest.mark.parametrize("parser", sorted(TOOL_PARSERS))
 def test_plain_text_is_content(parser: str) -> None:
-    out = TOOL_PARSERS[parser]("The weather is fine.")
+    out = TOOL_PARSERS[parser].extract("The weather is fine.")
     assert out.content == "The weather is fine." and not out.tool_calls
 
 

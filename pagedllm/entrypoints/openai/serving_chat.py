@@ -267,8 +267,8 @@ def _tool_chunk(
     if fields is None and not finished:
         return None
     reason = comp.finish_reason
-    if finished and plan.mode in ("auto", "required") and reason == "stop":
-        reason = "tool_calls" if fields and fields.get("tool_calls") else reason
+    if plan.mode in ("auto", "required") and reason == "stop" and streamer.tools_called:
+        reason = "tool_calls"
     return ChatCompletionResponseStreamChoice(
         index=comp.index,
         delta=DeltaMessage(**(fields or {})),

@@ -6,18 +6,23 @@ grammar that enforces `required` and named choices, and the `tool_calls` of the 
               --tool-call-parser (needs --enable-auto-tool-choice, as in vLLM)
     required  output constrained to a JSON list of {"name", "parameters"} of the tools
     named     output constrained to the arguments of that function (its JSON schema)
+
+Streamed, every mode sends the calls as they are generated (`ToolCallStreamer`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.entrypoints.openai.errors import APIError
 from pagedllm.entrypoints.openai.protocol import random_uuid
-from pagedllm.entrypoints.openai.tool_parsers import ExtractedToolCalls, ToolCall
+from pagedllm.entrypoints.openai.tool_parsers import (
+    ExtractedToolCalls,
+    JsonArrayToolParser,
+    ToolCall,
+    ToolStreamParser,
+)
 from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser as _get_parser
 from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -27,7 +32,7 @@ class ToolPlan:
     mode: str  # none | auto | required | named
     tools: list[dict[str, Any]]
     named: str | None = None
-    parser: Callable[[str], ExtractedToolCalls] | None = None
+    parser: type[ToolStreamParser] | None = None
 
     @property
     def template_tools(self) -> list[dict[str, Any]] | None:
@@ -43,36 +48,21 @@ class ToolPlan:
     def _function(self, name: str | None) -> dict[str, Any]:
         return next(t["function"] for t in self.tools if t["function"]["name"] == name)
 
+    def stream_parser(self) -> ToolStreamParser | None:
+        """A fresh parser of one choice's text (None: named and none need none)."""
+        if self.mode == "required":
+            return JsonArrayToolParser()
+        if self.mode == "auto" and self.parser is not None:
+            return self.parser()
+        return None
+
     def extract(self, text: str) -> ExtractedToolCalls:
         """The answer's content and tool calls."""
         if self.mode == "named":
             assert self.named is not None
             return ExtractedToolCalls(None, [ToolCall(self.named, text)])
-        if self.mode == "required":
-            calls = _complete_items(text)
-            return ExtractedToolCalls(
-                None, [ToolCall(c["name"], json.dumps(c["parameters"])) for c in calls]
-            )
-        if self.mode == "auto" and self.parser is not None:
-            return self.parser(text)
-        return ExtractedToolCalls(text)
-
-
-def _complete_items(text: str) -> list[Any]:
-    """The complete items of a JSON array, also when max_tokens cut it short (the
-    grammar allows any number of calls; a small model may go on repeating them)."""
-    decoder, items = json.JSONDecoder(), list[Any]()
-    i = text.index("[") + 1
-    while True:
-        while i < len(text) and text[i] in " \n\t\r,":
-            i += 1
-        if i >= len(text) or text[i] == "]":
-            return items
-        try:
-            item, i = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            return items
-        items.append(item)
+        parser = self.stream_parser()
+        return parser.extract(text) if parser is not None else ExtractedToolCalls(text)
 
 
 def _parameters(function: dict[str, Any]) -> dict[str, Any]:
@@ -157,28 +147,29 @@ def tool_calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
 
 
 class ToolCallStreamer:
-    """The `delta`s of one streamed choice under a tool plan. Named: the arguments
-    stream as they are generated (the first delta carries the id and the name, as
-    OpenAI's do). Required / auto: the text is held, and the calls (or, with none,
-    the text as content) go out in one delta when the choice finishes."""
+    """The `delta`s of one streamed choice under a tool plan, as OpenAI streams them:
+    a call's first delta carries its index, id, type and name, the next ones pieces of
+    its arguments, which join to the arguments of the non-streamed answer. Named: the
+    text is the arguments. Required / auto: the plan's parser reads the text as it
+    comes (tool_parsers/stream.py)."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
-        self.text = ""
+        self.parser = plan.stream_parser()
         self.started = False
+
+    @property
+    def tools_called(self) -> bool:
+        """Calls were sent (the finish reason is then "tool_calls", for auto / required)."""
+        return self.parser is not None and self.parser.tools_called
 
     def delta(self, text: str, finished: bool) -> dict[str, Any] | None:
         """A DeltaMessage's fields, or None when there is nothing to send yet."""
-        self.text += text
         if self.plan.mode == "named":
             return self._named(text)
-        if not finished:
-            return None
-        extracted = safe_extract(self.plan, self.text)
-        if not extracted.tools_called:
-            return {"content": extracted.content or ""}
-        calls = tool_calls_json(extracted.tool_calls)
-        return {"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]}
+        if self.parser is None:
+            return {"content": text} if text else None
+        return self.parser.feed(text, finished)
 
     def _named(self, text: str) -> dict[str, Any] | None:
         if not text and self.started:

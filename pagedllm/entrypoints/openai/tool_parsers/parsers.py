@@ -1,108 +1,158 @@
-"""The parsers of the model families' tool-call formats:
+"""The parsers of the model families' tool-call formats (`--tool-call-parser`):
 
     hermes       <tool_call>{"name": ..., "arguments": {...}}</tool_call> (repeated)
     llama3_json  [<|python_tag|>]{"name": ..., "parameters": {...}} (several joined by ;)
     mistral      [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]
     pythonic     [get_weather(city="Paris"), other(x=1)]
 
-Text that does not parse is returned as content with no tool calls."""
+and the output of tool_choice="required" (a JSON list of {"name", "parameters"}).
+Each is a `ToolStreamParser` (stream.py): `feed` streams, `extract` parses a whole
+answer. Text that does not parse is returned as content with no tool calls."""
 
 from __future__ import annotations
 
 import ast
 import json
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+
+from pagedllm.entrypoints.openai.protocol import random_uuid
+from pagedllm.entrypoints.openai.tool_parsers.stream import (
+    DeltaBuilder,
+    SentCall,
+    ToolStreamParser,
+)
+from pagedllm.entrypoints.openai.tool_parsers.tool_call import ExtractedToolCalls, ToolCall
+
+_WS = " \t\r\n"
 
 
-@dataclass
-class ToolCall:
-    name: str
-    arguments: str  # JSON text, as OpenAI sends it
+class HermesToolParser(ToolStreamParser):
+    """Content, then `<tool_call>` objects; text between calls is skipped."""
+
+    content_marker = "<tool_call>"
+    _MARKERS = ("<tool_call>", "</tool_call>")
+
+    def _between(self, out: DeltaBuilder) -> bool:
+        rest = self.text[self.pos :]
+        for marker in self._MARKERS:
+            if rest.startswith(marker):
+                self.pos += len(marker)
+                return True
+            if marker.startswith(rest):
+                return False  # perhaps a marker: wait for more
+        if rest[0] in _WS:
+            self.pos += 1
+        elif rest[0] == "{":
+            return self._skip_or_open(_WS, "")
+        else:
+            self.state = "seek"
+        return True
 
 
-@dataclass
-class ExtractedToolCalls:
-    content: str | None
-    tool_calls: list[ToolCall] = field(default_factory=list)
+class JsonArrayToolParser(ToolStreamParser):
+    """tool_choice="required": `[{"name": ..., "parameters": ...}, ...]`. The calls
+    read whole are kept when max_tokens cuts the list short."""
 
-    @property
-    def tools_called(self) -> bool:
-        return bool(self.tool_calls)
+    all_or_nothing = False
+
+    def _between(self, out: DeltaBuilder) -> bool:
+        return self._skip_or_open(_WS + "[,", "]")
 
 
-def _call(obj: Any, args_key: str) -> ToolCall | None:
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+class MistralToolParser(JsonArrayToolParser):
+    content_marker = "[TOOL_CALLS]"
+    all_or_nothing = True
+
+
+class Llama3JsonToolParser(ToolStreamParser):
+    """Calls if the answer starts with '{' (after <|python_tag|>), else all content."""
+
+    _TAG = "<|python_tag|>"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "start"
+
+    def _start(self, out: DeltaBuilder) -> bool:
+        rest = self.text[self.pos :]
+        if rest.startswith(self._TAG):
+            self.pos += len(self._TAG)
+        elif self._TAG.startswith(rest):
+            return False
+        elif rest[0] in _WS:
+            self.pos += 1
+        elif rest[0] == "{":
+            self.state = "between"
+        else:
+            self.state, self.pos = "plain", 0  # all of it is content
+        return True
+
+    def _between(self, out: DeltaBuilder) -> bool:
+        return self._skip_or_open(_WS + ";", "")
+
+
+class PythonicToolParser(ToolStreamParser):
+    """`[f(a=1), g()]`: each call goes out whole once its ')' is read (its arguments
+    are Python literals turned into JSON, so there is no raw JSON text to stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "start"
+        self.list_start = 0
+        self.parsed_to = 0  # the prefix of the list read into calls so far
+
+    @classmethod
+    def extract(cls, text: str) -> ExtractedToolCalls:
+        return parse_pythonic(text)
+
+    def _start(self, out: DeltaBuilder) -> bool:
+        ch = self.text[self.pos]
+        if ch in _WS:
+            self.pos += 1
+        elif ch == "[":
+            self.state, self.list_start = "list", self.pos
+        else:
+            self.state, self.pos = "plain", 0
+        return True
+
+    def _list(self, out: DeltaBuilder) -> bool:
+        body = self.text[self.list_start :]
+        for close in _positions(body, ")", self.parsed_to):
+            calls = _try_calls(body[: close + 1] + "]")
+            if calls is not None:
+                self.parsed_to = close + 1
+                for call in calls[len(self.sent) :]:
+                    self._send_whole(out, call)
+                break
+        self.pos = len(self.text)
+        return False
+
+    def _send_whole(self, out: DeltaBuilder, call: ToolCall) -> None:
+        sent = SentCall(f"chatcmpl-tool-{random_uuid()}", call.name, call.arguments)
+        self.sent.append(sent)
+        self.complete.append(True)
+        out.start_call(len(self.sent) - 1, sent)
+
+
+def _positions(text: str, ch: str, start: int) -> list[int]:
+    """Where ch occurs in text[start:], last first."""
+    return [i for i in range(len(text) - 1, start - 1, -1) if text[i] == ch]
+
+
+def _try_calls(source: str) -> list[ToolCall] | None:
+    try:
+        tree = ast.parse(source.strip(), mode="eval").body
+        if not isinstance(tree, ast.List):
+            return None
+        return [_python_call(node) for node in tree.elts]
+    except (SyntaxError, ValueError):
         return None
-    args = obj.get(args_key, obj.get("arguments", obj.get("parameters", {})))
-    return ToolCall(obj["name"], args if isinstance(args, str) else json.dumps(args))
-
-
-def _calls(objs: list[Any], args_key: str) -> list[ToolCall] | None:
-    calls = [_call(o, args_key) for o in objs]
-    return None if not calls or any(c is None for c in calls) else calls  # type: ignore[return-value]
-
-
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-
-
-def parse_hermes(text: str) -> ExtractedToolCalls:
-    if "<tool_call>" not in text:
-        return ExtractedToolCalls(text)
-    try:
-        calls = _calls([json.loads(m) for m in _HERMES.findall(text)], "arguments")
-    except json.JSONDecodeError:
-        return ExtractedToolCalls(text)
-    content = text[: text.index("<tool_call>")].strip() or None
-    return ExtractedToolCalls(content, calls) if calls else ExtractedToolCalls(text)
-
-
-def parse_llama3_json(text: str) -> ExtractedToolCalls:
-    body = text.replace("<|python_tag|>", "").strip()
-    if not body.startswith("{"):
-        return ExtractedToolCalls(text)
-    try:
-        calls = _calls(_json_objects(body), "parameters")
-    except json.JSONDecodeError:
-        return ExtractedToolCalls(text)
-    return ExtractedToolCalls(None, calls) if calls else ExtractedToolCalls(text)
-
-
-def _json_objects(body: str) -> list[Any]:
-    """JSON values one after the other, separated by ';' and whitespace."""
-    decoder, objs, i = json.JSONDecoder(), [], 0
-    while i < len(body):
-        obj, i = decoder.raw_decode(body, i)
-        objs.append(obj)
-        while i < len(body) and body[i] in "; \n\t":
-            i += 1
-    return objs
-
-
-def parse_mistral(text: str) -> ExtractedToolCalls:
-    if "[TOOL_CALLS]" not in text:
-        return ExtractedToolCalls(text)
-    head, _, tail = text.partition("[TOOL_CALLS]")
-    try:
-        parsed = json.loads(tail.strip())
-    except json.JSONDecodeError:
-        return ExtractedToolCalls(text)
-    calls = _calls(parsed if isinstance(parsed, list) else [parsed], "arguments")
-    return ExtractedToolCalls(head.strip() or None, calls) if calls else ExtractedToolCalls(text)
 
 
 def parse_pythonic(text: str) -> ExtractedToolCalls:
     body = text.strip()
     if not (body.startswith("[") and body.endswith("]")):
         return ExtractedToolCalls(text)
-    try:
-        tree = ast.parse(body, mode="eval").body
-        assert isinstance(tree, ast.List)
-        calls = [_python_call(node) for node in tree.elts]
-    except (SyntaxError, ValueError, AssertionError):
-        return ExtractedToolCalls(text)
+    calls = _try_calls(body)
     return ExtractedToolCalls(None, calls) if calls else ExtractedToolCalls(text)
 
 
@@ -113,15 +163,15 @@ def _python_call(node: ast.expr) -> ToolCall:
     return ToolCall(node.func.id, json.dumps(args))
 
 
-TOOL_PARSERS: dict[str, Callable[[str], ExtractedToolCalls]] = {
-    "hermes": parse_hermes,
-    "llama3_json": parse_llama3_json,
-    "mistral": parse_mistral,
-    "pythonic": parse_pythonic,
+TOOL_PARSERS: dict[str, type[ToolStreamParser]] = {
+    "hermes": HermesToolParser,
+    "llama3_json": Llama3JsonToolParser,
+    "mistral": MistralToolParser,
+    "pythonic": PythonicToolParser,
 }
 
 
-def get_tool_parser(name: str) -> Callable[[str], ExtractedToolCalls]:
+def get_tool_parser(name: str) -> type[ToolStreamParser]:
     if name not in TOOL_PARSERS:
         raise ValueError(f"--tool-call-parser must be one of {sorted(TOOL_PARSERS)}, got {name!r}")
     return TOOL_PARSERS[name]
