@@ -75,7 +75,9 @@ def check_layouts(model: str) -> None:
         layouts += [
             ("tp2 eager", dict(tensor_parallel_size=2, enforce_eager=True)),
             ("tp2 graphs", dict(tensor_parallel_size=2)),
+            ("tp2 graphs, NCCL only", dict(tensor_parallel_size=2, disable_custom_all_reduce=True)),
             ("pp2", dict(pipeline_parallel_size=2)),
+            ("pp2 eager", dict(pipeline_parallel_size=2, enforce_eager=True)),
         ]
     for name, kwargs in layouts:
         try:

@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantization", "-q", default=None)
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--pipeline-parallel-size", type=int, default=1)
+    p.add_argument("--disable-custom-all-reduce", action="store_true")
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-model-len", type=int, default=4096)

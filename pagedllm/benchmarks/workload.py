@@ -104,6 +104,8 @@ def engine_kwargs(args: Any) -> dict[str, Any]:
         "load_format",
         "dtype",
         "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "disable_custom_all_reduce",
         "enforce_eager",
         "device",
         "max_model_len",

@@ -20,9 +20,13 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from pagedllm.distributed.custom_all_reduce import CustomAllreduce
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ class _ParallelState:
     rank: int = 0  # global rank
     tp_group: dist.ProcessGroup | None = None
     pp_group: dist.ProcessGroup | None = None
+    custom_ar: CustomAllreduce | None = None  # small tp all-reduces on one host's GPUs
 
 
 # Set once per process by initialize_model_parallel; read by layers at build time.
@@ -82,9 +87,16 @@ def init_distributed_environment(
     logger.debug("rank %d of %d joined the %s process group", rank, world_size, backend)
 
 
-def initialize_model_parallel(tp_size: int, pp_size: int = 1, backend: str | None = None) -> None:
+def initialize_model_parallel(
+    tp_size: int,
+    pp_size: int = 1,
+    backend: str | None = None,
+    custom_all_reduce: bool = False,
+) -> None:
     """Create the tensor/pipeline groups. torch.distributed must be initialized
-    already when tp_size * pp_size > 1 (every rank calls this with the same sizes)."""
+    already when tp_size * pp_size > 1 (every rank calls this with the same sizes).
+    `custom_all_reduce`: sum small tensor-parallel messages with `CustomAllreduce`
+    where the group's GPUs allow it (NCCL otherwise, and for large messages)."""
     global _STATE
     world = tp_size * pp_size
     if world == 1:
@@ -110,7 +122,31 @@ def initialize_model_parallel(tp_size: int, pp_size: int = 1, backend: str | Non
         group = dist.new_group(ranks, backend=backend, timeout=DEFAULT_TIMEOUT)
         if rank in ranks:
             state.pp_group = group
+    if custom_all_reduce and tp_size > 1 and state.tp_group is not None:
+        state.custom_ar = _build_custom_all_reduce(state.tp_group)
     _STATE = state
+
+
+def _build_custom_all_reduce(group: dist.ProcessGroup) -> CustomAllreduce | None:
+    """Every rank of `group` calls this; None where the custom all-reduce cannot run."""
+    from pagedllm.distributed import custom_all_reduce as car
+
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+    why_not = car.custom_all_reduce_unavailable(group, device)
+    if why_not is not None:
+        logger.info("custom all-reduce off: %s; NCCL sums every message", why_not)
+        return None
+    ar = car.CustomAllreduce(group, device)
+    logger.info(
+        "custom all-reduce on: one-shot up to %d bytes, two-shot up to %d, NCCL above",
+        ar.one_shot_max,
+        ar.max_size,
+    )
+    return ar
 
 
 def init_model_parallel(
@@ -177,9 +213,13 @@ def get_pp_group() -> dist.ProcessGroup | None:
 
 
 def tensor_model_parallel_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum `x` over the tensor-parallel group (in place when tp > 1)."""
+    """Sum `x` over the tensor-parallel group: the custom all-reduce's new tensor
+    for small messages, else NCCL's in place (use the returned tensor)."""
     if _STATE.tp_size == 1:
         return x
+    custom = _STATE.custom_ar
+    if custom is not None and custom.should_custom_ar(x):
+        return custom.all_reduce(x)
     dist.all_reduce(x, group=_STATE.tp_group)
     return x
 

@@ -69,7 +69,12 @@ class Worker:
             _limit_cpu_threads(pc.world_size)
         backend = ps.default_backend(self.device)
         ps.init_distributed_environment(pc.world_size, self.rank, init_method, backend)
-        ps.initialize_model_parallel(pc.tensor_parallel_size, pc.pipeline_parallel_size, backend)
+        ps.initialize_model_parallel(
+            pc.tensor_parallel_size,
+            pc.pipeline_parallel_size,
+            backend,
+            custom_all_reduce=not pc.disable_custom_all_reduce,
+        )
         logger.info(
             "rank %d: tp rank %d/%d, pp stage %d/%d on %s (%s)",
             self.rank,
