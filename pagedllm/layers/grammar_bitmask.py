@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pagedllm.worker.host_to_device import tensor_to_device
+from pagedllm.layers.host_to_device import tensor_to_device
 
 
 @dataclass

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from pagedllm.layers.grammar_bitmask import GrammarBitmask
+from pagedllm.layers.host_to_device import tensor_to_device
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.worker.host_to_device import tensor_to_device
 
 _SAMPLING_EPS = 1e-5  # the same threshold as SamplingParams: temperature below it is greedy
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pagedllm.worker.host_to_device import tensor_to_device
+from pagedllm.layers.host_to_device import tensor_to_device
 from pagedllm.worker.kv_cache import KVCacheSpec
 
 logger = logging.getLogger(__name__)

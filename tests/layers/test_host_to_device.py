@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pagedllm.worker.host_to_device import pack_to_device, tensor_to_device
+from pagedllm.layers.host_to_device import pack_to_device, tensor_to_device
 
 
 def _arrays() -> list[np.ndarray]:
@@ -37,7 +37,7 @@ def test_cpu_returns_the_arrays() -> None:
 
 def test_unsupported_dtype_is_refused_on_the_device_path() -> None:
     with pytest.raises(TypeError, match="unsupported dtype"):
-        from pagedllm.worker.host_to_device import _layout
+        from pagedllm.layers.host_to_device import _layout
 
         _layout([np.zeros(3, dtype=np.float16)])
 
