@@ -25,7 +25,14 @@ RANKS = {
     "layers": 6,
     "distributed": 7,
 }
-LEAVES = {"config", "config_builder", "sampling_params", "outputs", "scheduler_output"}
+LEAVES = {
+    "config",
+    "config_builder",
+    "engine_config",
+    "sampling_params",
+    "outputs",
+    "scheduler_output",
+}
 
 
 def _layer(module: str) -> str:
