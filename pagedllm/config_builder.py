@@ -7,21 +7,23 @@ import functools
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pagedllm.config import (
+from pagedllm.engine_config import (
     DTYPE_ALIASES,
     CacheConfig,
     DeviceConfig,
-    EngineArgs,
     EngineConfig,
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
     StructuredOutputsConfig,
 )
+
+if TYPE_CHECKING:
+    from pagedllm.config import EngineArgs
 
 logger = logging.getLogger(__name__)
 

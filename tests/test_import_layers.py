@@ -1,7 +1,7 @@
 """The package's imports flow one way: entrypoints -> engine (front end) -> core ->
 executor -> worker -> models and model_loader -> layers -> distributed. A module may
 import its own layer and the layers below it, and the leaf modules every layer shares
-(config, sampling_params, outputs, scheduler_output); lazy imports inside functions
+(config, sampling_params, outputs, scheduler_output, triton_utils); lazy imports inside functions
 count too."""
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ RANKS = {
     "layers": 6,
     "distributed": 7,
 }
-LEAVES = {"config", "config_builder", "sampling_params", "outputs", "scheduler_output"}
+LEAVES = {
+    "config",
+    "config_builder",
+    "engine_config",
+    "sampling_params",
+    "outputs",
+    "scheduler_output",
+    "triton_utils",  # the Triton launch helpers of every kernel (layers' and distributed's)
+}
 
 
 def _layer(module: str) -> str:

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers.triton_utils import launch
+from pagedllm.triton_utils import launch
 
 # Elements a program moves per chunk, and its warps (16-byte vectors per thread).
 BLOCK = 2048
@@ -177,9 +177,5 @@ def launch_all_reduce(
     staging, signals, results = tables
     grid = (counter.numel(),)
     args = (inp, out, n, slice_len, staging, signals, counter, rank, half)
-    if two_shot:
-        launch(two_shot_kernel, grid, inp.device, *args, results, BLOCK=BLOCK, WORLD=world,
-               num_warps=NUM_WARPS)  # fmt: skip
-    else:
-        launch(one_shot_kernel, grid, inp.device, *args, BLOCK=BLOCK, WORLD=world,
-               num_warps=NUM_WARPS)  # fmt: skip
+    kernel, extra = (two_shot_kernel, (results,)) if two_shot else (one_shot_kernel, ())
+    launch(kernel, grid, inp.device, *args, *extra, BLOCK=BLOCK, WORLD=world, num_warps=NUM_WARPS)

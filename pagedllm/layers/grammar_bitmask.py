@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pagedllm.layers.host_to_device import tensor_to_device
+
 
 @dataclass
 class GrammarBitmask:
@@ -23,10 +25,7 @@ class GrammarBitmask:
         """Host rows and bitmask -> device tensors (pinned, non-blocking to a GPU)."""
         row_tensor = torch.tensor(rows, dtype=torch.int64)
         mask_tensor = torch.from_numpy(np.ascontiguousarray(bitmask, dtype=np.int32))
-        if device.type != "cpu":
-            row_tensor = row_tensor.pin_memory().to(device, non_blocking=True)
-            mask_tensor = mask_tensor.pin_memory().to(device, non_blocking=True)
-        return cls(row_tensor, mask_tensor)
+        return cls(tensor_to_device(row_tensor, device), tensor_to_device(mask_tensor, device))
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:

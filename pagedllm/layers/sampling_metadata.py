@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pagedllm.layers.grammar_bitmask import GrammarBitmask
+from pagedllm.layers.host_to_device import tensor_to_device
 from pagedllm.sampling_params import SamplingParams
 
 _SAMPLING_EPS = 1e-5  # the same threshold as SamplingParams: temperature below it is greedy
@@ -164,9 +165,7 @@ def _to_device(values: object, dtype: torch.dtype, device: torch.device) -> torc
         tensor = torch.from_numpy(values).to(dtype)
     else:
         tensor = torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor_to_device(tensor, device)
 
 
 class _Knobs(NamedTuple):

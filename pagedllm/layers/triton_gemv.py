@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers import triton_utils as tu
+import pagedllm.triton_utils as tu
 
 BLOCK_M = 16  # tl.dot's smallest M; rows past M are masked
 

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers import triton_utils as tu
+import pagedllm.triton_utils as tu
 
 BLOCK_V_CUDA = 1024
 BLOCK_V_CPU = 128  # the interpreter runs small blocks faster

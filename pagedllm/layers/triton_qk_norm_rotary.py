@@ -20,7 +20,7 @@ import triton.language as tl
 
 from pagedllm.layers.triton_rms_norm import rms_norm_ref
 from pagedllm.layers.triton_rotary import check_rotary_args, rotary_embedding_ref
-from pagedllm.layers.triton_utils import (
+from pagedllm.triton_utils import (
     check_contiguous,
     check_same_device,
     launch,

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers.triton_utils import (
+from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     check_dtype,
     check_last_dim_contiguous,

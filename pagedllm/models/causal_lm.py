@@ -2,7 +2,8 @@
 embedding when the config says so, absent off the last pipeline stage), `forward`
 into the model's decoder stack, the pipeline placeholder, `compute_logits` and
 weight loading by HF name. A model sets `self.model` (its decoder stack, with an
-`embed_tokens`) and calls `init_lm_head`.
+`embed_tokens`) and calls `init_lm_head`; one whose stack has HF's other names (GPT-2's
+`transformer.wte`) overrides `decoder` and `get_input_embeddings`.
 
 `DecoderStack` is the pre-norm residual stack under it: embedding (first stage, and
 the last when tied), this stage's layers, the final norm (last stage)."""
@@ -85,18 +86,37 @@ class CausalLM(nn.Module):
     tie_word_embeddings_default = False  # when the config does not say
     stacked_params: StackedMapping = STACKED_QKV_GATE_UP
     skipped_weights: tuple[str, ...] = ("rotary_emb.inv_freq", "rotary_emb.cos_cached")
+    carries_residual = True  # pipeline stages hand on (hidden_states, residual)
 
     config: PretrainedConfig
     model: nn.Module
 
-    def init_lm_head(self, config: PretrainedConfig, soft_cap: float | None = None) -> None:
+    @property
+    def decoder(self) -> nn.Module:
+        """The decoder stack `forward` runs."""
+        return self.model
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding a tied LM head shares."""
+        embedding = self.decoder.embed_tokens
+        assert isinstance(embedding, nn.Module)
+        return embedding
+
+    def init_lm_head(
+        self,
+        config: PretrainedConfig,
+        soft_cap: float | None = None,
+        hidden_size: int | None = None,
+    ) -> None:
+        """`hidden_size`: the LM head's input size when not the config's (OPT's
+        word_embed_proj_dim)."""
         default = self.tie_word_embeddings_default
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", default))
         self.lm_head: ParallelLMHead | PPMissingLayer
         if is_pipeline_last_stage():
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+            self.lm_head = ParallelLMHead(config.vocab_size, hidden_size or config.hidden_size)
             if self.tie_word_embeddings:
-                self.lm_head.tie_weights(self.model.embed_tokens)  # type: ignore[arg-type]
+                self.lm_head.tie_weights(self.get_input_embeddings())  # type: ignore[arg-type]
         else:
             self.lm_head = PPMissingLayer()
         self.logits_processor = LogitsProcessor(config.vocab_size, soft_cap=soft_cap)
@@ -109,16 +129,16 @@ class CausalLM(nn.Module):
         attn_metadata: AttentionMetadata,
         intermediate_tensors: IntermediateTensors | None = None,
     ) -> torch.Tensor | IntermediateTensors:
-        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
+        return self.decoder(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
 
     def make_empty_intermediate_tensors(
         self, num_tokens: int, dtype: torch.dtype, device: torch.device
     ) -> IntermediateTensors:
         shape = (num_tokens, self.config.hidden_size)
-        return IntermediateTensors(
-            torch.empty(shape, dtype=dtype, device=device),
-            torch.empty(shape, dtype=dtype, device=device),
-        )
+        hidden_states = torch.empty(shape, dtype=dtype, device=device)
+        if not self.carries_residual:
+            return IntermediateTensors(hidden_states)
+        return IntermediateTensors(hidden_states, torch.empty(shape, dtype=dtype, device=device))
 
     def compute_logits(
         self, hidden_states: torch.Tensor, out: torch.Tensor | None = None

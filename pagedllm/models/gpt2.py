@@ -14,9 +14,10 @@ from pagedllm.layers.activation import get_act_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import LayerNorm
 from pagedllm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
+from pagedllm.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
-from pagedllm.models.utils import load_weights_by_name
+from pagedllm.models.utils import StackedMapping
 
 _CONV1D_MODULES = ("c_attn", "c_proj", "c_fc")
 
@@ -124,52 +125,34 @@ class GPT2Model(nn.Module):
         return self.ln_f(hidden_states)
 
 
-class GPT2LMHeadModel(nn.Module):
-    supports_pp = True
+class GPT2LMHeadModel(CausalLM):
+    """The causal-LM shell over `transformer` (HF's name); pipeline stages hand on the
+    hidden states alone (the blocks add their residuals themselves)."""
+
+    tie_word_embeddings_default = True
+    stacked_params: StackedMapping = []  # c_attn is fused in the checkpoint already
+    skipped_weights = ()
+    carries_residual = False
 
     def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head: ParallelLMHead | PPMissingLayer
-        if is_pipeline_last_stage():
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-            if self.tie_word_embeddings:
-                self.lm_head.tie_weights(self.transformer.wte)  # type: ignore[arg-type]
-        else:
-            self.lm_head = PPMissingLayer()
-        self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.init_lm_head(config)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
-        attn_metadata: AttentionMetadata,
-        intermediate_tensors: IntermediateTensors | None = None,
-    ) -> torch.Tensor | IntermediateTensors:
-        return self.transformer(
-            input_ids, positions, kv_caches, attn_metadata, intermediate_tensors
-        )
+    @property
+    def decoder(self) -> nn.Module:
+        return self.transformer
 
-    def make_empty_intermediate_tensors(
-        self, num_tokens: int, dtype: torch.dtype, device: torch.device
-    ) -> IntermediateTensors:
-        shape = (num_tokens, self.config.hidden_size)
-        return IntermediateTensors(torch.empty(shape, dtype=dtype, device=device))
-
-    def compute_logits(
-        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states, out)
+    def get_input_embeddings(self) -> nn.Module:
+        return self.transformer.wte
 
     def _rename(self, name: str) -> str | None:
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             return None  # causal-mask buffers of old checkpoints
-        if name.startswith("lm_head."):
-            return None if self.tie_word_embeddings else name
-        return name if name.startswith("transformer.") else "transformer." + name
+        if not name.startswith(("lm_head.", "transformer.")):
+            name = "transformer." + name
+        return super()._rename(name)
 
     def _transpose_conv1d(
         self, weights: Iterable[tuple[str, torch.Tensor]]
@@ -181,4 +164,4 @@ class GPT2LMHeadModel(nn.Module):
             yield name, tensor
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_weights_by_name(self, self._transpose_conv1d(weights), [], self._rename)
+        return super().load_weights(self._transpose_conv1d(weights))

@@ -3,8 +3,6 @@ word_embed_proj_dim != hidden_size, pre- or post-LayerNorm blocks (do_layer_norm
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 from transformers import PretrainedConfig
@@ -18,10 +16,16 @@ from pagedllm.layers.linear import (
     ReplicatedLinear,
     RowParallelLinear,
 )
-from pagedllm.layers.vocab_embedding import LogitsProcessor, ParallelLMHead, VocabParallelEmbedding
-from pagedllm.models.utils import load_weights_by_name
+from pagedllm.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.causal_lm import CausalLM
+from pagedllm.models.pipeline import IntermediateTensors
+from pagedllm.models.utils import StackedMapping
 
-_STACKED = [("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj", "v_proj", "v")]
+_STACKED: StackedMapping = [
+    ("qkv_proj", "q_proj", "q"),
+    ("qkv_proj", "k_proj", "k"),
+    ("qkv_proj", "v_proj", "v"),
+]
 _POSITION_OFFSET = 2  # OPT's position table starts at index 2 (a fairseq legacy)
 
 
@@ -111,7 +115,9 @@ class OPTDecoder(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
+        intermediate_tensors: IntermediateTensors | None = None,
     ) -> torch.Tensor:
+        """`intermediate_tensors` is always None: OPT runs on one pipeline stage."""
         hidden_states = self.embed_tokens(input_ids)
         if self.project_in is not None:
             hidden_states = self.project_in(hidden_states)
@@ -131,37 +137,27 @@ class OPTModel(nn.Module):
         self.decoder = OPTDecoder(config)
 
 
-class OPTForCausalLM(nn.Module):
+class OPTForCausalLM(CausalLM):
+    """The causal-LM shell over `model.decoder` (HF's names); the LM head reads the
+    projected width (word_embed_proj_dim)."""
+
+    supports_pp = False
+    tie_word_embeddings_default = True
+    stacked_params = _STACKED
+    skipped_weights = ()
+    model: OPTModel
+
     def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
         super().__init__()
         self.config = config
         self.model = OPTModel(config)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.word_embed_proj_dim)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tie_word_embeddings:
-            self.lm_head.tie_weights(self.model.decoder.embed_tokens)
-        self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.init_lm_head(config, hidden_size=config.word_embed_proj_dim)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
-        attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.model.decoder(input_ids, positions, kv_caches, attn_metadata)
-
-    def compute_logits(
-        self, hidden_states: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states, out)
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.decoder
 
     def _rename(self, name: str) -> str | None:
-        if name.startswith("lm_head."):
-            return None if self.tie_word_embeddings else name
         if name.startswith("decoder."):  # the original facebook/opt-* checkpoints
             name = "model." + name
-        return name
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_weights_by_name(self, weights, _STACKED, self._rename)
+        return super()._rename(name)

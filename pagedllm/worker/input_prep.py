@@ -1,7 +1,7 @@
 """SchedulerOutput -> the flattened input tensors of one forward step.
 
 All index arithmetic is vectorized in numpy on the host, then copied to the device
-once (one pinned, non-blocking copy on CUDA: host_to_device.py):
+once (one pinned, non-blocking copy on CUDA: layers/host_to_device.py):
 
     token t belongs to request req_idx[t]; its position is
     positions[t] = num_computed[req_idx[t]] + (t - query_start_loc[req_idx[t]])
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.layers.host_to_device import pack_to_device
 from pagedllm.scheduler_output import ScheduledRequest, SchedulerOutput
-from pagedllm.worker.host_to_device import pack_to_device
 
 
 @dataclass

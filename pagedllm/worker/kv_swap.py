@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
+from pagedllm.layers.host_to_device import tensor_to_device
 from pagedllm.worker.kv_cache import KVCacheSpec
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,7 @@ class KVSwapper:
             self._copy_in([c for c, _ in chunk], [g for _, g in chunk])
 
     def _index(self, ids: list[int]) -> torch.Tensor:
-        host = torch.tensor(ids, dtype=torch.int64)
-        if not self.on_cuda:
-            return host
-        return host.pin_memory().to(self.device, non_blocking=True)
+        return tensor_to_device(torch.tensor(ids, dtype=torch.int64), self.device)
 
     def _copy_out(self, gpu_ids: list[int], cpu_ids: list[int]) -> None:
         index = self._index(gpu_ids)

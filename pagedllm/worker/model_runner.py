@@ -14,6 +14,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
 from pagedllm.layers.attention.metadata import PoolingMetadata
 from pagedllm.layers.grammar_bitmask import GrammarBitmask
+from pagedllm.layers.host_to_device import pack_to_device
 from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
 from pagedllm.models.pipeline import IntermediateTensors
@@ -24,7 +25,6 @@ from pagedllm.scheduler_output import (
 )
 from pagedllm.worker import kv_cache as kvc
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
-from pagedllm.worker.host_to_device import pack_to_device
 from pagedllm.worker.input_prep import BlockTableBuffer, StepInputs, prepare_inputs
 from pagedllm.worker.prompt_logprobs import add_prompt_logprobs
 

@@ -28,16 +28,23 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
         Glm4Config,
         GlmConfig,
         GPT2Config,
-        LlamaConfig,
-        MistralConfig,
-        MixtralConfig,
-        OPTConfig,
-        Phi3Config,
-        Qwen2Config,
-        Qwen2MoeConfig,
-        Qwen3Config,
-        Qwen3MoeConfig,
     )
+
+    return {
+        **_llama_configs(),
+        **_opt_configs(),
+        **_phi3_configs(),
+        **_moe_configs(),
+        **_gemma_configs(GemmaConfig, Gemma2Config, Gemma3TextConfig),
+        **_glm_configs(GlmConfig, Glm4Config),
+        "gpt2": GPT2Config(
+            vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1
+        ),
+    }
+
+
+def _llama_configs() -> dict[str, PretrainedConfig]:
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     llama3_rope = {
         "rope_type": "llama3",
@@ -61,24 +68,31 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
         "mistral": MistralConfig(**_LLAMA_LIKE, sliding_window=None),
         "qwen2": Qwen2Config(**_LLAMA_LIKE),
         "qwen3": Qwen3Config(**{**_LLAMA_LIKE, "tie_word_embeddings": True}, head_dim=32),
-        "opt": OPTConfig(
-            **_COMMON,
-            hidden_size=64,
-            ffn_dim=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            word_embed_proj_dim=32,
-            init_std=0.1,
-        ),
-        "opt-post-ln": OPTConfig(
-            **_COMMON,
-            hidden_size=64,
-            ffn_dim=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            do_layer_norm_before=False,
-            init_std=0.1,
-        ),
+    }
+
+
+def _opt_configs() -> dict[str, PretrainedConfig]:
+    """Pre-LN with project_in/out (word_embed_proj_dim 32), and post-LN."""
+    from transformers import OPTConfig
+
+    base = dict(
+        _COMMON,
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        init_std=0.1,
+    )
+    return {
+        "opt": OPTConfig(**base, word_embed_proj_dim=32),
+        "opt-post-ln": OPTConfig(**base, do_layer_norm_before=False),
+    }
+
+
+def _phi3_configs() -> dict[str, PretrainedConfig]:
+    from transformers import Phi3Config
+
+    return {
         "phi3-partial-rope": Phi3Config(
             **_LLAMA_LIKE,
             rope_parameters={
@@ -90,6 +104,13 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
             bos_token_id=1,
             eos_token_id=2,
         ),
+    }
+
+
+def _moe_configs() -> dict[str, PretrainedConfig]:
+    from transformers import MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
+
+    return {
         "mixtral": MixtralConfig(
             **_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
         ),
@@ -113,11 +134,6 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
             moe_intermediate_size=32,
             norm_topk_prob=True,
             decoder_sparse_step=2,
-        ),
-        **_gemma_configs(GemmaConfig, Gemma2Config, Gemma3TextConfig),
-        **_glm_configs(GlmConfig, Glm4Config),
-        "gpt2": GPT2Config(
-            vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1
         ),
     }
 

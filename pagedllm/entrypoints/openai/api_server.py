@@ -70,10 +70,24 @@ def _make_engine(
 ) -> tuple[AsyncLLM, PrometheusStatLogger]:
     """The engine core starts in its own process; the front end stays here."""
     engine = AsyncLLM.from_engine_args(engine_args)
+    return engine, _attach_prometheus(engine, registry)
+
+
+def _attach_prometheus(engine: AsyncLLM, registry: CollectorRegistry) -> PrometheusStatLogger:
+    """Before any request: nothing is recorded yet."""
     config = engine.engine_config
     prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
     engine.stat_loggers.append(prometheus)
-    return engine, prometheus
+    return prometheus
+
+
+def _new_registry() -> CollectorRegistry:
+    """The app's own registry, with the process, platform and GC collectors."""
+    disable_created_metrics()  # no *_created series (process-wide, as vLLM)
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    return registry
 
 
 def build_app(
@@ -93,34 +107,19 @@ def build_app(
     """The app around a new engine (or `engine`, already running)."""
     names = _served_names(engine_args, served_model_name)
     template = load_chat_template(chat_template)
-    disable_created_metrics()  # no *_created series (process-wide, as vLLM)
-    registry = CollectorRegistry()
-    for collector in (ProcessCollector, PlatformCollector, GCCollector):
-        collector(registry=registry)
+    registry = _new_registry()
     if engine is None:
         engine, prometheus = _make_engine(engine_args, registry)
     else:
-        config = engine.engine_config
-        prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
-        engine.stat_loggers.append(prometheus)  # before any request: nothing is recorded yet
+        prometheus = _attach_prometheus(engine, registry)
     model_config = engine.engine_config.model_config
     models = ServedModels(
         names or [model_config.served_model_name], model_config.model, model_config.max_model_len
     )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.shutdown()
-
-    app = FastAPI(
-        title="pagedllm OpenAI-compatible server", lifespan=lifespan, root_path=root_path or ""
-    )
-    install_error_handlers(app)
+    app = _new_app(engine, root_path)
     options = http_options or HTTPOptions()
     options.api_key = options.api_key or api_key
     install_http_middleware(app, options)
-    log_requests = not disable_log_requests
     inflight = InflightRequests(engine)
     limits = render_limits or RenderLimits()
     state: Any = app.state
@@ -128,6 +127,7 @@ def build_app(
     state.inflight = inflight
     state.models = models
     state.prometheus = prometheus
+    log_requests = not disable_log_requests
     state.completion = OpenAIServingCompletion(engine, models, log_requests, inflight=inflight)
     state.chat = OpenAIServingChat(
         engine,
@@ -141,13 +141,32 @@ def build_app(
     )
     state.embedding = OpenAIServingEmbedding(engine, models, log_requests, inflight=inflight)
     state.tokenization = OpenAIServingTokenization(engine, models, template, render_limits=limits)
+    _add_routes(app, engine, options)
+    return app
+
+
+def _new_app(engine: AsyncLLM, root_path: str | None) -> FastAPI:
+    """The FastAPI app with the error handlers; it shuts `engine` down when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.shutdown()
+
+    app = FastAPI(
+        title="pagedllm OpenAI-compatible server", lifespan=lifespan, root_path=root_path or ""
+    )
+    install_error_handlers(app)
+    return app
+
+
+def _add_routes(app: FastAPI, engine: AsyncLLM, options: HTTPOptions) -> None:
     app.include_router(router)
     app.add_api_route("/version", lambda: {"version": package_version()}, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     app.add_api_route("/health", _health, methods=["GET"])
     if options.enable_dashboard:
         install_dashboard(app, engine, resolve_api_key(options.api_key), package_version())
-    return app
 
 
 async def _health(raw_request: Request) -> Response:

@@ -29,7 +29,7 @@ from pagedllm.layers.attention.triton_prefill_attention import (
     check_paged_args,
     paged_attention_ref,
 )
-from pagedllm.layers.triton_utils import (
+from pagedllm.triton_utils import (
     cdiv,
     check_ndim,
     dot_precision,
@@ -224,16 +224,9 @@ def decode_attention(
     """Attend query row b (the last token of sequence b) to its seq_lens[b] cached tokens.
 
     Only rows < seq_lens.shape[0] are written; rows with seq_lens 0 get zeros."""
-    check_ndim("query", query, 3)
-    num_seqs = seq_lens.shape[0]
-    if query.shape[0] < num_seqs:
-        raise ValueError(f"query has {query.shape[0]} rows < {num_seqs} sequences")
-    check_paged_args(query, kv_cache, block_tables, seq_lens)
-    if num_splits < 1 or block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(
-            f"need num_splits >= 1 and block_n a power of two >= 16, got {num_splits}, {block_n}"
-        )
+    _check_decode_args(query, kv_cache, block_tables, seq_lens, num_splits, block_n)
     out = _output(query, out)
+    num_seqs = seq_lens.shape[0]
     if num_seqs == 0:
         return out
     num_heads, head_dim = query.shape[1], query.shape[2]
@@ -272,6 +265,25 @@ def decode_attention(
     if num_splits > 1:
         _reduce(part_out, lse, out, num_seqs)
     return out
+
+
+def _check_decode_args(
+    query: torch.Tensor,  # [B, num_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [B, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    num_splits: int,
+    block_n: int,
+) -> None:
+    check_ndim("query", query, 3)
+    num_seqs = seq_lens.shape[0]
+    if query.shape[0] < num_seqs:
+        raise ValueError(f"query has {query.shape[0]} rows < {num_seqs} sequences")
+    check_paged_args(query, kv_cache, block_tables, seq_lens)
+    if num_splits < 1 or block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(
+            f"need num_splits >= 1 and block_n a power of two >= 16, got {num_splits}, {block_n}"
+        )
 
 
 def _output(query: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:

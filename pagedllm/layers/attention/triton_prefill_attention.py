@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from pagedllm.layers.attention.triton_online_softmax import attend_paged_keys
-from pagedllm.layers.triton_utils import (
+from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     cdiv,
     check_contiguous,
@@ -142,18 +142,8 @@ def prefill_attention(
     num_stages: int = 2,
 ) -> torch.Tensor:  # [T, num_heads, head_dim], query.dtype
     """Varlen paged attention; rows not covered by query_start_loc are left unwritten."""
-    check_ndim("query", query, 3)
-    check_paged_args(query, kv_cache, block_tables, seq_lens)
-    check_dtype("query_start_loc", query_start_loc, (torch.int32,))
-    check_contiguous("query_start_loc", query_start_loc)
-    if query_start_loc.shape[0] != seq_lens.shape[0] + 1:
-        raise ValueError("query_start_loc must have one entry more than seq_lens")
-    if block_n < 16 or block_n & (block_n - 1) or block_m < 16 or block_m & (block_m - 1):
-        raise ValueError(f"block_m and block_n must be powers of two >= 16: {block_m}, {block_n}")
-    if out is None:
-        out = torch.empty_like(query, memory_format=torch.contiguous_format)
-    elif out.shape != query.shape or out.dtype != query.dtype or out.stride(-1) != 1:
-        raise ValueError("out must be like query, last dim contiguous")
+    _check_prefill_args(query, kv_cache, block_tables, seq_lens, query_start_loc, block_m, block_n)
+    out = _output(query, out)
     num_seqs = seq_lens.shape[0]
     if num_seqs == 0 or max_query_len <= 0:
         return out
@@ -196,6 +186,33 @@ def prefill_attention(
         num_stages=num_stages,
     )
     return out
+
+
+def _output(query: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return torch.empty_like(query, memory_format=torch.contiguous_format)
+    if out.shape != query.shape or out.dtype != query.dtype or out.stride(-1) != 1:
+        raise ValueError("out must be like query, last dim contiguous")
+    return out
+
+
+def _check_prefill_args(
+    query: torch.Tensor,  # [T, num_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [B, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    query_start_loc: torch.Tensor,  # [B + 1] int32
+    block_m: int,
+    block_n: int,
+) -> None:
+    check_ndim("query", query, 3)
+    check_paged_args(query, kv_cache, block_tables, seq_lens)
+    check_dtype("query_start_loc", query_start_loc, (torch.int32,))
+    check_contiguous("query_start_loc", query_start_loc)
+    if query_start_loc.shape[0] != seq_lens.shape[0] + 1:
+        raise ValueError("query_start_loc must have one entry more than seq_lens")
+    if block_n < 16 or block_n & (block_n - 1) or block_m < 16 or block_m & (block_m - 1):
+        raise ValueError(f"block_m and block_n must be powers of two >= 16: {block_m}, {block_n}")
 
 
 def check_paged_args(

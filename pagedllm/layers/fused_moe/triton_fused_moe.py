@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers.triton_utils import (
+from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     cdiv,
     check_contiguous,

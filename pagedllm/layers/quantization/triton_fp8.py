@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers import triton_utils as tu
+import pagedllm.triton_utils as tu
 from pagedllm.layers.quantization import kernel_table
 from pagedllm.layers.quantization.triton_quant_gemv import split_target, sum_splits
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers import triton_utils as tu
+import pagedllm.triton_utils as tu
 
 
 @triton.jit

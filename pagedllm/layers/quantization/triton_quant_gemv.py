@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers import triton_utils as tu
+import pagedllm.triton_utils as tu
 from pagedllm.layers.quantization import kernel_table
 
 MAGIC_F32 = 8388608.0  # 2^23: float32 bits 0x4B000000 | q  ==  2^23 + q

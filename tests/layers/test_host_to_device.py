@@ -1,5 +1,6 @@
 """pack_to_device: the arrays of a step in one copy; each comes back equal, with its
-dtype and shape (also empty ones and odd byte counts that need padding)."""
+dtype and shape (also empty ones and odd byte counts that need padding). tensor_to_device:
+one host tensor (itself on the CPU)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pagedllm.worker.host_to_device import pack_to_device
+from pagedllm.layers.host_to_device import pack_to_device, tensor_to_device
 
 
 def _arrays() -> list[np.ndarray]:
@@ -36,7 +37,7 @@ def test_cpu_returns_the_arrays() -> None:
 
 def test_unsupported_dtype_is_refused_on_the_device_path() -> None:
     with pytest.raises(TypeError, match="unsupported dtype"):
-        from pagedllm.worker.host_to_device import _layout
+        from pagedllm.layers.host_to_device import _layout
 
         _layout([np.zeros(3, dtype=np.float16)])
 
@@ -49,3 +50,16 @@ def test_cuda_views_of_one_copy() -> None:
     _check(tensors, arrays)
     storages = {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
     assert len(storages) == 1  # all of them views of the one device buffer
+
+
+def test_tensor_to_device_on_cpu_is_the_tensor() -> None:
+    tensor = torch.arange(5, dtype=torch.int64)
+    assert tensor_to_device(tensor, torch.device("cpu")) is tensor
+
+
+@pytest.mark.gpu
+def test_tensor_to_device_cuda_copy() -> None:
+    tensor = torch.arange(5, dtype=torch.int64)
+    on_device = tensor_to_device(tensor, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert on_device.is_cuda and torch.equal(on_device.cpu(), tensor)

@@ -1,4 +1,5 @@
-"""One host->device copy for all the small index arrays of a step.
+"""Host->device copies: one copy for all the small index arrays of a step
+(`pack_to_device`), and one host tensor at a time (`tensor_to_device`).
 
 Each `pin_memory().to(device, non_blocking=True)` costs a pinned allocation and a
 copy launch (tens of microseconds of host time). A step has seven such arrays, so
@@ -43,6 +44,14 @@ def pack_to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[t
         on_device[offset : offset + array.nbytes].view(_TORCH_DTYPES[array.dtype]).view(array.shape)
         for array, offset in zip(arrays, offsets)
     ]
+
+
+def tensor_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`: on the CPU the tensor itself, towards a GPU pinned and
+    copied without blocking (the host may reuse `tensor` at once)."""
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _layout(arrays: Sequence[np.ndarray]) -> tuple[list[int], int]:
