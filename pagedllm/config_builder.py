@@ -279,17 +279,17 @@ def _scheduler_config(
 
 
 def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:
-    """Several workers pipeline steps too (the mp executor's steps are futures), but
-    not across pipeline stages: the first stage would need the last one's tokens."""
+    """Several workers pipeline steps too (the mp executor's steps are futures). With
+    pipeline stages the engine keeps a batch per stage in flight instead (the first
+    stage cannot use the last one's tokens before they reach the engine)."""
     world = args.tensor_parallel_size * args.pipeline_parallel_size
     backend = args.distributed_executor_backend
-    possible = world == 1 or (args.pipeline_parallel_size == 1 and backend in (None, "mp"))
+    possible = world == 1 or backend in (None, "mp")
     if args.async_scheduling is None:
         return device.type == "cuda" and possible
     if args.async_scheduling and not possible:
         raise ValueError(
-            "async_scheduling needs pipeline_parallel_size 1 and, with several workers, "
-            "distributed_executor_backend='mp'"
+            "async_scheduling with several workers needs distributed_executor_backend='mp'"
         )
     return args.async_scheduling
 

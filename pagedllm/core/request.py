@@ -60,6 +60,8 @@ class Request:
     # Tokens being sampled by a step still in flight (async scheduling): counted as
     # known for scheduling, appended when the step's output arrives.
     num_output_placeholders: int = 0
+    # Steps scheduled for it whose outputs have not arrived (sampling or not).
+    num_steps_in_flight: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first scheduling; -1: not scheduled yet
     num_preemptions: int = 0
     stop_reason: int | str | None = None

@@ -38,6 +38,12 @@ class Executor(ABC):
         """Launch the step; `.get()` on the result gives its ModelRunnerOutput (waiting
         for the device when the tokens are still on their way to the host)."""
 
+    @property
+    def max_concurrent_batches(self) -> int:
+        """How many launched steps may be unfinished at once: the pipeline stages, where
+        the executor's steps are futures (the engine core keeps a batch queue), else 1."""
+        return 1
+
     def check_health(self) -> None:
         """Raise ExecutorDeadError if a worker is gone."""
         return None

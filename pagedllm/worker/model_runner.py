@@ -56,6 +56,8 @@ class ModelRunner:
         self.pp_size = ps.get_pipeline_model_parallel_world_size()
         self.is_first_stage = ps.is_pipeline_first_stage()
         self.is_last_stage = ps.is_pipeline_last_stage()
+        # The activations this stage is still sending on, and their sends (pp > 1).
+        self._pp_sending: tuple[list[Any], list[torch.Tensor]] = ([], [])
 
     # ---- set-up -------------------------------------------------------------
     def load_model(self) -> None:
@@ -223,9 +225,9 @@ class ModelRunner:
 
     def _forward_stage(self, inputs: StepInputs) -> torch.Tensor | None:
         """One pipeline stage: receive the previous stage's activations (unless first),
-        run this stage's layers, send them on (unless last). Stages run one after
-        the other within a step (no micro-batch overlap). Hidden states on the last
-        stage, None elsewhere."""
+        run this stage's layers, send them on (unless last) without waiting: with
+        several batches in flight the stage takes the next batch while this one
+        travels. Hidden states on the last stage, None elsewhere."""
         assert self.model is not None
         received: IntermediateTensors | None = None
         if not self.is_first_stage:
@@ -238,8 +240,16 @@ class ModelRunner:
         )
         if self.is_last_stage:
             return out
-        ps.pipeline_send(out.tensors())
+        self._send_to_next_stage(out.tensors())
         return None
+
+    def _send_to_next_stage(self, tensors: list[torch.Tensor]) -> None:
+        """Post this batch's sends once the previous batch's are done (one batch's
+        activations travel at a time; the tensors live until their sends finish)."""
+        for work in self._pp_sending[0]:
+            work.wait()
+        tensors = [t.contiguous() for t in tensors]
+        self._pp_sending = (ps.pipeline_isend(tensors), tensors)
 
     def _generator(self, s: ScheduledRequest) -> torch.Generator | None:
         sp = s.sampling_params
