@@ -9,6 +9,7 @@ max_num_seqs), chunked prefill, preemption, stop tokens and aborts in flight."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,33 +61,69 @@ def spy_in_flight(llm: LLM) -> list[int]:
     return unread_at_launch
 
 
-def run(path: str, **kwargs: Any) -> tuple[Result, list[int], LLM]:
+def spy_preempted_in_flight(llm: LLM) -> list[int]:
+    """For each preemption: how many steps of the victim were in flight."""
+    scheduler = llm.llm_engine.scheduler
+    in_flight: list[int] = []
+    original = scheduler._preempt
+
+    def spy(request: Any) -> None:
+        in_flight.append(request.num_steps_in_flight)
+        original(request)
+
+    scheduler._preempt = spy
+    return in_flight
+
+
+@dataclass
+class Run:
+    result: Result  # (tokens, finish reasons) per prompt
+    unread_at_launch: list[int]  # per launched step: earlier steps still unread
+    preempted_in_flight: list[int]  # per preemption: the victim's steps in flight
+    max_batches: int
+    async_scheduling: bool
+    num_preemptions: int
+
+
+def run(path: str, **kwargs: Any) -> Run:
     llm = make_llm(path, max_num_seqs=6, **kwargs)
     try:
+        preempted = spy_preempted_in_flight(llm)
         unread = spy_in_flight(llm) if kwargs.get("pipeline_parallel_size", 1) > 1 else []
         outputs = llm.generate(PROMPTS, sampling_params(), use_tqdm=False)
         engine = llm.llm_engine
         engine.check_integrity()
         assert engine.get_num_free_blocks() == engine.kv_cache_manager.num_blocks
-        assert not engine.engine_core.batch_queue
+        core = engine.engine_core
+        assert not core.batch_queue
         tokens = [list(o.outputs[0].token_ids) for o in outputs]
-        return (tokens, [o.outputs[0].finish_reason for o in outputs]), unread, llm
+        reasons = [o.outputs[0].finish_reason for o in outputs]
+        stats = engine.get_stats()
+        return Run(
+            (tokens, reasons),
+            unread,
+            preempted,
+            core.max_batches,
+            core.async_scheduling,
+            stats.num_preemptions,
+        )
     finally:
         llm.llm_engine.shutdown()
 
 
 @pytest.fixture(scope="module")
 def expected(tiny_llama_dir: str) -> Result:
-    result, _, _ = run(tiny_llama_dir)
+    result = run(tiny_llama_dir).result
     assert "stop" in result[1] and "length" in result[1]
     return result
 
 
 def test_pp2_batches_in_flight_match_one_process(tiny_llama_dir: str, expected: Result) -> None:
-    got, unread, llm = run(tiny_llama_dir, pipeline_parallel_size=2)
-    assert got == expected
-    assert llm.llm_engine.engine_core.max_batches == 2
+    got = run(tiny_llama_dir, pipeline_parallel_size=2)
+    assert got.result == expected
+    assert got.max_batches == 2
     # Batch k+1 went out while batch k was unread, and never a third.
+    unread = got.unread_at_launch
     assert max(unread) == 1
     assert sum(u == 1 for u in unread) >= len(unread) // 3
 
@@ -95,10 +132,10 @@ def test_pp2_one_batch_at_a_time_matches(
     tiny_llama_dir: str, expected: Result, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PAGEDLLM_PP_BATCH_QUEUE", "0")
-    got, unread, llm = run(tiny_llama_dir, pipeline_parallel_size=2)
-    assert got == expected
-    assert llm.llm_engine.engine_core.max_batches == 1
-    assert max(unread) == 0
+    got = run(tiny_llama_dir, pipeline_parallel_size=2)
+    assert got.result == expected
+    assert got.max_batches == 1
+    assert max(got.unread_at_launch) == 0
 
 
 def test_pp2_in_flight_with_preemption_matches(tiny_llama_dir: str, expected: Result) -> None:
@@ -106,18 +143,37 @@ def test_pp2_in_flight_with_preemption_matches(tiny_llama_dir: str, expected: Re
     # with a step in flight) and recomputed. async_scheduling=True is accepted with
     # pipeline stages: the batch queue is their way of overlapping steps.
     llm_kwargs = dict(num_gpu_blocks_override=10, max_model_len=40, async_scheduling=True)
-    got, unread, llm = run(tiny_llama_dir, pipeline_parallel_size=2, **llm_kwargs)
-    assert got == expected
-    assert llm.llm_engine.get_stats().num_preemptions > 0
-    assert max(unread) == 1
-    assert not llm.llm_engine.engine_core.async_scheduling  # no placeholders across stages
+    got = run(tiny_llama_dir, pipeline_parallel_size=2, **llm_kwargs)
+    assert got.result == expected
+    assert got.num_preemptions > 0
+    assert max(got.preempted_in_flight) == 1  # victims with their step in flight
+    assert max(got.unread_at_launch) == 1
+    assert not got.async_scheduling  # no placeholders across stages
 
 
 def test_pp2_gpt2_in_flight_matches_one_process(tiny_gpt2_dir: str) -> None:
-    reference, _, _ = run(tiny_gpt2_dir)
-    got, unread, _ = run(tiny_gpt2_dir, pipeline_parallel_size=2)
-    assert got == reference
-    assert max(unread) == 1
+    reference = run(tiny_gpt2_dir).result
+    got = run(tiny_gpt2_dir, pipeline_parallel_size=2)
+    assert got.result == reference
+    assert max(got.unread_at_launch) == 1
+
+
+def test_core_process_busy_loop_keeps_batches_in_flight(
+    tiny_llama_dir: str, expected: Result, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core in its own process (the server's layout): its busy loop steps the
+    batch queue; the utility calls are answered between steps."""
+    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
+    llm = make_llm(tiny_llama_dir, max_num_seqs=6, pipeline_parallel_size=2)
+    try:
+        outputs = llm.generate(PROMPTS, sampling_params(), use_tqdm=False)
+        tokens = [list(o.outputs[0].token_ids) for o in outputs]
+        assert (tokens, [o.outputs[0].finish_reason for o in outputs]) == expected
+        engine = llm.llm_engine
+        engine.check_integrity()
+        assert engine.get_num_free_blocks() == engine.get_stats().num_gpu_blocks
+    finally:
+        llm.llm_engine.shutdown()
 
 
 def test_abort_with_a_batch_in_flight(tiny_llama_dir: str, expected: Result) -> None:
