@@ -236,11 +236,11 @@ def decode_attention(
     scale: float,
     num_splits: int = 1,
     out: torch.Tensor | None = None,  # [B, num_heads, head_dim]
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 3,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [B, num_heads, head_dim], query.dtype
     """Attend query row b (the last token of sequence b) to its seq_lens[b] cached tokens.
 

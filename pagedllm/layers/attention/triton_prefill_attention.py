@@ -155,12 +155,12 @@ def prefill_attention(
     scale: float,
     causal: bool = True,
     out: torch.Tensor | None = None,  # [T, num_heads, head_dim]
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
     block_m: int = 64,
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim], query.dtype
     """Varlen paged attention; rows not covered by query_start_loc are left unwritten.
     `sliding_window` W: a query at position q sees keys at positions > q - W;
