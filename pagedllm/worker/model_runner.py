@@ -134,8 +134,9 @@ class ModelRunner:
             self._capture_piecewise()
 
     def _needs_torch_attention(self) -> bool:
-        """Sliding-window / soft-capped layers (Gemma) on the Triton backend attend through
-        the torch fallback, which syncs with the host: no CUDA graphs then."""
+        """Sliding-window / soft-capped layers (Gemma) on a backend without them attend
+        through the torch fallback, which syncs with the host: no CUDA graphs then (the
+        torch and Triton backends both take them, so this is for other backends)."""
         from pagedllm.layers.attention.layer import needs_torch_attention
 
         if self.model is None or not needs_torch_attention(self.model):
