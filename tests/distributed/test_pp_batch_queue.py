@@ -269,3 +269,14 @@ def test_stages_run_at_the_same_time(
         assert overlaps >= forwards // 4  # stage 0 runs batch k+1 while stage 1 runs k
     else:
         assert overlaps == 0  # one batch at a time: a stage waits for the other
+
+
+@pytest.mark.slow
+def test_pp3_three_batches_in_flight(tiny_gpt2_dir: str) -> None:
+    """Three stages (gpt2's 3 layers, one each), up to three batches in flight (3
+    processes: slow on a 2-core machine)."""
+    reference = run(tiny_gpt2_dir).result
+    got = run(tiny_gpt2_dir, pipeline_parallel_size=3)
+    assert got.result == reference
+    assert got.max_batches == 3
+    assert max(got.unread_at_launch) == 2
