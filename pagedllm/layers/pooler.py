@@ -16,8 +16,8 @@ CLS for encoders (BERT), LAST for decoders, normalized in both cases. Explicit
 Per request, `PoolingParams.normalize` overrides the default and
 `PoolingParams.dimensions` truncates the embedding (Matryoshka) before it is
 normalized. As in vLLM, `dimensions` is refused unless the model says it was trained
-for it (`is_matryoshka` or `matryoshka_dimensions` in its config); see
-`verify_pooling_params`, which the engine calls when a request is added.
+for it (`is_matryoshka` or `matryoshka_dimensions` in its config): admission checks
+that (`engine/validation.py: verify_pooling_params`).
 """
 
 from __future__ import annotations
@@ -173,36 +173,6 @@ class Pooler(nn.Module):
         if self.normalize if normalize is None else normalize:
             vector = F.normalize(vector.float(), p=2, dim=-1).to(vector.dtype)
         return vector
-
-
-def verify_pooling_params(
-    params: PoolingParams,
-    hf_config: Any,
-    served_model_name: str,
-) -> None:
-    """Reject what the model cannot do, with vLLM's messages (ValueError -> HTTP 400).
-
-    Called by the engine when a request is added, before anything is scheduled.
-    """
-    if params.dimensions is None:
-        return
-    mds = getattr(hf_config, "matryoshka_dimensions", None)
-    if not (getattr(hf_config, "is_matryoshka", False) or mds):
-        raise ValueError(
-            f'Model "{served_model_name}" does not support matryoshka representation, '
-            f"changing output dimensions will lead to poor results."
-        )
-    if mds and params.dimensions not in mds:
-        raise ValueError(
-            f'Model "{served_model_name}" only supports {list(mds)} matryoshka dimensions, '
-            f"use other output dimensions will lead to poor results."
-        )
-    hidden_size = int(hf_config.hidden_size)
-    if params.dimensions > hidden_size:
-        raise ValueError(
-            f"dimensions must be at most the model's hidden size ({hidden_size}), "
-            f"got {params.dimensions}"
-        )
 
 
 def st_pooling_type(model_path: str | os.PathLike[str] | None) -> PoolingType | None:

@@ -17,7 +17,6 @@ from pagedllm.layers.pooler import (
     PoolingType,
     st_normalize,
     st_pooling_type,
-    verify_pooling_params,
 )
 from pagedllm.sampling_params import PoolingParams
 
@@ -230,25 +229,9 @@ def test_unknown_modules_are_ignored_with_a_warning(
     assert "sentence_transformers.models.Dense" in caplog.text
 
 
-# ---- dimensions: vLLM's Matryoshka rules ------------------------------------------
+# ---- dimensions: vLLM's Matryoshka rules (checked at admission: tests/engine/test_validation.py)
 
 
-def test_dimensions_refused_for_a_model_without_matryoshka() -> None:
-    verify_pooling_params(PoolingParams(), BERT, "m")  # no dimensions: fine
-    with pytest.raises(ValueError, match='Model "m" does not support matryoshka'):
-        verify_pooling_params(PoolingParams(dimensions=4), BERT, "m")
-
-
-def test_dimensions_with_is_matryoshka() -> None:
-    config = SimpleNamespace(model_type="bert", hidden_size=HIDDEN, is_matryoshka=True)
-    verify_pooling_params(PoolingParams(dimensions=3), config, "m")
-    with pytest.raises(ValueError, match="at most the model's hidden size"):
-        verify_pooling_params(PoolingParams(dimensions=HIDDEN + 1), config, "m")
-
-
-def test_dimensions_must_be_one_of_matryoshka_dimensions() -> None:
+def test_matryoshka_dimensions_make_a_matryoshka_pooler() -> None:
     config = SimpleNamespace(model_type="bert", hidden_size=HIDDEN, matryoshka_dimensions=[2, 4])
-    verify_pooling_params(PoolingParams(dimensions=4), config, "m")
-    with pytest.raises(ValueError, match=r"only supports \[2, 4\] matryoshka dimensions"):
-        verify_pooling_params(PoolingParams(dimensions=3), config, "m")
     assert Pooler.from_config(None, config).is_matryoshka
