@@ -1,5 +1,6 @@
 """EngineArgs -> EngineConfig: resolve the model, then derive every setting once
-(device, dtype, context length, runner, cache, scheduler and parallel configs)."""
+(device, dtype, context length, runner, cache, scheduler and parallel configs) and
+check the parallel split (`config_parallel.py`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pagedllm.config_parallel import verify_parallel_config
 from pagedllm.engine_config import (
     DTYPE_ALIASES,
     CacheConfig,
@@ -190,11 +192,13 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         generation_config=resolved.generation_config,
         model_impl=model_impl,
     )
+    parallel_config = _parallel_config(args)
+    verify_parallel_config(model_config, parallel_config, device)  # once, before any worker
     return EngineConfig(
         model_config=model_config,
         cache_config=_cache_config(args),
         scheduler_config=_scheduler_config(args, max_model_len, device),
-        parallel_config=_parallel_config(args),
+        parallel_config=parallel_config,
         device_config=DeviceConfig(device=device),
         enforce_eager=args.enforce_eager or model_impl == "transformers",
         max_seq_len_to_capture=args.max_seq_len_to_capture,

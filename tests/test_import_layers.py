@@ -28,6 +28,7 @@ RANKS = {
 LEAVES = {
     "config",
     "config_builder",
+    "config_parallel",
     "engine_config",
     "sampling_params",
     "outputs",
