@@ -5,9 +5,7 @@ check the parallel split (`config_parallel.py`)."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -215,16 +213,6 @@ def _structured_outputs_config(value: Any) -> StructuredOutputsConfig:
     return value
 
 
-def _sentence_transformers_max_len(path: str) -> int | None:
-    """sentence-transformers models cap their input (max_seq_length), as vLLM honours."""
-    file = os.path.join(path, "sentence_bert_config.json")
-    if not os.path.isfile(file):
-        return None
-    with open(file) as f:
-        value = json.load(f).get("max_seq_length")
-    return int(value) if value else None
-
-
 def _pick_max_model_len(requested: int | None, hf_config: Any, path: str) -> int:
     derived = None
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
@@ -234,7 +222,9 @@ def _pick_max_model_len(requested: int | None, hf_config: Any, path: str) -> int
             break
     if derived is None:
         derived = 2048
-    st_len = _sentence_transformers_max_len(path)
+    from pagedllm.model_loader.sentence_transformers import st_max_seq_length
+
+    st_len = st_max_seq_length(path)
     if st_len is not None:
         derived = min(derived, st_len)
     if requested is None:
