@@ -27,10 +27,16 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     sampling_params: SamplingParams | None  # resolved: EOS ids, bad words, max_tokens
     pooling_params: PoolingParams | None
     arrival_time: float
-    max_tokens: int = 16
     # False: the front end needs no token before the request finishes (final-only
     # output, no stop strings): the core sends all its tokens once, at the end.
     stream_outputs: bool = True
+
+    @property
+    def max_tokens(self) -> int:
+        """The tokens it may generate: resolved at admission into its SamplingParams
+        (against max_model_len); 0 for a pooling request."""
+        sp = self.sampling_params
+        return 0 if sp is None or sp.max_tokens is None else sp.max_tokens
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):

@@ -53,7 +53,7 @@ class Request:
     prompt: str | None = None
     parent_id: str | None = None
     index: int = 0
-    max_tokens: int = 16  # resolved against max_model_len by the engine
+    max_tokens: int = 16  # sampling_params.max_tokens, resolved at admission (input_processor)
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0

@@ -33,7 +33,7 @@ from pagedllm.config import SchedulerConfig
 from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
-from pagedllm.core.stop_checker import check_grammar_stop, check_stop
+from pagedllm.core.stop_checker import check_grammar_stop, check_stop, reached_length_limit
 from pagedllm.outputs import SchedulerStats
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
@@ -163,9 +163,8 @@ class Scheduler:
         if request.num_output_placeholders == 0 or request.sampling_params is None:
             return False
         outputs = request.num_output_tokens + request.num_output_placeholders
-        return (
-            outputs >= request.max_tokens
-            or request.num_tokens_with_placeholders >= self.config.max_model_len
+        return reached_length_limit(
+            request, outputs, request.num_tokens_with_placeholders, self.config.max_model_len
         )
 
     def _preempt(self, request: Request) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 from pagedllm.distributed.parallel_state import disable_nvlink_multicast
 from pagedllm.distributed.shm_broadcast import MessageQueue, QueueTimeoutError
 from pagedllm.executor.base import ExecutorDeadError
-from pagedllm.executor.distributed import DistributedExecutorBase, cuda_device_count, rpc_timeout_s
+from pagedllm.executor.distributed import DistributedExecutorBase, rpc_timeout_s
 from pagedllm.executor.mp_start import (
     GUARD_HINT,
     in_spawn_bootstrap,
@@ -153,9 +153,6 @@ class MultiprocExecutor(DistributedExecutorBase):
     @property
     def worker_pids(self) -> list[int]:
         return [int(proc.pid or -1) for proc in self._procs]
-
-    def _num_devices_available(self) -> int | None:
-        return cuda_device_count()
 
     @property
     def _queue_handles(self) -> tuple[Any, Any]:

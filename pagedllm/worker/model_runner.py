@@ -12,9 +12,9 @@ import torch
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
-from pagedllm.layers.attention.metadata import PoolingMetadata
 from pagedllm.layers.grammar_bitmask import GrammarBitmask
 from pagedllm.layers.host_to_device import pack_to_device
+from pagedllm.layers.pooler import PoolingMetadata
 from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
 from pagedllm.models.pipeline import IntermediateTensors
@@ -75,10 +75,10 @@ class ModelRunner:
                 self.model, int(offload_gb * (1 << 30)), self.device
             )
         if self.is_pooling:
-            from pagedllm.layers.pooler import Pooler
+            from pagedllm.model_loader.sentence_transformers import pooler_for_model
 
             # The runner owns the pooler, so decoder models pool too (LAST by default).
-            self.pooler = Pooler.from_model_config(self.config.model_config)
+            self.pooler = pooler_for_model(self.config.model_config)
 
     @property
     def num_attention_layers(self) -> int:
