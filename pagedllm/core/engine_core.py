@@ -88,7 +88,6 @@ class EngineCore:
             sampling_params=req.sampling_params,
             pooling_params=req.pooling_params,
             arrival_time=req.arrival_time,
-            max_tokens=req.max_tokens,
             stream_outputs=req.stream_outputs,
         )
         sp = req.sampling_params

@@ -53,7 +53,6 @@ class Request:
     prompt: str | None = None
     parent_id: str | None = None
     index: int = 0
-    max_tokens: int = 16  # sampling_params.max_tokens, resolved at admission (input_processor)
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
@@ -79,6 +78,13 @@ class Request:
     num_sent_prompt_logprobs: int = 0
     # Its grammar (structured outputs): compiling, then advanced with every token.
     structured_output_request: StructuredOutputRequest | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        """sampling_params.max_tokens, resolved at admission (engine/input_processor);
+        0 for pooling requests."""
+        sp = self.sampling_params
+        return 0 if sp is None or sp.max_tokens is None else sp.max_tokens
 
     def __post_init__(self) -> None:
         if self.metrics is None:

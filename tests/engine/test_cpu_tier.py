@@ -15,7 +15,7 @@ from pagedllm.scheduler_output import ModelRunnerOutput
 
 def make_request(req_id: str, tokens: list[int], max_tokens: int = 8) -> Request:
     sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    return Request(req_id, tokens, sp, max_tokens=max_tokens)
+    return Request(req_id, tokens, sp)
 
 
 def allocate_prompt(kv: KVCacheManager, req: Request) -> int:
