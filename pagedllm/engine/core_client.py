@@ -114,7 +114,9 @@ class BackgroundClient(EngineCoreClient):
         with self._calls_lock:
             call_id = next(self._call_ids)
             self._calls[call_id] = future
-        self._send(RequestType.UTILITY, UtilityRequest(call_id, method, list(args), self.client_index))
+        self._send(
+            RequestType.UTILITY, UtilityRequest(call_id, method, list(args), self.client_index)
+        )
         return future.result()
 
     def add_requests(self, requests: list[EngineCoreRequest]) -> None:

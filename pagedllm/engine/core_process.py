@@ -62,7 +62,9 @@ class MPClient(BackgroundClient):
         super().__init__()
         self._closing = False
         self._core: CoreProcess | None = None
-        socket_dir = endpoints.socket_dir if endpoints else tempfile.mkdtemp(prefix="pagedllm-core-")
+        socket_dir = (
+            endpoints.socket_dir if endpoints else tempfile.mkdtemp(prefix="pagedllm-core-")
+        )
         self.client_index = endpoints.client_index if endpoints else 0
         input_address, output_address = socket_addresses(socket_dir, self.client_index)
         self._context = zmq.Context()
@@ -76,18 +78,17 @@ class MPClient(BackgroundClient):
         self._encoder = make_encoder()
         self._wake_read, self._wake_write = os.pipe()  # shutdown wakes the reader
         if endpoints is None:
-            self._start_core(engine_config, socket_dir)
-            assert self._core is not None
-            self._status_fd, self.num_gpu_blocks = self._core.status_fd, self._core.num_gpu_blocks
-        else:
-            self._status_fd, self.num_gpu_blocks = endpoints.status_fd, endpoints.num_gpu_blocks
+            self._core = self._start_core(engine_config, socket_dir)
+            endpoints = self._core.endpoints(0)
+        self._status_fd: int = endpoints.status_fd  # end of file: the core has exited
+        self.num_gpu_blocks = endpoints.num_gpu_blocks
         self._reader = threading.Thread(target=self._read, name="pagedllm-core-reader", daemon=True)
         self._reader.start()
         atexit.register(_shutdown_ref, weakref.ref(self))
 
-    def _start_core(self, engine_config: EngineConfig, socket_dir: str) -> None:
+    def _start_core(self, engine_config: EngineConfig, socket_dir: str) -> CoreProcess:
         try:
-            self._core = start_core_process(engine_config, socket_dir)
+            return start_core_process(engine_config, socket_dir)
         except BaseException:
             self._context.destroy(linger=0)
             for fd in (self._wake_read, self._wake_write):

@@ -19,7 +19,11 @@ def test_outputs_go_to_their_sender_and_stats_to_everyone() -> None:
     router.add("c", 0)
     stats = SchedulerStats(num_running_reqs=3)
     step = EngineCoreOutputs(
-        outputs=[EngineCoreOutput("a", [1]), EngineCoreOutput("b", [2]), EngineCoreOutput("c", [3])],
+        outputs=[
+            EngineCoreOutput("a", [1]),
+            EngineCoreOutput("b", [2]),
+            EngineCoreOutput("c", [3]),
+        ],
         scheduler_stats=stats,
     )
     parts = router.split(step)

@@ -79,9 +79,11 @@ def _ask(server: RemoteServer, kind: str, text: str) -> str:
             model=MODEL_NAME, prompt=text, max_tokens=8, temperature=0.0, stream=True
         )
         return "".join(c.choices[0].text for c in chunks if c.choices)
-    return client.completions.create(
-        model=MODEL_NAME, prompt=text, max_tokens=8, temperature=0.0
-    ).choices[0].text
+    return (
+        client.completions.create(model=MODEL_NAME, prompt=text, max_tokens=8, temperature=0.0)
+        .choices[0]
+        .text
+    )
 
 
 def _all(server: RemoteServer) -> list[str]:
