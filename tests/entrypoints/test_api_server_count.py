@@ -212,3 +212,15 @@ def test_a_killed_parent_leaves_no_orphans() -> None:
         assert _wait_gone(children, 60) == []
     finally:
         server.stop()
+
+
+def test_the_flag_takes_vllm_names_and_refuses_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    from pagedllm.entrypoints.cli_args import make_server_parser
+
+    parser = make_server_parser()
+    assert parser.parse_args([]).api_server_count == 1
+    assert parser.parse_args(["--api-server-count", "3"]).api_server_count == 3
+    assert parser.parse_args(["-asc", "2"]).api_server_count == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--api-server-count", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -58,11 +58,13 @@ def run_multi_api_server(args: argparse.Namespace) -> None:
         engine_args.served_model_name = names[0] if names else engine_args.served_model_name
         config = engine_args.create_engine_config()
         core = start_core_process(config, socket_dir, args.api_server_count)
-    except Exception as exc:  # noqa: BLE001 - every start-up failure is reported the same way
+    except BaseException as exc:
         sock.close()
         for path in (socket_dir, metrics_dir):
             shutil.rmtree(path, ignore_errors=True)
-        fail_to_start(args, exc)
+        if not isinstance(exc, Exception):
+            raise  # Ctrl-C while the model loads
+        fail_to_start(args, exc)  # every start-up failure is reported the same way
     code = 1
     try:
         servers = [
