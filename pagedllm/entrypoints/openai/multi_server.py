@@ -82,7 +82,9 @@ def run_multi_api_server(args: argparse.Namespace) -> None:
         )
         code = Supervisor(servers, core).run()
     finally:
-        core.stop(grace_s=0.0)
+        if core.proc.poll() is None:
+            core.proc.terminate()  # the core's SIGTERM handler ends its busy loop cleanly
+        core.stop(grace_s=10.0)
         shutil.rmtree(metrics_dir, ignore_errors=True)
     raise SystemExit(code)
 
