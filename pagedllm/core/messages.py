@@ -30,6 +30,8 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     # False: the front end needs no token before the request finishes (final-only
     # output, no stop strings): the core sends all its tokens once, at the end.
     stream_outputs: bool = True
+    # Which front end (API server) sent it: its outputs go back there only.
+    client_index: int = 0
 
     @property
     def max_tokens(self) -> int:
@@ -63,6 +65,7 @@ class UtilityOutput(msgspec.Struct, array_like=True, gc=False):
     call_id: int
     result: Any = None
     error: str | None = None
+    client_index: int = 0  # the caller's (call ids are counted per client)
 
 
 class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
@@ -84,6 +87,7 @@ class UtilityRequest(msgspec.Struct, array_like=True, gc=False):
     call_id: int
     method: str
     args: list[Any] = []
+    client_index: int = 0
 
 
 def make_encoder() -> msgspec.msgpack.Encoder:
