@@ -61,6 +61,11 @@ class Scheduler:
         The engine then waits for each step before it schedules the next."""
         return bool(self._history_req_ids or self._structured_req_ids)
 
+    def has_token_history_requests(self) -> bool:
+        """Whether an unfinished request's sampling reads its own tokens (penalties,
+        min_tokens, bad words)."""
+        return bool(self._history_req_ids)
+
     def has_structured_requests(self) -> bool:
         return bool(self._structured_req_ids)
 

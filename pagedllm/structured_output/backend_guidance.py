@@ -11,15 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from pagedllm.structured_output import tuning
 from pagedllm.structured_output.backend_types import (
     StructuredOutputBackend,
     StructuredOutputGrammar,
     StructuredOutputKind,
 )
 from pagedllm.structured_output.utils import choice_regex, is_lark
-
-# Below this many constrained rows a plain loop beats handing them to the thread pool.
-_PARALLEL_FILL_MIN_ROWS = 16
 
 
 def serialize_grammar(kind: StructuredOutputKind, spec: str, disable_any_whitespace: bool) -> str:
@@ -97,7 +95,7 @@ class GuidanceBackend(StructuredOutputBackend):
         import llguidance.numpy as llnp
 
         pairs = [(g.matcher, row) for g, row in grammars if isinstance(g, GuidanceGrammar)]
-        if len(pairs) >= _PARALLEL_FILL_MIN_ROWS:
+        if len(pairs) >= tuning.PARALLEL_FILL_MIN_ROWS:
             llnp.fill_next_token_bitmask_par(self.executor, pairs, bitmask)
             return
         for matcher, row in pairs:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pagedllm.structured_output import tuning
 from pagedllm.structured_output.backend_types import (
     StructuredOutputBackend,
     StructuredOutputGrammar,
@@ -74,6 +75,7 @@ class XgrammarBackend(StructuredOutputBackend):
         )
         self.compiler = xgr.GrammarCompiler(info)
         self.disable_any_whitespace = disable_any_whitespace
+        self.batch = xgr.BatchGrammarMatcher(max_threads="auto")  # fills rows on its threads
 
     def compile_grammar(self, kind: StructuredOutputKind, spec: str) -> StructuredOutputGrammar:
         import xgrammar as xgr
@@ -89,6 +91,10 @@ class XgrammarBackend(StructuredOutputBackend):
         self, grammars: Sequence[tuple[StructuredOutputGrammar, int]], bitmask: np.ndarray
     ) -> None:
         target = torch.from_numpy(bitmask)  # shares the memory: xgrammar writes the rows
-        for grammar, row in grammars:
-            assert isinstance(grammar, XgrammarGrammar)
-            grammar.matcher.fill_next_token_bitmask(target, row)
+        matchers = [g.matcher for g, _ in grammars if isinstance(g, XgrammarGrammar)]
+        rows = [row for g, row in grammars if isinstance(g, XgrammarGrammar)]
+        if len(matchers) >= tuning.PARALLEL_FILL_MIN_ROWS:
+            self.batch.batch_fill_next_token_bitmask(matchers, target, rows)
+            return
+        for matcher, row in zip(matchers, rows):
+            matcher.fill_next_token_bitmask(target, row)
