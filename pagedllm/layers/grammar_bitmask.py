@@ -55,13 +55,18 @@ def _disallowed(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     if as_bytes.device.type == "cpu":  # numpy's unpack is several times faster there
         bits = torch.from_numpy(np.unpackbits(as_bytes.numpy(), axis=1, bitorder="little"))
     else:
-        shifts = torch.arange(8, dtype=torch.uint8, device=bitmask.device)
-        bits = ((as_bytes.unsqueeze(-1) >> shifts) & 1).view(num_rows, num_words * 32)
+        bits = unpack_bytes(as_bytes)
     banned = bits == 0  # [R, 32W]
     if banned.shape[1] >= vocab_size:
         return banned[:, :vocab_size]
     pad = torch.ones(num_rows, vocab_size - banned.shape[1], dtype=torch.bool)
     return torch.cat([banned, pad.to(banned.device)], dim=1)
+
+
+def unpack_bytes(as_bytes: torch.Tensor) -> torch.Tensor:
+    """[R, B] uint8 -> [R, 8B] uint8 bits, least significant first (on any device)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=as_bytes.device)
+    return ((as_bytes.unsqueeze(-1) >> shifts) & 1).view(as_bytes.shape[0], -1)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:

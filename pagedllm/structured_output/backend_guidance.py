@@ -53,14 +53,23 @@ def grammar_error(kind: StructuredOutputKind, spec: str, disable_any_whitespace:
 
 
 class GuidanceGrammar(StructuredOutputGrammar):
-    def __init__(self, matcher: Any) -> None:
+    def __init__(self, matcher: Any, executor: Any) -> None:
         self.matcher = matcher  # llguidance.LLMatcher
+        self.executor = executor  # the backend's llguidance.LLExecutor
 
     def accept_token(self, token_id: int) -> bool:
         return bool(self.matcher.consume_token(token_id))
 
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_stopped())
+
+    @classmethod
+    def accept_tokens(cls, batch: Sequence[tuple[StructuredOutputGrammar, int]]) -> list[bool]:
+        pairs = [(g.matcher, t) for g, t in batch if isinstance(g, GuidanceGrammar)]
+        if len(pairs) < tuning.PARALLEL_FILL_MIN_ROWS or len(pairs) != len(batch):
+            return super().accept_tokens(batch)
+        executor = batch[0][0].executor  # type: ignore[attr-defined]
+        return [bool(ok) for ok in executor.consume_token_par(pairs)]
 
 
 class GuidanceBackend(StructuredOutputBackend):
@@ -87,7 +96,7 @@ class GuidanceBackend(StructuredOutputBackend):
         matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise ValueError(matcher.get_error())
-        return GuidanceGrammar(matcher)
+        return GuidanceGrammar(matcher, self.executor)
 
     def fill_bitmask(
         self, grammars: Sequence[tuple[StructuredOutputGrammar, int]], bitmask: np.ndarray

@@ -50,14 +50,23 @@ def grammar_error(kind: StructuredOutputKind, spec: str, disable_any_whitespace:
 
 
 class XgrammarGrammar(StructuredOutputGrammar):
-    def __init__(self, matcher: Any) -> None:
+    def __init__(self, matcher: Any, batch: Any) -> None:
         self.matcher = matcher  # xgrammar.GrammarMatcher
+        self.batch = batch  # the backend's xgrammar.BatchGrammarMatcher
 
     def accept_token(self, token_id: int) -> bool:
         return bool(self.matcher.accept_token(token_id))
 
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_terminated())
+
+    @classmethod
+    def accept_tokens(cls, batch: Sequence[tuple[StructuredOutputGrammar, int]]) -> list[bool]:
+        grammars = [g for g, _ in batch if isinstance(g, XgrammarGrammar)]
+        if len(grammars) < tuning.PARALLEL_FILL_MIN_ROWS or len(grammars) != len(batch):
+            return super().accept_tokens(batch)
+        matchers, tokens = [g.matcher for g in grammars], [t for _, t in batch]
+        return [bool(ok) for ok in grammars[0].batch.batch_accept_token(matchers, tokens)]
 
 
 class XgrammarBackend(StructuredOutputBackend):
@@ -85,7 +94,7 @@ class XgrammarBackend(StructuredOutputBackend):
             compiled = self.compiler.compile_grammar(grammar)
         except Exception as exc:
             raise ValueError(str(exc)) from exc
-        return XgrammarGrammar(xgr.GrammarMatcher(compiled))
+        return XgrammarGrammar(xgr.GrammarMatcher(compiled), self.batch)
 
     def fill_bitmask(
         self, grammars: Sequence[tuple[StructuredOutputGrammar, int]], bitmask: np.ndarray
