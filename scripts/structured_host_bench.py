@@ -8,11 +8,13 @@ core, for every constrained request, advances its matcher with the sampled token
 to the logits. This script builds the same tokenizer and 256 matchers, walks them into
 varied states with random allowed tokens, and times each phase:
 
-    advance     accept_token + is_terminated per request (the engine's loop), and
-                llguidance's consume_token_par (LLExecutor, GIL released)
+    advance     accept_token + is_terminated per request (the engine's loop before
+                issue #17), llguidance's consume_token_par (LLExecutor, GIL released)
+                with 1, 2, ... threads, and the engine's call now (accept_tokens)
     alloc       the [256, 4748] int32 bitmask (np.full) against a reused buffer
-    fill        one row at a time on this thread (per-row cost = per-thread cost), and
-                fill_next_token_bitmask_par with 1, 2, ... threads
+    fill        one row at a time from Python, fill_next_token_bitmask_par with
+                1, 2, ... threads (1 thread / rows = the per-thread cost per row), and
+                the engine's call (GuidanceBackend.fill_bitmask)
     apply       the runner's apply_grammar_bitmask_ on [256, 151936] float32 logits (CPU)
 
 Costs are printed per step and per request; a single thread's figure scales to the
@@ -114,6 +116,9 @@ def bench_step(backend: Any, grammars: list[Any], args: argparse.Namespace) -> d
             timed(lambda ex=ex: llnp.fill_next_token_bitmask_par(ex, pairs, mask), args.repeat)
             * 1e3
         )
+    res["fill_engine_ms"] = (
+        timed(lambda: backend.fill_bitmask([(g, i) for i, g in enumerate(grammars)], mask), 5) * 1e3
+    )  # the engine's call: LLExecutor's default threads (80% of the cores)
     res.update(bench_advance(grammars, mask, args))
     logits = torch.randn(rows, VOCAB)
     gm = GrammarBitmask.build(list(range(rows)), mask, torch.device("cpu"))
@@ -145,6 +150,9 @@ def bench_advance(grammars: list[Any], mask: np.ndarray, args: argparse.Namespac
     res: dict[str, Any] = {}
     res["advance_serial_ms"] = _timed_with_undo(engine_loop, rollback, args.repeat) * 1e3
     res["advance_per_row_us"] = res["advance_serial_ms"] * 1e3 / max(1, len(live))
+    res["advance_engine_ms"] = (
+        _timed_with_undo(lambda: type(live[0][0]).accept_tokens(live), rollback, args.repeat) * 1e3
+    )  # check_grammar_stops' call (consume_token_par from 16 rows)
     batch = [(g.matcher, t) for g, t in live]
     for n in args.threads:
         ex = llguidance.LLExecutor(num_threads=n)
