@@ -99,7 +99,7 @@ class EngineArgs:
     pooling_type: str | None = None
     pooling_normalize: bool | None = None
     kv_cache_memory_bytes: int | None = None
-    async_scheduling: bool | None = None  # None: on for CUDA (pipeline_parallel_size 1)
+    async_scheduling: bool | None = None  # None: on for CUDA (pp > 1: a batch per stage in flight)
     preemption_mode: str | None = None  # None: by length (swap long requests)
     structured_outputs_config: StructuredOutputsConfig | None = None  # None: the defaults
     model_impl: str = "auto"  # auto | pagedllm (alias vllm) | transformers (HF fallback)

@@ -1,16 +1,16 @@
 """EngineArgs -> EngineConfig: resolve the model, then derive every setting once
-(device, dtype, context length, runner, cache, scheduler and parallel configs)."""
+(device, dtype, context length, runner, cache, scheduler and parallel configs) and
+check the parallel split (`config_parallel.py`)."""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pagedllm.config_parallel import verify_parallel_config
 from pagedllm.engine_config import (
     DTYPE_ALIASES,
     CacheConfig,
@@ -190,11 +190,13 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         generation_config=resolved.generation_config,
         model_impl=model_impl,
     )
+    parallel_config = _parallel_config(args)
+    verify_parallel_config(model_config, parallel_config, device)  # once, before any worker
     return EngineConfig(
         model_config=model_config,
         cache_config=_cache_config(args),
         scheduler_config=_scheduler_config(args, max_model_len, device),
-        parallel_config=_parallel_config(args),
+        parallel_config=parallel_config,
         device_config=DeviceConfig(device=device),
         enforce_eager=args.enforce_eager or model_impl == "transformers",
         max_seq_len_to_capture=args.max_seq_len_to_capture,
@@ -211,16 +213,6 @@ def _structured_outputs_config(value: Any) -> StructuredOutputsConfig:
     return value
 
 
-def _sentence_transformers_max_len(path: str) -> int | None:
-    """sentence-transformers models cap their input (max_seq_length), as vLLM honours."""
-    file = os.path.join(path, "sentence_bert_config.json")
-    if not os.path.isfile(file):
-        return None
-    with open(file) as f:
-        value = json.load(f).get("max_seq_length")
-    return int(value) if value else None
-
-
 def _pick_max_model_len(requested: int | None, hf_config: Any, path: str) -> int:
     derived = None
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
@@ -230,7 +222,9 @@ def _pick_max_model_len(requested: int | None, hf_config: Any, path: str) -> int
             break
     if derived is None:
         derived = 2048
-    st_len = _sentence_transformers_max_len(path)
+    from pagedllm.model_loader.sentence_transformers import st_max_seq_length
+
+    st_len = st_max_seq_length(path)
     if st_len is not None:
         derived = min(derived, st_len)
     if requested is None:
@@ -279,17 +273,17 @@ def _scheduler_config(
 
 
 def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:
-    """Several workers pipeline steps too (the mp executor's steps are futures), but
-    not across pipeline stages: the first stage would need the last one's tokens."""
+    """Several workers pipeline steps too (the mp executor's steps are futures). With
+    pipeline stages the engine keeps a batch per stage in flight instead (the first
+    stage cannot use the last one's tokens before they reach the engine)."""
     world = args.tensor_parallel_size * args.pipeline_parallel_size
     backend = args.distributed_executor_backend
-    possible = world == 1 or (args.pipeline_parallel_size == 1 and backend in (None, "mp"))
+    possible = world == 1 or backend in (None, "mp")
     if args.async_scheduling is None:
         return device.type == "cuda" and possible
     if args.async_scheduling and not possible:
         raise ValueError(
-            "async_scheduling needs pipeline_parallel_size 1 and, with several workers, "
-            "distributed_executor_backend='mp'"
+            "async_scheduling with several workers needs distributed_executor_backend='mp'"
         )
     return args.async_scheduling
 

@@ -84,6 +84,15 @@ class ModelConfig:
         return int(layers or cfg.n_layer)  # num_layers: ChatGLM's own config
 
     @property
+    def intermediate_size(self) -> int | None:
+        """The MLP's hidden width (None: the config does not say)."""
+        for key in ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"):
+            value = getattr(self.hf_config, key, None)  # OPT: ffn_dim, GPT-2: n_inner,
+            if value:  # ChatGLM: ffn_hidden_size
+                return int(value)
+        return None
+
+    @property
     def num_attention_heads(self) -> int:
         cfg = self.hf_config
         return int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)

@@ -9,6 +9,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.exceptions import InvalidRequestError
+
 _SAMPLING_EPS = 1e-5
 
 
@@ -147,7 +149,7 @@ class SamplingParams:
 
 def _require(ok: bool, name: str, message: str) -> None:
     if not ok:
-        raise ValueError(f"{name} {message}")
+        raise InvalidRequestError(f"{name} {message}", name)
 
 
 # Fields that must be integers (None allowed where the default is None) and real numbers.
@@ -174,19 +176,19 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # torch.Generator.manual_seed's int64 
 def _as_int(value: object, name: str) -> int:
     # bool is an int subclass, but `n=True` is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise InvalidRequestError(f"{name} must be an integer, got {value!r}", name)
     return int(value)
 
 
 def _as_float(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise InvalidRequestError(f"{name} must be a number, got {value!r}", name)
     return float(value)
 
 
 def _int_list(values: object, name: str) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-        raise ValueError(f"{name} must be a list of integers, got {values!r}")
+        raise InvalidRequestError(f"{name} must be a list of integers, got {values!r}", name)
     return [_as_int(v, name) for v in values]
 
 
@@ -194,7 +196,9 @@ def _str_list(values: object, name: str, hint: str = "") -> list[str]:
     if isinstance(values, str):
         return [values]
     if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
-        raise ValueError(f"{name} must be a string or a list of strings{hint}, got {values!r}")
+        raise InvalidRequestError(
+            f"{name} must be a string or a list of strings{hint}, got {values!r}", name
+        )
     return list(values)
 
 
@@ -228,13 +232,17 @@ def _normalize(sp: SamplingParams) -> None:
 
 def _logit_bias(bias: object) -> dict[int, float]:
     if not isinstance(bias, dict):
-        raise ValueError(f"logit_bias must be a dict of token id -> bias, got {bias!r}")
+        raise InvalidRequestError(
+            f"logit_bias must be a dict of token id -> bias, got {bias!r}", "logit_bias"
+        )
     out: dict[int, float] = {}
     for key, value in bias.items():
         try:
             token_id = int(key)
         except (TypeError, ValueError):
-            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+            raise InvalidRequestError(
+                f"logit_bias keys must be token ids, got {key!r}", "logit_bias"
+            ) from None
         out[token_id] = _as_float(value, "logit_bias")
         _require(not math.isnan(out[token_id]), "logit_bias", "values must not be NaN")
     return out
@@ -243,7 +251,9 @@ def _logit_bias(bias: object) -> dict[int, float]:
 def _verify_numbers(sp: SamplingParams) -> None:
     _require(sp.n >= 1, "n", f"must be at least 1, got {sp.n}")
     if sp.best_of is not None and sp.best_of < sp.n:
-        raise ValueError(f"best_of must be >= n, got best_of={sp.best_of} and n={sp.n}")
+        raise InvalidRequestError(
+            f"best_of must be >= n, got best_of={sp.best_of} and n={sp.n}", "best_of"
+        )
     _require(-2.0 <= sp.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]")
     _require(-2.0 <= sp.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]")
     _require(0.0 < sp.repetition_penalty <= 2.0, "repetition_penalty", "must be in (0, 2]")
@@ -266,9 +276,10 @@ def _verify_ranges(sp: SamplingParams) -> None:
         _require(sp.max_tokens >= 1, "max_tokens", f"must be at least 1, got {sp.max_tokens}")
     _require(sp.min_tokens >= 0, "min_tokens", f"must be non-negative, got {sp.min_tokens}")
     if sp.max_tokens is not None and sp.min_tokens > sp.max_tokens:
-        raise ValueError(
+        raise InvalidRequestError(
             f"min_tokens must be less than or equal to max_tokens={sp.max_tokens}, "
-            f"got {sp.min_tokens}"
+            f"got {sp.min_tokens}",
+            "min_tokens",
         )
     for name in ("logprobs", "prompt_logprobs"):
         value = getattr(sp, name)

@@ -10,6 +10,7 @@
 
     python scripts/gpu_serve.py                      # the whole S1 (a few minutes)
     python scripts/gpu_serve.py --num-prompts 100 --skip-offline    # a quick look
+    python scripts/gpu_serve.py --api-server-count 4   # S1 with 4 API-server processes
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--tiny", action="store_true", help="check this script on the CPU")
     p.add_argument("--server-flags", default="", help="extra flags for the server, one string")
+    p.add_argument(
+        "--api-server-count",
+        type=int,
+        default=1,
+        help="the server's --api-server-count (API-server processes sharing one engine core)",
+    )
     p.add_argument(
         "--py-spy",
         default=None,
@@ -141,6 +148,7 @@ def start_server(
     cmd = [sys.executable, "-m", "pagedllm.entrypoints.openai.api_server", "--model", model_dir]
     cmd += engine_flags(TINY_KWARGS if args.tiny else ENGINE_KWARGS)
     cmd += ["--disable-log-requests", "--disable-uvicorn-access-log", *args.server_flags.split()]
+    cmd += ["--api-server-count", str(args.api_server_count)]
     cmd += ["--port", str(args.port)]
     with open(log_path, "wb") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
@@ -234,9 +242,19 @@ def child_pids(pid: int) -> list[int]:
 
 
 def cpu_snapshot(server_pid: int) -> dict[str, float]:
-    """CPU seconds of the API server (front end) and of its children (the engine core)."""
-    core = sum(cpu_seconds(c) for c in child_pids(server_pid))
-    return {"front_end": cpu_seconds(server_pid), "core": core, "wall": time.monotonic()}
+    """CPU seconds of the front end (the server's process and, with --api-server-count
+    N > 1, its API-server children, summed) and of the engine core (with its children)."""
+    front_end, core = cpu_seconds(server_pid), 0.0
+    for child in child_pids(server_pid):
+        try:
+            is_core = b"engine_core_proc" in Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if is_core:
+            core += cpu_seconds(child) + sum(cpu_seconds(c) for c in child_pids(child))
+        else:
+            front_end += cpu_seconds(child)
+    return {"front_end": front_end, "core": core, "wall": time.monotonic()}
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

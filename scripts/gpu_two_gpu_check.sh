@@ -3,6 +3,7 @@
 # NCCL, greedy tokens of every parallel layout against one GPU, then T2 and L1 at
 # tp 1 / tp 2 (custom all-reduce on and off) / pp 2. Logs under $OUT, a line per step.
 #   STEPS="kernel layouts T2tp2 T2tp2nccl T2tp1 T2pp2 L1tp2 L1tp2nccl L1tp1" bash scripts/gpu_two_gpu_check.sh
+# (T2pp2 keeps a batch per stage in flight; T2pp2seq, one batch at a time, is its A/B.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -28,6 +29,7 @@ for s in ${STEPS:-kernel layouts T2tp2 T2tp2nccl T2tp1 T2pp2 L1tp2 L1tp2nccl L1t
     T2tp2nccl) step "$s" 200 "$PY" $T2 --tensor-parallel-size 2 --disable-custom-all-reduce ;;
     T2tp1) step "$s" 200 "$PY" $T2 ;;
     T2pp2) step "$s" 200 "$PY" $T2 --pipeline-parallel-size 2 ;;
+    T2pp2seq) step "$s" 200 env PAGEDLLM_PP_BATCH_QUEUE=0 "$PY" $T2 --pipeline-parallel-size 2 ;;
     L1tp2) step "$s" 150 "$PY" $L1 --tensor-parallel-size 2 ;;
     L1tp2nccl) step "$s" 150 "$PY" $L1 --tensor-parallel-size 2 --disable-custom-all-reduce ;;
     L1tp1) step "$s" 150 "$PY" $L1 ;;

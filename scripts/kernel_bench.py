@@ -6,7 +6,7 @@ the bytes the kernel must move (each input read once, each output written once) 
 time, against the H200's ~4.3 TB/s device-copy rate; prefill attention reports TFLOP/s.
 The linear-layer steps (gemv, skinny_gemm, blas_choice, host_mm) are in linear_bench.py.
 
-    python scripts/kernel_bench.py [--out results.md]
+    python scripts/kernel_bench.py [--out results.md] [--steps decode,sliding_window]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import datetime
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +185,36 @@ def bench_prefill() -> list[Row]:
     ]
 
 
+def bench_sliding_window() -> list[Row]:
+    """Gemma-style options against the plain kernels on the same data: a window of 1024
+    over 8192-token contexts should cost about 1024/8192 of the plain time (key blocks
+    left of the window are skipped), the soft-cap a few percent at most, and the plain
+    rows must match bench_decode/bench_prefill's (the flags are constexpr)."""
+    rows = []
+    batch, seq_len, hq, nkv, hd = 32, 8192, 16, 8, 128
+    cache, tables, lens = paged_cache([seq_len] * batch, nkv, hd)
+    q = rand(batch, hq, hd)
+    for window, cap in [(None, None), (1024, None), (1024, 50.0), (None, 50.0)]:
+        n = choose_num_splits(batch, nkv, min(seq_len, window or seq_len), q.device)
+        t = bench(
+            partial(decode_attention, q, cache, tables, lens, 0.1, n, None, **_opts(window, cap))
+        )
+        rows.append(Row("decode window/cap", f"B={batch} L={seq_len} W={window} cap={cap}", t))
+    batch, q_len = 2, 8192
+    cache, tables, lens = paged_cache([q_len] * batch, nkv, hd)
+    q = rand(batch * q_len, hq, hd)
+    qsl = torch.arange(0, batch * q_len + 1, q_len, dtype=torch.int32, device="cuda")
+    for window, cap in [(None, None), (1024, None), (1024, 50.0), (None, 50.0)]:
+        args = (q, cache, tables, lens, qsl, q_len, 0.1)
+        t = bench(partial(prefill_attention, *args, **_opts(window, cap)))
+        rows.append(Row("prefill window/cap", f"B={batch} q={q_len} W={window} cap={cap}", t))
+    return rows
+
+
+def _opts(window: int | None, cap: float | None) -> dict[str, Any]:
+    return {"sliding_window": window, "soft_cap": cap}
+
+
 def bench_tuning() -> list[Row]:
     """Launch-config variants (block_n, num_warps, num_stages) of the attention kernels at
     the Qwen3-0.6B shapes, to choose the launchers' defaults."""
@@ -269,6 +300,7 @@ def main() -> None:
         bench_reshape_and_cache,
         bench_decode,
         bench_prefill,
+        bench_sliding_window,
         bench_rms_norm,
         bench_rotary,
         bench_silu_and_mul,

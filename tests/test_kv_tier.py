@@ -77,7 +77,9 @@ def test_prefix_hits_come_back_from_the_cpu_tier(
     got = [token_ids(llm.generate([p], sp, use_tqdm=False))[0] for p in prompts]
     assert got == expected
     stats = llm.llm_engine.get_stats()
-    assert stats.cpu_prefix_cache_hits >= 6 * 32  # prompts 3..8 find their prefix on the CPU
+    # Prompts 3..5 find their prefix evicted unspilled (it had shown no reuse yet) and
+    # recompute it; it spills on its next eviction, and prompts 6..8 find it on the CPU.
+    assert stats.cpu_prefix_cache_hits >= 3 * 32
     llm.llm_engine.check_integrity()
 
 

@@ -143,7 +143,7 @@ def test_invalid_input_errors_name_the_argument(tiny_llama_dir: str) -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
     llm = tiny_llm(tiny_llama_dir, max_model_len=64)
-    with pytest.raises(ValueError, match="maximum model length"):
+    with pytest.raises(ValueError, match="maximum context length is 64 tokens"):
         llm.generate({"prompt_token_ids": [1] * 64}, use_tqdm=False)
     with pytest.raises(ValueError, match="vocabulary"):
         llm.generate({"prompt_token_ids": [100000]}, use_tqdm=False)

@@ -20,6 +20,7 @@ class KVCacheBlock:
     block_id: int
     ref_cnt: int = 0
     block_hash: int | None = None  # set once the block is full and cached
+    num_hits: int = 0  # prefix-cache hits on it since it was handed out
     on_cpu: bool = False  # a block of the CPU tier (core/cpu_tier.py)
 
 
@@ -66,6 +67,7 @@ class BlockPool:
                 self.on_evict(block)
             self._evict_cached(block)
             block.ref_cnt = 1
+            block.num_hits = 0
             out.append(block)
         return out
 
@@ -75,6 +77,7 @@ class BlockPool:
             if block.ref_cnt == 0:
                 del self.free_queue[block.block_id]
             block.ref_cnt += 1
+            block.num_hits += 1
 
     def free_blocks(self, ordered_blocks: list[KVCacheBlock]) -> None:
         """Drop one reference each; blocks reaching zero join the free queue's tail

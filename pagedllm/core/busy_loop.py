@@ -93,7 +93,7 @@ class EngineCoreBusyLoop:
         self._emit(EngineCoreOutputs(outputs=[error]))
 
     def _utility(self, call: UtilityRequest) -> None:
-        result = UtilityOutput(call.call_id)
+        result = UtilityOutput(call.call_id, client_index=call.client_index)
         try:
             if call.method not in UTILITY_METHODS:
                 raise ValueError(f"unknown engine core utility {call.method!r}")

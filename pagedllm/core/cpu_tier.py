@@ -10,6 +10,13 @@ of tenant share the pool:
     copied to a free CPU block first, keeping its hash, so that a later prefix hit
     there is copied back instead of recomputed. Spilled blocks are free, cached
     CPU blocks: the CPU pool evicts them least recently used first.
+    Only blocks whose prefix has shown reuse are spilled: a block that served a
+    hit, or whose hash was evicted unspilled once and then asked for again (a
+    "ghost" list of such hashes, ARC-style, as long as twice the tier). Spilling
+    every evicted block made a server whose GPU pool had filled with never-shared
+    prompts copy each block it handed out over PCIe (2 MiB a block on the
+    Llama-3.1-8B shape): 27% of S1's throughput on the H200 (docs/benchmarks.md),
+    for blocks nobody asked for again.
 
 The worker runs a step's copies in this order: every swap-out (GPU -> CPU), then
 every swap-in (CPU -> GPU), then the forward. So a GPU block freed or evicted and
@@ -20,6 +27,9 @@ block being swapped in keeps a reference until the step's copies are taken
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
 
 from pagedllm.core.block_pool import BlockPool, KVCacheBlock
 
@@ -34,9 +44,20 @@ from pagedllm.core.block_pool import BlockPool, KVCacheBlock
 SWAP_MIN_TOKENS = 256
 
 
+def _remember(hashes: OrderedDict[int, None], block_hash: int, capacity: int) -> None:
+    hashes[block_hash] = None
+    hashes.move_to_end(block_hash)
+    if len(hashes) > capacity:
+        hashes.popitem(last=False)
+
+
 class CpuTier:
-    def __init__(self, num_blocks: int, enable_caching: bool) -> None:
+    def __init__(self, num_blocks: int, enable_caching: bool, spill_all: bool = False) -> None:
         self.pool = BlockPool(num_blocks, enable_caching, on_cpu=True)
+        self.spill_all = spill_all  # spill every evicted cached block (tests of the copies)
+        self._ghosts: OrderedDict[int, None] = OrderedDict()  # evicted unspilled
+        self._reused: OrderedDict[int, None] = OrderedDict()  # ghosts asked for again
+        self._memory = 2 * num_blocks
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}  # swapped-out requests
         self.swap_out: list[tuple[int, int]] = []  # (gpu block, cpu block) this step
         self.swap_in: list[tuple[int, int]] = []  # (cpu block, gpu block) this step
@@ -85,10 +106,13 @@ class CpuTier:
         self.num_swapped_in += len(blocks)
 
     def spill(self, gpu_block: KVCacheBlock) -> None:
-        """A cached GPU block is being evicted: keep a copy (and its hash) here,
-        unless this tier has one already or no block to spare."""
+        """A cached GPU block is being evicted: keep a copy (and its hash) here if
+        its prefix has shown reuse, unless this tier has one already or no block
+        to spare."""
         block_hash = gpu_block.block_hash
         assert block_hash is not None
+        if not self._worth_spilling(gpu_block, block_hash):
+            return
         if self.pool.get_cached_block(block_hash) is not None:
             return
         if self.pool.get_num_free_blocks() == 0:
@@ -98,6 +122,20 @@ class CpuTier:
         self.swap_out.append((gpu_block.block_id, block.block_id))
         self.num_swapped_out += 1
         self.pool.free_blocks([block])  # free but cached, at the LRU tail
+
+    def _worth_spilling(self, gpu_block: KVCacheBlock, block_hash: int) -> bool:
+        if self.spill_all or gpu_block.num_hits > 0 or block_hash in self._reused:
+            return True
+        _remember(self._ghosts, block_hash, self._memory)
+        return False
+
+    def note_misses(self, block_hashes: Iterable[int]) -> None:
+        """Prefix blocks a new request looked for and neither tier had: those
+        evicted unspilled before are reused prefixes, spilled when evicted again."""
+        for block_hash in block_hashes:
+            if block_hash in self._ghosts:
+                del self._ghosts[block_hash]
+                _remember(self._reused, block_hash, self._memory)
 
     def drop(self, req_id: str) -> None:
         """A swapped-out request finished or was aborted: its blocks are free."""

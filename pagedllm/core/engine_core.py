@@ -8,6 +8,7 @@ end's process (offline `LLM`, `InprocClient`) or in its own (`engine_core_proc.p
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 from collections.abc import Callable
@@ -60,8 +61,14 @@ class EngineCore:
         )
         _log_memory_tiers(engine_config, num_cpu_blocks)
         self.scheduler = Scheduler(engine_config.scheduler_config, self.kv_cache_manager)
-        self.async_scheduling = engine_config.scheduler_config.async_scheduling
+        # Placeholder tokens need the sampling rank to run the next step's first layer.
+        pp = engine_config.parallel_config.pipeline_parallel_size
+        self.async_scheduling = engine_config.scheduler_config.async_scheduling and pp == 1
         self._pending: tuple[SchedulerOutput, Any] | None = None  # launched, not yet finished
+        # Pipeline parallelism: up to one batch per stage launched and unfinished, oldest first.
+        self.max_batches = self.executor.max_concurrent_batches
+        self.batch_queue: collections.deque[tuple[SchedulerOutput, Any]] = collections.deque()
+        self.scheduler.set_max_batches_in_flight(self.max_batches)
         self.structured_output_manager = StructuredOutputManager(engine_config)
         logger.info(
             "EngineCore ready: %s, %d KV blocks of %d tokens",
@@ -82,7 +89,6 @@ class EngineCore:
             sampling_params=req.sampling_params,
             pooling_params=req.pooling_params,
             arrival_time=req.arrival_time,
-            max_tokens=req.max_tokens,
             stream_outputs=req.stream_outputs,
         )
         sp = req.sampling_params
@@ -100,17 +106,23 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, status)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._pending is not None
+        return (
+            self.scheduler.has_unfinished_requests()
+            or self._pending is not None
+            or bool(self.batch_queue)
+        )
 
     # ---- the step -------------------------------------------------------------
     def step(self) -> EngineCoreOutputs:
         """Schedule and launch one step, then finish the previous one (async
         scheduling: the host prepares step N+1 while the device runs step N) or
-        this one (synchronous). Under a grammar, where the executor can, step N+1
-        launches in two parts: its forward pass, then, once step N's tokens have
-        advanced the grammars (while the device runs that forward pass), its
-        sampling under the bitmask they give. Raises ExecutorDeadError when no step
-        can run again."""
+        this one (synchronous); with pipeline stages, keep a batch per stage in flight.
+        Under a grammar, where the executor can, step N+1 launches in two parts: its
+        forward pass, then, once step N's tokens have advanced the grammars (while
+        the device runs that forward pass), its sampling under the bitmask they
+        give. Raises ExecutorDeadError when no step can run again."""
+        if self.max_batches > 1:
+            return self.make_outputs(self._step_with_batch_queue())
         updated: list[Request] = []
         if self._must_finish_first():
             updated += self._finish_pending()  # sampling needs the latest tokens first
@@ -161,12 +173,49 @@ class EngineCore:
         try:
             return True, call()
         except ExecutorDeadError:
-            self._fail([s.req_id for s in scheduler_output.scheduled])
+            self._fail_step(scheduler_output)
             raise
         except Exception:
             logger.exception("Model execution failed")
-            updated += self._fail([s.req_id for s in scheduler_output.scheduled])
+            updated += self._fail_step(scheduler_output)
             return False, None
+
+    def _step_with_batch_queue(self) -> list[Request]:
+        """Launch a batch while the queue has room (the scheduler leaves out requests
+        with a step in flight), then finish the oldest batch unless there is room for
+        another and the oldest is still running. Outputs arrive in launch order."""
+        updated: list[Request] = []
+        if len(self.batch_queue) < self.max_batches:
+            so = self.scheduler.schedule()
+            self._add_grammar_bitmask(so)
+            if so.is_empty and not (so.swap_out or so.swap_in or not self.batch_queue):
+                # Nothing to run beside the batches in flight: the next batch carries it.
+                self.scheduler.finished_req_ids |= so.finished_req_ids
+            else:
+                if so.is_empty:
+                    self._wait_for_grammars()
+                result = self._launch(so, updated)
+                if result is not None:
+                    self.batch_queue.append((so, result))
+                    if not so.is_empty and not self._queue_full_or_oldest_done():
+                        return updated
+        if self.batch_queue:
+            updated += self._finish(*self.batch_queue.popleft())
+        return updated
+
+    def _queue_full_or_oldest_done(self) -> bool:
+        if len(self.batch_queue) >= self.max_batches:
+            return True
+        done = getattr(self.batch_queue[0][1], "done", None)
+        return done is None or bool(done())
+
+    def _launch(self, scheduler_output: SchedulerOutput, updated: list[Request]) -> Any:
+        """Send the step to the executor: its result (a future), or None when it failed
+        (its requests then finish with an error, appended to `updated`)."""
+        ok, result = self._execute(
+            lambda: self.executor.execute_model(scheduler_output), scheduler_output, updated
+        )
+        return result if ok else None
 
     def _add_grammar_bitmask(self, scheduler_output: SchedulerOutput) -> None:
         """The bitmask rows of the scheduled requests that sample under a grammar.
@@ -205,22 +254,36 @@ class EngineCore:
             return []
         scheduler_output, result = self._pending
         self._pending = None
+        return self._finish(scheduler_output, result)
+
+    def _finish(self, scheduler_output: SchedulerOutput, result: Any) -> list[Request]:
+        """Wait for a launched step's output and apply it."""
         try:
             runner_output = result.get()
         except ExecutorDeadError:
-            self._fail([s.req_id for s in scheduler_output.scheduled])
+            self._fail_step(scheduler_output)
             raise
         except Exception:
             logger.exception("Model execution failed")
-            return self._fail([s.req_id for s in scheduler_output.scheduled])
+            return self._fail_step(scheduler_output)
         return self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def _fail_step(self, scheduler_output: SchedulerOutput) -> list[Request]:
+        """A step that gives no output: its requests finish with an error."""
+        failed = self._fail([s.req_id for s in scheduler_output.scheduled])
+        self.scheduler.retire(scheduler_output)
+        return failed
 
     def _fail(self, request_ids: list[str]) -> list[Request]:
         return self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ERROR)
 
     def fail_all(self) -> EngineCoreOutputs:
         """Finish every request with an error (the core cannot go on)."""
+        if self._pending is not None:
+            self.batch_queue.append(self._pending)
         self._pending = None
+        while self.batch_queue:
+            self.scheduler.retire(self.batch_queue.popleft()[0])
         ids = [r.request_id for r in (*self.scheduler.running, *self.scheduler.waiting)]
         return self.make_outputs(self._fail(ids))
 

@@ -6,6 +6,11 @@ EngineConfig on its standard input.
       PUSH  --[kind, msgpack]-->  input thread --queue--> busy loop (main thread)
       PULL  <--[msgpack]--------  output thread <--queue-- EngineCore.step()
 
+With several API servers (`--api-server-count N`) the core has one input and one
+output address per server: the PULL socket connects to every input address (fair
+queueing), one PUSH socket per output address, and an `OutputRouter` sends each
+request's outputs to the server that sent it (core/output_router.py).
+
 Three threads, so that the busy loop never waits on a socket: the input thread
 decodes, the output thread encodes and sends. A status pipe carries one JSON line
 (ready, with the KV cache size, or the error that stopped the start) and then stays
@@ -34,14 +39,16 @@ from pagedllm.config import EngineConfig
 from pagedllm.core.busy_loop import SHUTDOWN, EngineCoreBusyLoop, InputItem
 from pagedllm.core.engine_core import EngineCore
 from pagedllm.core.messages import EngineCoreOutputs, RequestType, make_encoder, request_decoder
+from pagedllm.core.output_router import OutputRouter
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="pagedllm engine core (started by the front end)")
-    parser.add_argument("--input-address", required=True)
-    parser.add_argument("--output-address", required=True)
+    # One of each per front end (API server), in client-index order.
+    parser.add_argument("--input-address", action="append", required=True)
+    parser.add_argument("--output-address", action="append", required=True)
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("--log-level", type=int, default=logging.INFO)
     args = parser.parse_args(argv)
@@ -65,9 +72,13 @@ def _allow_remote_code_classes() -> None:
 
 
 def run_engine_core(
-    engine_config: EngineConfig, input_address: str, output_address: str, status: TextIO
+    engine_config: EngineConfig,
+    input_addresses: list[str],
+    output_addresses: list[str],
+    status: TextIO,
 ) -> None:
     """Build the core, report ready (or the error that stopped it), then serve."""
+    assert len(input_addresses) == len(output_addresses), "one of each per front end"
     try:
         core = EngineCore(engine_config)
     except BaseException as exc:
@@ -77,15 +88,19 @@ def run_engine_core(
     input_queue: queue.Queue[InputItem | None] = queue.Queue()
     output_queue: queue.Queue[EngineCoreOutputs | None] = queue.Queue()
     _stop_on_sigterm(input_queue)
+    # One front end (the default): no routing, outputs go out as they are.
+    router = OutputRouter(len(output_addresses)) if len(output_addresses) > 1 else None
     threads = [
         threading.Thread(
             target=_input_thread,
-            args=(input_address, input_queue, sys.stdin.fileno()),
+            args=(input_addresses, input_queue, sys.stdin.fileno(), router),
             name="core-input",
             daemon=True,
         ),
         threading.Thread(
-            target=_output_thread, args=(output_address, output_queue), name="core-output"
+            target=_output_thread,
+            args=(output_addresses, output_queue, router),
+            name="core-output",
         ),
     ]
     for thread in threads:
@@ -127,11 +142,17 @@ def _stop_on_sigterm(input_queue: queue.Queue[InputItem | None]) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _input_thread(address: str, input_queue: queue.Queue[InputItem | None], parent_fd: int) -> None:
+def _input_thread(
+    addresses: list[str],
+    input_queue: queue.Queue[InputItem | None],
+    parent_fd: int,
+    router: OutputRouter | None,
+) -> None:
     decoders = {kind: request_decoder(kind) for kind in RequestType if kind != RequestType.SHUTDOWN}
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     socket = context.socket(zmq.PULL)
-    socket.connect(address)
+    for address in addresses:
+        socket.connect(address)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     poller.register(parent_fd, zmq.POLLIN)
@@ -147,24 +168,49 @@ def _input_thread(address: str, input_queue: queue.Queue[InputItem | None], pare
             if kind == RequestType.SHUTDOWN:
                 input_queue.put(SHUTDOWN)
                 return
-            input_queue.put((kind, decoders[kind].decode(payload.buffer)))
+            item = (kind, decoders[kind].decode(payload.buffer))
+            if router is not None:
+                _route_input(router, item)
+            input_queue.put(item)
     finally:
         socket.close(linger=0)
 
 
-def _output_thread(address: str, output_queue: queue.Queue[EngineCoreOutputs | None]) -> None:
+def _route_input(router: OutputRouter, item: InputItem) -> None:
+    """Record the owner of a new request (before the busy loop can produce an output
+    for it); forget the owner of an aborted one (the core sends nothing more for it)."""
+    kind, payload = item
+    if kind == RequestType.ADD:
+        router.add(payload.request_id, payload.client_index)
+    elif kind == RequestType.ABORT:
+        router.forget(payload[1])
+
+
+def _output_thread(
+    addresses: list[str],
+    output_queue: queue.Queue[EngineCoreOutputs | None],
+    router: OutputRouter | None,
+) -> None:
     encoder = make_encoder()
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    socket = context.socket(zmq.PUSH)
-    socket.connect(address)
+    sockets = [context.socket(zmq.PUSH) for _ in addresses]
+    for socket, address in zip(sockets, addresses):
+        if router is not None:  # a stopped API server must never block the others' outputs
+            socket.setsockopt(zmq.SNDHWM, 0)
+        socket.connect(address)
     try:
         while True:
             outputs = output_queue.get()
             if outputs is None:
                 return
-            socket.send(encoder.encode(outputs), copy=False)
+            if router is None:
+                sockets[0].send(encoder.encode(outputs), copy=False)
+                continue
+            for client, part in router.split(outputs):
+                sockets[client].send(encoder.encode(part), copy=False)
     finally:
-        socket.close(linger=2000)  # let the last outputs (a dead-engine notice) go out
+        for socket in sockets:
+            socket.close(linger=2000)  # let the last outputs (a dead-engine notice) go out
 
 
 if __name__ == "__main__":

@@ -25,7 +25,12 @@ def cdiv(a: int, b: int) -> int:
 
 class KVCacheManager:
     def __init__(
-        self, num_blocks: int, block_size: int, enable_caching: bool, num_cpu_blocks: int = 0
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool,
+        num_cpu_blocks: int = 0,
+        spill_all: bool = False,
     ) -> None:
         self.block_size = block_size
         self.enable_caching = enable_caching
@@ -36,7 +41,9 @@ class KVCacheManager:
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found (both tiers)
         self.cpu_prefix_cache_hits = 0  # tokens found in the CPU tier
-        self.cpu_tier = CpuTier(num_cpu_blocks, enable_caching) if num_cpu_blocks > 0 else None
+        self.cpu_tier = (
+            CpuTier(num_cpu_blocks, enable_caching, spill_all) if num_cpu_blocks > 0 else None
+        )
         if self.cpu_tier is not None and enable_caching:
             self.block_pool.on_evict = self.cpu_tier.spill
 
@@ -85,6 +92,8 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
+        if self.cpu_tier is not None and len(hits) < max_blocks:
+            self.cpu_tier.note_misses(hashes[len(hits) : max_blocks])
         self.prefix_cache_queries += request.num_tokens
         self.prefix_cache_hits += len(hits) * self.block_size
         self.cpu_prefix_cache_hits += sum(b.on_cpu for b in hits) * self.block_size
@@ -139,6 +148,8 @@ class KVCacheManager:
         new_blocks = self.block_pool.get_new_blocks(num_new_blocks)
         fresh = iter(new_blocks)
         placed = [next(fresh) if b.on_cpu else b for b in new_computed_blocks]
+        for hit, block in zip(new_computed_blocks, placed):
+            block.num_hits += hit.on_cpu  # a CPU-tier hit proved this block's reuse too
         for block in itertools.chain(placed, fresh):
             blocks.append(block)
             block_ids.append(block.block_id)

@@ -27,10 +27,18 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     sampling_params: SamplingParams | None  # resolved: EOS ids, bad words, max_tokens
     pooling_params: PoolingParams | None
     arrival_time: float
-    max_tokens: int = 16
     # False: the front end needs no token before the request finishes (final-only
     # output, no stop strings): the core sends all its tokens once, at the end.
     stream_outputs: bool = True
+    # Which front end (API server) sent it: its outputs go back there only.
+    client_index: int = 0
+
+    @property
+    def max_tokens(self) -> int:
+        """The tokens it may generate: resolved at admission into its SamplingParams
+        (against max_model_len); 0 for a pooling request."""
+        sp = self.sampling_params
+        return 0 if sp is None or sp.max_tokens is None else sp.max_tokens
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
@@ -57,6 +65,7 @@ class UtilityOutput(msgspec.Struct, array_like=True, gc=False):
     call_id: int
     result: Any = None
     error: str | None = None
+    client_index: int = 0  # the caller's (call ids are counted per client)
 
 
 class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
@@ -78,6 +87,7 @@ class UtilityRequest(msgspec.Struct, array_like=True, gc=False):
     call_id: int
     method: str
     args: list[Any] = []
+    client_index: int = 0
 
 
 def make_encoder() -> msgspec.msgpack.Encoder:

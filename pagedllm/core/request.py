@@ -53,13 +53,14 @@ class Request:
     prompt: str | None = None
     parent_id: str | None = None
     index: int = 0
-    max_tokens: int = 16  # resolved against max_model_len by the engine
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     # Tokens being sampled by a step still in flight (async scheduling): counted as
     # known for scheduling, appended when the step's output arrives.
     num_output_placeholders: int = 0
+    # Steps scheduled for it whose outputs have not arrived (sampling or not).
+    num_steps_in_flight: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first scheduling; -1: not scheduled yet
     num_preemptions: int = 0
     stop_reason: int | str | None = None
@@ -77,6 +78,13 @@ class Request:
     num_sent_prompt_logprobs: int = 0
     # Its grammar (structured outputs): compiling, then advanced with every token.
     structured_output_request: StructuredOutputRequest | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        """sampling_params.max_tokens, resolved at admission (engine/input_processor);
+        0 for pooling requests."""
+        sp = self.sampling_params
+        return 0 if sp is None or sp.max_tokens is None else sp.max_tokens
 
     def __post_init__(self) -> None:
         if self.metrics is None:

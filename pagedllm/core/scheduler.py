@@ -10,6 +10,15 @@ into chunks (chunked prefill); prefix-cache hits start a new request with
 is preempted (its blocks freed, its num_computed_tokens reset to 0) and recomputed
 later from the waiting queue's head, or, with a CPU tier, swapped out (its blocks
 copied to CPU memory, its num_computed_tokens kept) and copied back on resume.
+
+Several batches in flight (pipeline parallelism, `set_max_batches_in_flight`): a
+request with a step in flight is left out of the next batches (its next token is
+known only when that step's output arrives); `max_num_seqs` bounds each batch, so
+up to max_num_seqs x batches requests run and each batch has its own (as vLLM's
+virtual engines had); a request finished with a step in flight keeps its blocks
+until that step is over. (Freeing them at once would be safe too: every rank runs
+the steps in launch order, so a later step that reuses a block writes after the
+earlier one. Async scheduling with one batch relies on that.)
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from pagedllm.config import SchedulerConfig
 from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
-from pagedllm.core.stop_checker import check_grammar_stops, check_stop
+from pagedllm.core.stop_checker import check_grammar_stops, check_stop, reached_length_limit
 from pagedllm.outputs import SchedulerStats
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
@@ -44,6 +53,11 @@ class Scheduler:
         self.finished_now: list[Request] = []  # finished inside schedule() (cannot ever fit)
         self._history_req_ids: set[str] = set()  # requests whose sampling reads their outputs
         self._structured_req_ids: set[str] = set()  # requests sampling under a grammar
+        # At most one step in flight per request (several batches in flight).
+        self.wait_for_in_flight = False
+        self.max_num_running = config.max_num_seqs  # requests running at once
+        # Finished requests whose blocks wait for their steps in flight to complete.
+        self._free_after_flight: dict[str, Request] = {}
 
     # ---- requests in and out -------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -88,11 +102,20 @@ class Scheduler:
     def _free(self, request: Request) -> None:
         self._history_req_ids.discard(request.request_id)
         self._structured_req_ids.discard(request.request_id)
-        self.kv.free(request)
+        if request.num_steps_in_flight and self.wait_for_in_flight:
+            self._free_after_flight[request.request_id] = request
+        else:
+            self.kv.free(request)
         self.finished_req_ids.add(request.request_id)
         self.requests.pop(request.request_id, None)
         reason = request.finish_reason or "abort"
         self.stats.finished_reasons[reason] = self.stats.finished_reasons.get(reason, 0) + 1
+
+    def set_max_batches_in_flight(self, num_batches: int) -> None:
+        """The engine keeps up to `num_batches` batches in flight (1: one step at a
+        time, or async scheduling's placeholders)."""
+        self.wait_for_in_flight = num_batches > 1
+        self.max_num_running = self.config.max_num_seqs * num_batches
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
@@ -117,12 +140,12 @@ class Scheduler:
     def _schedule_running(self, budget: int, out: list[ScheduledRequest]) -> tuple[int, bool]:
         preempted = False
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running) and budget > 0 and len(out) < self.config.max_num_seqs:
             request = self.running[i]
             num_new = min(
                 request.num_tokens_with_placeholders - request.num_computed_tokens, budget
             )
-            if num_new <= 0 or self._reached_limit(request):
+            if num_new <= 0 or self._reached_limit(request) or self._waits_in_flight(request):
                 i += 1  # waits for its in-flight token, or that token is its last
                 continue
             while self.kv.allocate_slots(request, num_new) is None:
@@ -137,14 +160,16 @@ class Scheduler:
                 i += 1
         return budget, preempted
 
+    def _waits_in_flight(self, request: Request) -> bool:
+        return self.wait_for_in_flight and request.num_steps_in_flight > 0
+
     def _reached_limit(self, request: Request) -> bool:
         """With a token in flight: would one more step exceed max_tokens / max_model_len?"""
         if request.num_output_placeholders == 0 or request.sampling_params is None:
             return False
         outputs = request.num_output_tokens + request.num_output_placeholders
-        return (
-            outputs >= request.max_tokens
-            or request.num_tokens_with_placeholders >= self.config.max_model_len
+        return reached_length_limit(
+            request, outputs, request.num_tokens_with_placeholders, self.config.max_model_len
         )
 
     def _preempt(self, request: Request) -> None:
@@ -201,10 +226,10 @@ class Scheduler:
         return skipped
 
     def _schedule_waiting_ready(self, budget: int, out: list[ScheduledRequest]) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and budget > 0 and self._has_room(out):
             request = self.waiting[0]
-            if request.num_output_placeholders:
-                break  # preempted with a token in flight: resume once it has arrived
+            if request.num_output_placeholders or self._waits_in_flight(request):
+                break  # preempted with a step in flight: resume once it has arrived
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_hit_tokens
             if num_new > budget and (request.is_pooling or not self.config.enable_chunked_prefill):
@@ -222,6 +247,9 @@ class Scheduler:
                 request.num_cached_tokens = num_hit_tokens
             out.append(self._make_scheduled(request, num_new))
             budget -= num_new
+
+    def _has_room(self, out: list[ScheduledRequest]) -> bool:
+        return len(self.running) < self.max_num_running and len(out) < self.config.max_num_seqs
 
     def _make_scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
         """Describe the step for the runner and advance the request past it: its
@@ -248,6 +276,7 @@ class Scheduler:
             num_prompt_tokens=request.num_prompt_tokens,
         )
         request.num_computed_tokens = start + num_new
+        request.num_steps_in_flight += 1
         if sp is not None and start + num_new == num_tokens:
             request.num_output_placeholders += 1
         return scheduled
@@ -262,7 +291,7 @@ class Scheduler:
         self.finished_now = []
         grammar_tokens: list[tuple[Request, int]] = []  # advanced together, after the loop
         for i, sched in enumerate(scheduler_output.scheduled):
-            request = self.requests.get(sched.req_id)
+            request = self._end_step(sched.req_id)
             if request is None or request.is_finished:
                 continue  # finished while the step ran
             if sched.samples:
@@ -276,6 +305,23 @@ class Scheduler:
         for request in check_grammar_stops(grammar_tokens):
             self._finish_running(request)
         return updated
+
+    def retire(self, scheduler_output: SchedulerOutput) -> None:
+        """A launched step that will give no output (its execution failed)."""
+        for sched in scheduler_output.scheduled:
+            self._end_step(sched.req_id)
+
+    def _end_step(self, req_id: str) -> Request | None:
+        """One step of the request is over: free a finished request's blocks once
+        it has none left in flight. Returns the request (None if unknown)."""
+        request = self.requests.get(req_id) or self._free_after_flight.get(req_id)
+        if request is None:
+            return None
+        request.num_steps_in_flight -= 1
+        if request.num_steps_in_flight == 0 and req_id in self._free_after_flight:
+            del self._free_after_flight[req_id]
+            self.kv.free(request)
+        return request
 
     def _apply_result(
         self,

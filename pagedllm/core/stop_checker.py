@@ -22,7 +22,7 @@ def check_stop(request: Request, max_model_len: int) -> bool:
         if last in (sp.stop_token_ids or []):
             request.stop_reason = last
         return True
-    if request.num_output_tokens >= request.max_tokens or request.num_tokens >= max_model_len:
+    if reached_length_limit(request, request.num_output_tokens, request.num_tokens, max_model_len):
         request.status = RequestStatus.FINISHED_LENGTH_CAPPED
         return True
     return False
@@ -53,3 +53,11 @@ def check_grammar_stops(batch: list[tuple[Request, int]]) -> list[Request]:
                 request.status = RequestStatus.FINISHED_STOPPED
                 stopped.append(request)
     return stopped
+
+
+def reached_length_limit(
+    request: Request, num_output_tokens: int, num_tokens: int, max_model_len: int
+) -> bool:
+    """The length stop: max_tokens outputs (resolved at admission) or a full context.
+    The scheduler asks it too, counting tokens still in flight."""
+    return num_output_tokens >= request.max_tokens or num_tokens >= max_model_len

@@ -246,6 +246,18 @@ def pipeline_send(tensors: list[torch.Tensor]) -> None:
         dist.send(tensor.contiguous(), dst=dst, group=_STATE.pp_group)
 
 
+def pipeline_isend(tensors: list[torch.Tensor]) -> list[dist.Work]:
+    """Start sending `tensors` (contiguous) to the same tp rank of the next stage and
+    return at once: the stage can take its next batch while they travel. The caller
+    keeps the tensors alive and waits on the works before it sends again (messages
+    between two ranks arrive in the order they were posted)."""
+    if is_pipeline_last_stage():
+        raise RuntimeError("the last pipeline stage has no next stage to send to")
+    dst = _STATE.rank + _STATE.tp_size
+    works = [dist.isend(tensor, dst=dst, group=_STATE.pp_group) for tensor in tensors]
+    return [work for work in works if work is not None]
+
+
 def pipeline_recv(tensors: list[torch.Tensor]) -> None:
     """Fill `tensors` (pre-allocated, the sender's shapes/dtypes) from the previous stage."""
     if is_pipeline_first_stage():

@@ -69,7 +69,10 @@ class AsyncLLM:
         self.tokenizer = tokenizer
         self.core_client = core_client
         engine_config.cache_config.num_gpu_blocks = core_client.num_gpu_blocks
-        self.builder = RequestBuilder(engine_config, tokenizer, core_client.num_gpu_blocks)
+        # The servers' engine: max_tokens past the context is a 400, as in vLLM's server.
+        self.builder = RequestBuilder(
+            engine_config, tokenizer, core_client.num_gpu_blocks, strict_max_tokens=True
+        )
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers: list[StatLoggerBase] = list(stat_loggers)
         if log_stats:

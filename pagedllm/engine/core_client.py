@@ -95,6 +95,7 @@ class BackgroundClient(EngineCoreClient):
         self._call_ids = itertools.count()
         self._calls_lock = threading.Lock()
         self.dead_error: str | None = None
+        self.client_index = 0  # this front end's index among those sharing the core
 
     def set_output_handler(self, handler: OutputHandler) -> None:
         """Called from the client's reader thread for each message, instead of queueing."""
@@ -113,7 +114,9 @@ class BackgroundClient(EngineCoreClient):
         with self._calls_lock:
             call_id = next(self._call_ids)
             self._calls[call_id] = future
-        self._send(RequestType.UTILITY, UtilityRequest(call_id, method, list(args)))
+        self._send(
+            RequestType.UTILITY, UtilityRequest(call_id, method, list(args), self.client_index)
+        )
         return future.result()
 
     def add_requests(self, requests: list[EngineCoreRequest]) -> None:

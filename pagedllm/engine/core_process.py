@@ -1,9 +1,9 @@
 """MPClient: the engine core in its own process, reached over two ZeroMQ IPC sockets.
 
-The process is `python -m pagedllm.core.engine_core_proc`, with the pickled
-EngineConfig on its standard input: a fresh interpreter that never re-runs the
-user's script (no `if __name__ == "__main__":` guard needed) and inherits no CUDA
-state, threads or locks of the front end.
+The process is `python -m pagedllm.core.engine_core_proc` (started by
+core_launch.py), with the pickled EngineConfig on its standard input: a fresh
+interpreter that never re-runs the user's script (no `if __name__ == "__main__":`
+guard needed) and inherits no CUDA state, threads or locks of the front end.
 
     front end                                       engine core process
       _send()  PUSH (bound) --[kind][msgpack]-->    PULL  input thread
@@ -14,43 +14,59 @@ state, threads or locks of the front end.
 The reader thread polls the output socket and the status pipe together: if the core
 dies, every caller hears of it at once (`dead_error`, and one final
 `EngineCoreOutputs(engine_dead=...)` to the handler), never a hang.
+
+With `--api-server-count N` the parent process starts the core for N front ends and
+each API server attaches to it (`MPClient(config, endpoints)`): it binds its own pair
+of sockets, stamps its client index on what it sends, and leaves the core's life to
+the parent (its shutdown closes only its sockets).
 """
 
 from __future__ import annotations
 
 import atexit
-import builtins
-import json
 import logging
 import os
-import pickle
-import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 import weakref
 from typing import Any
 
 import zmq
 
 from pagedllm.config import EngineConfig
-from pagedllm.core.messages import EngineCoreOutputs, RequestType, make_encoder, outputs_decoder
+from pagedllm.core.messages import (
+    EngineCoreOutputs,
+    EngineCoreRequest,
+    RequestType,
+    make_encoder,
+    outputs_decoder,
+)
 from pagedllm.engine.core_client import BackgroundClient
+from pagedllm.engine.core_launch import (
+    CoreEndpoints,
+    CoreProcess,
+    socket_addresses,
+    start_core_process,
+    stop_process,
+)
 
 logger = logging.getLogger(__name__)
-STARTUP_TIMEOUT_S = float(os.environ.get("PAGEDLLM_ENGINE_STARTUP_TIMEOUT_S", "1800"))
 
 
 class MPClient(BackgroundClient):
-    def __init__(self, engine_config: EngineConfig) -> None:
+    """Starts its own core, or (`endpoints` given) attaches to one another process started."""
+
+    def __init__(self, engine_config: EngineConfig, endpoints: CoreEndpoints | None = None) -> None:
         super().__init__()
         self._closing = False
-        self._socket_dir = tempfile.mkdtemp(prefix="pagedllm-core-")
-        input_address = f"ipc://{self._socket_dir}/input"
-        output_address = f"ipc://{self._socket_dir}/output"
+        self._core: CoreProcess | None = None
+        socket_dir = (
+            endpoints.socket_dir if endpoints else tempfile.mkdtemp(prefix="pagedllm-core-")
+        )
+        self.client_index = endpoints.client_index if endpoints else 0
+        input_address, output_address = socket_addresses(socket_dir, self.client_index)
         self._context = zmq.Context()
         self._input = self._context.socket(zmq.PUSH)
         self._input.setsockopt(zmq.LINGER, 0)
@@ -60,22 +76,39 @@ class MPClient(BackgroundClient):
         self._output.bind(output_address)
         self._send_lock = threading.Lock()
         self._encoder = make_encoder()
-        try:
-            self.proc, self._status_fd, ready = _start_process(
-                engine_config, input_address, output_address
-            )
-        except BaseException:
-            self._context.destroy(linger=0)
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-            raise
-        self.num_gpu_blocks = int(ready["num_gpu_blocks"])
+        self._wake_read, self._wake_write = os.pipe()  # shutdown wakes the reader
+        if endpoints is None:
+            self._core = self._start_core(engine_config, socket_dir)
+            endpoints = self._core.endpoints(0)
+        self._status_fd: int = endpoints.status_fd  # end of file: the core has exited
+        self.num_gpu_blocks = endpoints.num_gpu_blocks
         self._reader = threading.Thread(target=self._read, name="pagedllm-core-reader", daemon=True)
         self._reader.start()
         atexit.register(_shutdown_ref, weakref.ref(self))
 
+    def _start_core(self, engine_config: EngineConfig, socket_dir: str) -> CoreProcess:
+        try:
+            return start_core_process(engine_config, socket_dir)
+        except BaseException:
+            self._context.destroy(linger=0)
+            for fd in (self._wake_read, self._wake_write):
+                os.close(fd)
+            shutil.rmtree(socket_dir, ignore_errors=True)
+            raise
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The core's process, when this client started it."""
+        return self._core.proc if self._core is not None else None
+
     @property
     def pid(self) -> int | None:
-        return self.proc.pid
+        return self._core.proc.pid if self._core is not None else None
+
+    def add_requests(self, requests: list[EngineCoreRequest]) -> None:
+        for request in requests:
+            request.client_index = self.client_index
+            self._send(RequestType.ADD, request)
 
     def _send(self, kind: RequestType, payload: Any) -> None:
         data = self._encoder.encode(payload)
@@ -89,6 +122,7 @@ class MPClient(BackgroundClient):
         poller = zmq.Poller()
         poller.register(self._output, zmq.POLLIN)
         poller.register(self._status_fd, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
         try:
             while True:
                 events = dict(poller.poll())
@@ -98,6 +132,8 @@ class MPClient(BackgroundClient):
                     self._drain(decoder)
                     if not self._closing:
                         self._on_process_death()
+                    return
+                elif self._wake_read in events:  # shutdown of an attached client
                     return
         except zmq.ZMQError:
             if not self._closing:
@@ -110,131 +146,46 @@ class MPClient(BackgroundClient):
             self._on_outputs(decoder.decode(self._output.recv(copy=False).buffer))
 
     def _on_process_death(self) -> None:
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            pass
-        reason = f"the engine core process died (exit code {self.proc.returncode})"
+        proc = self.proc
+        reason = "the engine core process died"
+        if proc is not None:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+            reason += f" (exit code {proc.returncode})"
         logger.error("%s", reason[0].upper() + reason[1:])
         if self.dead_error is None:
             self._on_outputs(EngineCoreOutputs(engine_dead=reason))
 
     def shutdown(self) -> None:
+        """Stop the core (when this client started it) and close the connection."""
         if self._closing:
             return
         with self._send_lock:
             self._closing = True
-            if self.proc.poll() is None:
+            if self._core is not None and self._core.proc.poll() is None:
                 try:
                     self._input.send_multipart((bytes((RequestType.SHUTDOWN,)), b""))
                 except zmq.ZMQError:
                     pass
-        _stop_process(self.proc)
+        if self._core is not None:
+            stop_process(self._core.proc)  # the reader sees the status pipe's end of file
+        else:
+            os.write(self._wake_write, b"x")
         self._reader.join(timeout=5)
         self._context.destroy(linger=0)
-        os.close(self._status_fd)
-        shutil.rmtree(self._socket_dir, ignore_errors=True)
+        for fd in (self._wake_read, self._wake_write, self._status_fd):
+            _close_quietly(fd)
+        if self._core is not None:
+            shutil.rmtree(self._core.socket_dir, ignore_errors=True)
 
 
-def _start_process(
-    engine_config: EngineConfig, input_address: str, output_address: str
-) -> tuple[subprocess.Popen[bytes], int, dict[str, Any]]:
-    status_read, status_write = os.pipe()
-    command = [
-        sys.executable,
-        "-m",
-        "pagedllm.core.engine_core_proc",
-        f"--input-address={input_address}",
-        f"--output-address={output_address}",
-        f"--status-fd={status_write}",
-        f"--log-level={logging.getLogger('pagedllm').getEffectiveLevel()}",
-    ]
-    proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, pass_fds=(status_write,), env=_child_env()
-    )
-    os.close(status_write)
+def _close_quietly(fd: int) -> None:
     try:
-        assert proc.stdin is not None
-        proc.stdin.write(pickle.dumps(engine_config))
-        proc.stdin.flush()  # kept open: the core exits when it closes
-        ready = _wait_ready(proc, status_read)
-    except BaseException:
-        _stop_process(proc, grace_s=0.0)
-        os.close(status_read)
-        raise
-    return proc, status_read, ready
-
-
-def _child_env() -> dict[str, str]:
-    """This process's environment, with the directory pagedllm was imported from first
-    on the path (it may not be installed, or be another copy)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../pagedllm
-    root = os.path.dirname(package)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], status_fd: int) -> dict[str, Any]:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"the engine core did not start within {STARTUP_TIMEOUT_S:.0f} s")
-        readable, _, _ = select.select([status_fd], [], [], min(remaining, 1.0))
-        if not readable:
-            continue
-        chunk = os.read(status_fd, 65536)
-        if not chunk:
-            proc.wait(timeout=10)
-            raise RuntimeError(f"The engine core process exited ({proc.returncode}) while starting")
-        line += chunk
-    ready: dict[str, Any] = json.loads(line)
-    if "error" in ready:
-        raise _startup_error(ready)
-    return ready
-
-
-def _startup_error(ready: dict[str, Any]) -> Exception:
-    """The core's start-up error, as the same builtin type where there is one."""
-    exc_type = getattr(builtins, ready.get("type", ""), None)
-    if isinstance(exc_type, type) and issubclass(exc_type, Exception):
-        try:
-            return exc_type(ready["error"].split(": ", 1)[-1])
-        except Exception:
-            pass
-    return RuntimeError(f"The engine core failed to start: {ready['error']}")
-
-
-def _stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """Wait `grace_s` for it to end by itself, then close its standard input (the core
-    stops at end of file), then terminate, then kill."""
-    if _waited(proc, grace_s):
-        return
-    _close_stdin(proc)
-    if _waited(proc, 5.0):
-        return
-    proc.terminate()
-    if not _waited(proc, 5.0):
-        proc.kill()
-        proc.wait()
-
-
-def _waited(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    try:
-        proc.wait(timeout=timeout_s)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
-    if proc.stdin is not None and not proc.stdin.closed:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _shutdown_ref(ref: weakref.ref[MPClient]) -> None:

@@ -1,5 +1,9 @@
 """User prompts -> validated token ids, and per-request SamplingParams resolved
-against the model (EOS tokens, max_tokens within max_model_len)."""
+against the model (EOS tokens, max_tokens within max_model_len).
+
+The one admission check of a request: everything that could fail later for one
+request (in the scheduler, a step, the sampler) fails here, alone, as an
+`InvalidRequestError` naming the field (the checks themselves: `validation.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import ModelConfig, StructuredOutputsConfig
-from pagedllm.layers.sampling_metadata import verify_token_ids
+from pagedllm.engine import validation
+from pagedllm.exceptions import InvalidRequestError
 from pagedllm.sampling_params import SamplingParams
 
 PromptType = Any  # str | {"prompt": str} | {"prompt_token_ids": list[int]} | list[int]
@@ -20,14 +25,22 @@ class ProcessedPrompt:
 
 
 def process_prompt(
-    prompt: PromptType, tokenizer: Any, model_config: ModelConfig, add_special_tokens: bool = True
+    prompt: PromptType,
+    tokenizer: Any,
+    model_config: ModelConfig,
+    add_special_tokens: bool = True,
+    pooling: bool = False,
 ) -> ProcessedPrompt:
+    """Token ids of a prompt that fits the context. The length is checked before the
+    ids are looked at, so a huge prompt is refused at once."""
     text, token_ids = _split_prompt(prompt)
     if token_ids is None:
         if tokenizer is None:
             raise ValueError("a text prompt needs a tokenizer; pass prompt_token_ids instead")
         token_ids = encode_text(tokenizer, text or "", "prompt", add_special_tokens)
-    _validate_token_ids(token_ids, model_config)
+    validation.check_prompt_length(len(token_ids), model_config.max_model_len, pooling)
+    token_ids = [int(t) for t in token_ids]  # numpy integers -> int
+    validation.check_token_ids(token_ids, model_config.vocab_size, "prompt_token_ids")
     return ProcessedPrompt(prompt=text, prompt_token_ids=token_ids)
 
 
@@ -37,19 +50,20 @@ def encode_text(tokenizer: Any, text: str, field: str, add_special_tokens: bool)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(
+        raise InvalidRequestError(
             f"{field} is not valid Unicode: {exc.object[exc.start : exc.end]!r} at index "
-            f"{exc.start} is a lone surrogate"
+            f"{exc.start} is a lone surrogate",
+            field,
         ) from None
     return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
-def _split_prompt(prompt: PromptType) -> tuple[str | None, list[int] | None]:
+def _split_prompt(prompt: PromptType) -> tuple[str | None, list[Any] | None]:
     if isinstance(prompt, str):
         return prompt, None
     if isinstance(prompt, dict):
         if "prompt_token_ids" in prompt:
-            return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+            return prompt.get("prompt"), list(prompt["prompt_token_ids"])
         if "prompt" in prompt and isinstance(prompt["prompt"], str):
             return prompt["prompt"], None
         raise ValueError("prompt dict must have 'prompt' (str) or 'prompt_token_ids' (list of int)")
@@ -58,27 +72,6 @@ def _split_prompt(prompt: PromptType) -> tuple[str | None, list[int] | None]:
     raise ValueError(
         f"prompt must be a string, a token id list or a dict, got {type(prompt).__name__}"
     )
-
-
-def _validate_token_ids(token_ids: list[int], model_config: ModelConfig) -> None:
-    if not token_ids:
-        raise ValueError("The prompt cannot be empty")
-    vocab = model_config.vocab_size
-    bad = [t for t in token_ids if t < 0 or t >= vocab]
-    if bad:
-        raise ValueError(
-            f"prompt_token_ids contains token id {bad[0]} outside the vocabulary [0, {vocab})"
-        )
-
-
-def check_prompt_length(num_prompt_tokens: int, model_config: ModelConfig, pooling: bool) -> None:
-    limit = model_config.max_model_len
-    too_long = num_prompt_tokens > limit if pooling else num_prompt_tokens >= limit
-    if too_long:
-        raise ValueError(
-            f"The prompt (length {num_prompt_tokens}) is longer than the maximum model length "
-            f"of {limit}" + ("" if pooling else " (at least one token must be left to generate)")
-        )
 
 
 def tokenize_bad_words(bad_words: list[str], tokenizer: Any) -> list[list[int]]:
@@ -104,19 +97,19 @@ def resolve_sampling_params(
     tokenizer: Any = None,
     max_num_seqs: int | None = None,
     structured_outputs_config: StructuredOutputsConfig | None = None,
-) -> tuple[SamplingParams, int]:
+    strict_max_tokens: bool = False,
+) -> SamplingParams:
     """A private copy, validated again (fields may have changed since construction),
-    with EOS and bad words resolved, and the effective max_tokens.
+    with EOS and bad words resolved and `max_tokens` set to the number of tokens the
+    request may generate (the one value the core's stop checks read).
 
     This is the admission check: everything that could fail inside an engine step
-    for one request (its seed, token ids, logprob counts) fails here, alone."""
+    for one request (its seed, token ids, logprob counts) fails here, alone.
+    `strict_max_tokens`: see `validation.resolve_max_tokens`."""
     sp = params.clone()
     sp.verify()
     verify_cost(sp, model_config, max_num_seqs)
-    verify_token_ids(sp, model_config.vocab_size)
-    vocab = model_config.vocab_size
-    if any(t >= vocab for t in sp.stop_token_ids or []):
-        raise ValueError(f"stop_token_ids contains a token id outside the vocabulary [0, {vocab})")
+    validation.verify_token_ids(sp, model_config.vocab_size)
     if sp.bad_words:
         sp.bad_words_token_ids = tokenize_bad_words(sp.bad_words, tokenizer)
     if sp.structured_outputs is not None:
@@ -126,9 +119,10 @@ def resolve_sampling_params(
             sp.structured_outputs, structured_outputs_config or StructuredOutputsConfig()
         )
     sp.update_from_generation_config(model_config.generation_config, eos_token_id)
-    room = model_config.max_model_len - num_prompt_tokens
-    max_tokens = room if sp.max_tokens is None else min(sp.max_tokens, room)
-    return sp, max_tokens
+    sp.max_tokens = validation.resolve_max_tokens(
+        sp.max_tokens, num_prompt_tokens, model_config.max_model_len, strict_max_tokens
+    )
+    return sp
 
 
 def verify_cost(sp: SamplingParams, model_config: ModelConfig, max_num_seqs: int | None) -> None:
@@ -143,16 +137,21 @@ def verify_cost(sp: SamplingParams, model_config: ModelConfig, max_num_seqs: int
         for name in ("n", "best_of"):
             value = getattr(sp, name)
             if value is not None and value > max_num_seqs:
-                raise ValueError(f"{name} must be at most max_num_seqs={max_num_seqs}, got {value}")
+                raise InvalidRequestError(
+                    f"{name} must be at most max_num_seqs={max_num_seqs}, got {value}", name
+                )
     limit = model_config.max_logprobs
     for name in ("logprobs", "prompt_logprobs"):
         value = getattr(sp, name)
         if value is None or limit == -1:
             continue
         if value == -1 and limit < model_config.vocab_size:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"{name}=-1 (the whole vocabulary) needs max_logprobs=-1 or at least the "
-                f"vocabulary size {model_config.vocab_size}; max_logprobs is {limit}"
+                f"vocabulary size {model_config.vocab_size}; max_logprobs is {limit}",
+                name,
             )
         if value > limit:
-            raise ValueError(f"{name} must be at most max_logprobs={limit}, got {value}")
+            raise InvalidRequestError(
+                f"{name} must be at most max_logprobs={limit}, got {value}", name
+            )

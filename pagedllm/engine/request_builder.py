@@ -10,7 +10,8 @@ from typing import Any
 from pagedllm.config import EngineConfig
 from pagedllm.core.messages import EngineCoreRequest
 from pagedllm.engine import input_processor as ip
-from pagedllm.layers.pooler import verify_pooling_params
+from pagedllm.engine.validation import verify_pooling_params
+from pagedllm.exceptions import InvalidRequestError
 from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
 
 
@@ -25,13 +26,23 @@ class BuiltRequest:
 
 
 class RequestBuilder:
-    def __init__(self, engine_config: EngineConfig, tokenizer: Any, num_gpu_blocks: int) -> None:
+    """strict_max_tokens: max_tokens past the context is an error (the OpenAI servers,
+    vLLM's serving rule) rather than capped by it (the offline LLM, as in vLLM)."""
+
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        tokenizer: Any,
+        num_gpu_blocks: int,
+        strict_max_tokens: bool = False,
+    ) -> None:
         self.model_config = engine_config.model_config
         self.scheduler_config = engine_config.scheduler_config
         self.structured_outputs_config = engine_config.structured_outputs_config
         self.block_size = engine_config.cache_config.block_size
         self.num_gpu_blocks = num_gpu_blocks
         self.tokenizer = tokenizer
+        self.strict_max_tokens = strict_max_tokens
         self.eos_token_id: int | None = (
             getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
         )
@@ -44,12 +55,12 @@ class RequestBuilder:
         arrival_time: float,
         add_special_tokens: bool = True,
     ) -> BuiltRequest:
-        """Raises ValueError (naming the argument) for anything the core cannot run."""
+        """Raises ValueError (InvalidRequestError naming the field) for anything the
+        core cannot run; the prompt's length before anything else is looked at."""
         pooling = isinstance(params, PoolingParams)
         self._check_runner(pooling)
         mc = self.model_config
-        processed = ip.process_prompt(prompt, self.tokenizer, mc, add_special_tokens)
-        ip.check_prompt_length(len(processed.prompt_token_ids), mc, pooling)
+        processed = ip.process_prompt(prompt, self.tokenizer, mc, add_special_tokens, pooling)
         self._check_fits_cache(len(processed.prompt_token_ids), pooling)
         if isinstance(params, PoolingParams):
             verify_pooling_params(params, mc.hf_config, mc.served_model_name)
@@ -76,15 +87,17 @@ class RequestBuilder:
     def _check_fits_cache(self, num_prompt_tokens: int, pooling: bool) -> None:
         needed = -(-(num_prompt_tokens + (0 if pooling else 1)) // self.block_size)
         if needed > self.num_gpu_blocks:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"The prompt needs {needed} KV cache blocks but the whole cache has only "
-                f"{self.num_gpu_blocks}; shorten the prompt or give the KV cache more memory"
+                f"{self.num_gpu_blocks}; shorten the prompt or give the KV cache more memory",
+                "prompt",
             )
         limit = self.scheduler_config.max_num_batched_tokens
         if pooling and num_prompt_tokens > limit:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"The input (length {num_prompt_tokens}) is longer than "
-                f"max_num_batched_tokens={limit}"
+                f"max_num_batched_tokens={limit}",
+                "prompt",
             )
 
     def _sampling_children(
@@ -95,7 +108,7 @@ class RequestBuilder:
         arrival_time: float,
     ) -> list[EngineCoreRequest]:
         n = params.n
-        resolved, max_tokens = ip.resolve_sampling_params(
+        resolved = ip.resolve_sampling_params(
             params,
             len(processed.prompt_token_ids),
             self.model_config,
@@ -103,6 +116,7 @@ class RequestBuilder:
             self.tokenizer,
             max_num_seqs=self.scheduler_config.max_num_seqs,
             structured_outputs_config=self.structured_outputs_config,
+            strict_max_tokens=self.strict_max_tokens,
         )
         children = []
         for index in range(n):
@@ -116,7 +130,6 @@ class RequestBuilder:
                     sp,
                     None,
                     arrival_time,
-                    max_tokens=max_tokens,
                     stream_outputs=needs_streamed_tokens(sp),
                 )
             )

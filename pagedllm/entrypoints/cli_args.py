@@ -216,10 +216,25 @@ def http_options_from_namespace(ns: argparse.Namespace, prefixes: tuple[str, ...
     )
 
 
+def _api_server_count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {count}")
+    return count
+
+
 def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("server arguments")
     group.add_argument("--host", type=str, default=None, help="Host to bind (default: all).")
     group.add_argument("--port", type=int, default=8000, help="Port (default: 8000).")
+    group.add_argument(
+        "--api-server-count",
+        "-asc",
+        type=_api_server_count,
+        default=1,
+        help="API server processes sharing the listening socket, each with its own front end "
+        "(HTTP, tokenization, detokenization), all served by one engine core (default: 1).",
+    )
     add_http_args(group)
     group.add_argument(
         "--chat-template", type=str, default=None, help="A chat template file or string."

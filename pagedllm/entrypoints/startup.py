@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -26,24 +27,32 @@ def _fail(args: argparse.Namespace, message: str, exc: BaseException) -> NoRetur
     raise SystemExit(1)
 
 
+def bind_or_exit(args: argparse.Namespace) -> socket.socket:
+    """The listening socket of --host/--port, or one clear line and exit status 1."""
+    host = args.host or "0.0.0.0"
+    try:
+        return bind_socket(host, args.port)
+    except OSError as exc:
+        _fail(args, f"Cannot listen on {host}:{args.port}: {exc.strerror or exc}", exc)
+
+
+def fail_to_start(args: argparse.Namespace, exc: BaseException) -> NoReturn:
+    """A start-up failure as one line (ValueError/OSError: their message alone)."""
+    detail = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+    detail = " ".join(line.strip() for line in detail.splitlines() if line.strip())
+    _fail(args, f"Could not start the server: {detail}", exc)
+
+
 def start_or_exit(
     args: argparse.Namespace, make_app: Callable[[], Any], **uvicorn_kwargs: Any
 ) -> None:
-    host = args.host or "0.0.0.0"
-    try:
-        sock = bind_socket(host, args.port)
-    except OSError as exc:
-        _fail(args, f"Cannot listen on {host}:{args.port}: {exc.strerror or exc}", exc)
+    sock = bind_or_exit(args)
     try:
         app = make_app()
     except Exception as exc:  # noqa: BLE001 - every start-up failure is reported the same way
         sock.close()
-        detail = (
-            str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
-        )
-        detail = " ".join(line.strip() for line in detail.splitlines() if line.strip())
-        _fail(args, f"Could not start the server: {detail}", exc)
-    logger.info("Starting the server on http://%s:%d", host, args.port)
+        fail_to_start(args, exc)
+    logger.info("Starting the server on http://%s:%d", args.host or "0.0.0.0", args.port)
     serve_http(
         app,
         sock,

@@ -102,13 +102,14 @@ async def merge_async_iterators(*iterators: AsyncIterator[T]) -> AsyncIterator[t
 _LOG_FORMAT = "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
 
 
-def configure_logging(level: str | None = None) -> None:
-    """vLLM-like log lines for the `pagedllm` loggers (PAGEDLLM_LOGGING_LEVEL, default INFO)."""
+def configure_logging(level: str | None = None, prefix: str = "") -> None:
+    """vLLM-like log lines for the `pagedllm` loggers (PAGEDLLM_LOGGING_LEVEL, default
+    INFO); `prefix` names the process (`[api server 1] `) when there are several."""
     root = logging.getLogger("pagedllm")
     if root.handlers:
         return
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(_LOG_FORMAT, datefmt="%m-%d %H:%M:%S"))
+    handler.setFormatter(logging.Formatter(prefix + _LOG_FORMAT, datefmt="%m-%d %H:%M:%S"))
     root.addHandler(handler)
     root.setLevel((level or os.environ.get("PAGEDLLM_LOGGING_LEVEL", "INFO")).upper())
     root.propagate = False

@@ -56,6 +56,12 @@ class Executor(ABC):
         """Finish the step launch_forward left: sample under the grammar bitmask."""
         raise NotImplementedError
 
+    @property
+    def max_concurrent_batches(self) -> int:
+        """How many launched steps may be unfinished at once: the pipeline stages, where
+        the executor's steps are futures (the engine core keeps a batch queue), else 1."""
+        return 1
+
     def check_health(self) -> None:
         """Raise ExecutorDeadError if a worker is gone."""
         return None

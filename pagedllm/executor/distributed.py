@@ -25,8 +25,6 @@ from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from pagedllm.config import EngineConfig
 from pagedllm.distributed.parallel_state import output_rank
 from pagedllm.executor.base import Executor, ExecutorDeadError
@@ -42,58 +40,6 @@ def rpc_timeout_s() -> float | None:
     return value if value > 0 else None
 
 
-def _check_divisible(name: str, value: int, tp: int) -> None:
-    if value % tp != 0:
-        raise ValueError(
-            f"{name} ({value}) must be divisible by tensor_parallel_size ({tp}); "
-            f"choose a tensor_parallel_size that divides it"
-        )
-
-
-def _intermediate_size(hf_config: Any) -> int | None:
-    for key in ("intermediate_size", "ffn_dim", "n_inner"):
-        value = getattr(hf_config, key, None)
-        if value:
-            return int(value)
-    return None
-
-
-def verify_tensor_parallel(config: EngineConfig) -> None:
-    """The checks the TP-aware layers would fail on, made before any worker starts."""
-    mc, tp = config.model_config, config.parallel_config.tensor_parallel_size
-    _check_divisible("num_attention_heads", mc.num_attention_heads, tp)
-    kv = mc.num_kv_heads
-    # tp > kv heads: each kv head is replicated on tp / kv ranks (needs kv | tp).
-    if tp >= kv and tp % kv != 0:
-        raise ValueError(
-            f"tensor_parallel_size ({tp}) must be a multiple of num_key_value_heads ({kv}) "
-            f"when it is larger"
-        )
-    if tp < kv:
-        _check_divisible("num_key_value_heads", kv, tp)
-    inter = _intermediate_size(mc.hf_config)
-    if inter is not None:
-        _check_divisible("intermediate_size", inter, tp)
-
-
-def verify_pipeline_parallel(config: EngineConfig) -> None:
-    from pagedllm.model_loader.registry import get_model_class
-
-    mc, pp = config.model_config, config.parallel_config.pipeline_parallel_size
-    if pp == 1:
-        return
-    if pp > mc.num_layers:
-        raise ValueError(
-            f"pipeline_parallel_size ({pp}) is larger than the model's number of layers "
-            f"({mc.num_layers})"
-        )
-    if not getattr(get_model_class(mc.architecture), "supports_pp", False):
-        raise ValueError(
-            f"{mc.architecture} does not support pipeline parallelism; use "
-            f"pipeline_parallel_size=1 (tensor_parallel_size works)"
-        )
-
-
 @contextlib.contextmanager
 def reraise_value_errors() -> Iterator[None]:
     """Set-up calls: a worker's ValueError (a model or cache that does not fit) reaches
@@ -106,19 +52,11 @@ def reraise_value_errors() -> Iterator[None]:
         raise
 
 
-def verify_parallel_config(config: EngineConfig) -> None:
-    """Raise ValueError for a split that cannot work (in the driver, before spawning)."""
-    verify_tensor_parallel(config)
-    verify_pipeline_parallel(config)
-
-
 class DistributedExecutorBase(Executor):
     """One worker per rank; subclasses supply the transport (processes or actors)."""
 
     def __init__(self, config: EngineConfig) -> None:
-        super().__init__(config)
-        verify_parallel_config(config)
-        self._verify_devices()
+        super().__init__(config)  # the split was checked when the config was built
         pc = config.parallel_config
         self.world_size = pc.world_size
         # Whose ModelRunnerOutput is the step's result: tp rank 0 of the last stage.
@@ -159,21 +97,6 @@ class DistributedExecutorBase(Executor):
     @abstractmethod
     def worker_pids(self) -> list[int]:
         """The OS process id of each rank's worker, in rank order."""
-
-    def _num_devices_available(self) -> int | None:
-        """GPUs this executor can place ranks on (None: not checked here)."""
-        return None
-
-    def _verify_devices(self) -> None:
-        if self.config.device_config.device.type != "cuda":
-            return
-        world = self.config.parallel_config.world_size
-        available = self._num_devices_available()
-        if available is not None and world > available:
-            raise ValueError(
-                f"tensor_parallel_size x pipeline_parallel_size = {world} needs {world} GPUs "
-                f"but only {available} are visible"
-            )
 
     # ---- the Executor interface ------------------------------------------------------------
 
@@ -228,7 +151,3 @@ class DistributedExecutorBase(Executor):
             return
         self._is_shut_down = True
         self._stop_workers()
-
-
-def cuda_device_count() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -9,7 +9,9 @@ Transport (the worker's side is mp_worker.py):
     driver <──pipe────────── each rank             replies of set-up calls, errors
 
 A step (`execute_model`) returns a future at once: the engine launches step N+1
-before it reads step N's tokens (async scheduling). Replies come back in call order.
+before it reads step N's tokens (async scheduling), or, with pipeline parallelism,
+keeps up to one batch per stage in flight (`max_concurrent_batches`; stage 0 runs
+batch k+1 while stage 1 runs batch k). Replies come back in call order.
 While it waits, the driver also watches the pipes and the process sentinels, so an
 error or a dead worker (even by SIGKILL) is noticed within milliseconds instead of
 leaving the driver blocked.
@@ -35,7 +37,7 @@ from typing import Any
 from pagedllm.distributed.parallel_state import disable_nvlink_multicast
 from pagedllm.distributed.shm_broadcast import MessageQueue, QueueTimeoutError
 from pagedllm.executor.base import ExecutorDeadError
-from pagedllm.executor.distributed import DistributedExecutorBase, cuda_device_count, rpc_timeout_s
+from pagedllm.executor.distributed import DistributedExecutorBase, rpc_timeout_s
 from pagedllm.executor.mp_start import (
     GUARD_HINT,
     in_spawn_bootstrap,
@@ -152,9 +154,6 @@ class MultiprocExecutor(DistributedExecutorBase):
     def worker_pids(self) -> list[int]:
         return [int(proc.pid or -1) for proc in self._procs]
 
-    def _num_devices_available(self) -> int | None:
-        return cuda_device_count()
-
     @property
     def _queue_handles(self) -> tuple[Any, Any]:
         return self._broadcast_mq.handle, self._response_owner.handle
@@ -184,6 +183,14 @@ class MultiprocExecutor(DistributedExecutorBase):
                 raise ExecutorDeadError(f"worker rank {rank} replied out of turn in {method}")
 
     # ---- steps: launched at once, awaited later ------------------------------------------
+
+    @property
+    def max_concurrent_batches(self) -> int:
+        """One batch per pipeline stage (PAGEDLLM_PP_BATCH_QUEUE=0: one batch at a time)."""
+        pp = self.config.parallel_config.pipeline_parallel_size
+        if pp > 1 and os.environ.get("PAGEDLLM_PP_BATCH_QUEUE", "1") != "0":
+            return pp
+        return 1
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> StepFuture:  # type: ignore[override]
         with self._lock:
@@ -215,6 +222,18 @@ class MultiprocExecutor(DistributedExecutorBase):
                     raise
                 self._futures.popleft().output = _checked(output, self.output_rank)
             return future.output
+
+    def _is_done(self, future: StepFuture) -> bool:
+        """Whether `future` has its output, reading the replies already there (never waits)."""
+        with self._lock:
+            while future.output is None and self._dead is None and self._response_mq.poll():
+                output = self._response_mq.dequeue()
+                try:
+                    self._futures.popleft().output = _checked(output, self.output_rank)
+                except ExecutorDeadError as exc:
+                    self._die(exc)
+                    raise
+            return future.output is not None
 
     def _gather(self, method: str) -> list[Any]:
         """One reply per rank, in rank order; waits on pipes and process sentinels."""
@@ -303,6 +322,10 @@ class StepFuture:
         if self.output is not None:
             return self.output
         return self._executor._wait_for(self)
+
+    def done(self) -> bool:
+        """Whether `get()` would return at once (an error shows only in `get()`)."""
+        return self.output is not None or self._executor._is_done(self)
 
 
 def _checked(output: Any, rank: int) -> ModelRunnerOutput:

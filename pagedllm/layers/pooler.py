@@ -8,35 +8,41 @@ vLLM's pooling types and defaults:
     ALL   every token's hidden state ([prompt_len, hidden] per prompt)
 
 Defaults come from the model directory when it has the sentence-transformers layout
-(`modules.json` listing a `Pooling` module whose `config.json` sets
-`pooling_mode_*`, and optionally a `Normalize` module), else from the architecture:
-CLS for encoders (BERT), LAST for decoders, normalized in both cases. Explicit
-`pooling_type=` / `normalize=` (engine arguments) win over both.
+(read by `model_loader/sentence_transformers.py`, which builds the pooler), else from
+the architecture (`default_pooling_type`): CLS for encoders (BERT), LAST for
+decoders, normalized in both cases. Explicit `pooling_type=` / `normalize=` (engine
+arguments) win over both.
 
 Per request, `PoolingParams.normalize` overrides the default and
 `PoolingParams.dimensions` truncates the embedding (Matryoshka) before it is
 normalized. As in vLLM, `dimensions` is refused unless the model says it was trained
-for it (`is_matryoshka` or `matryoshka_dimensions` in its config); see
-`verify_pooling_params`, which the engine calls when a request is added.
+for it (`is_matryoshka` or `matryoshka_dimensions` in its config): admission checks
+that (`engine/validation.py: verify_pooling_params`).
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.layers.attention.metadata import PoolingMetadata
 from pagedllm.sampling_params import PoolingParams
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolingMetadata:
+    """For pooling models: which flattened tokens belong to which prompt."""
+
+    prompt_lens: torch.Tensor  # [B] int64
+    query_start_loc: torch.Tensor  # [B + 1] int64
 
 
 class PoolingType(str, enum.Enum):
@@ -46,20 +52,6 @@ class PoolingType(str, enum.Enum):
     ALL = "ALL"
 
 
-# sentence-transformers 1_Pooling/config.json keys -> our pooling types.
-_ST_POOLING_MODES: dict[str, PoolingType] = {
-    "pooling_mode_cls_token": PoolingType.CLS,
-    "pooling_mode_mean_tokens": PoolingType.MEAN,
-    "pooling_mode_lasttoken": PoolingType.LAST,
-}
-_ST_UNSUPPORTED_MODES = (
-    "pooling_mode_max_tokens",
-    "pooling_mode_mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens",
-)
-_ST_POOLING = "sentence_transformers.models.Pooling"
-_ST_NORMALIZE = "sentence_transformers.models.Normalize"
-_ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 # Architectures whose model_type is an encoder: CLS by default (vLLM's BERT default).
 _ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "nomic_bert", "modernbert")
 
@@ -83,39 +75,6 @@ class Pooler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pooling_type={self.pooling_type.value}, normalize={self.normalize}"
-
-    @classmethod
-    def from_config(
-        cls,
-        model_path: str | os.PathLike[str] | None,
-        hf_config: Any,
-        pooling_type: PoolingType | str | None = None,
-        normalize: bool | None = None,
-    ) -> Pooler:
-        """Explicit arguments > the sentence-transformers layout > the architecture."""
-        if pooling_type is None:
-            pooling_type = st_pooling_type(model_path) or _architecture_pooling_type(hf_config)
-        if normalize is None:
-            st_default = st_normalize(model_path)
-            normalize = True if st_default is None else st_default
-        pooler = cls(
-            pooling_type,
-            normalize,
-            is_matryoshka=bool(getattr(hf_config, "is_matryoshka", False)),
-            matryoshka_dimensions=getattr(hf_config, "matryoshka_dimensions", None),
-        )
-        logger.info("Pooler for %s: %s", model_path, pooler.extra_repr())
-        return pooler
-
-    @classmethod
-    def from_model_config(cls, model_config: Any) -> Pooler:
-        """From a `pagedllm.config.ModelConfig` (engine arguments included)."""
-        return cls.from_config(
-            model_config.model,
-            model_config.hf_config,
-            model_config.pooling_type,
-            model_config.pooling_normalize,
-        )
 
     def forward(
         self,
@@ -175,90 +134,8 @@ class Pooler(nn.Module):
         return vector
 
 
-def verify_pooling_params(
-    params: PoolingParams,
-    hf_config: Any,
-    served_model_name: str,
-) -> None:
-    """Reject what the model cannot do, with vLLM's messages (ValueError -> HTTP 400).
-
-    Called by the engine when a request is added, before anything is scheduled.
-    """
-    if params.dimensions is None:
-        return
-    mds = getattr(hf_config, "matryoshka_dimensions", None)
-    if not (getattr(hf_config, "is_matryoshka", False) or mds):
-        raise ValueError(
-            f'Model "{served_model_name}" does not support matryoshka representation, '
-            f"changing output dimensions will lead to poor results."
-        )
-    if mds and params.dimensions not in mds:
-        raise ValueError(
-            f'Model "{served_model_name}" only supports {list(mds)} matryoshka dimensions, '
-            f"use other output dimensions will lead to poor results."
-        )
-    hidden_size = int(hf_config.hidden_size)
-    if params.dimensions > hidden_size:
-        raise ValueError(
-            f"dimensions must be at most the model's hidden size ({hidden_size}), "
-            f"got {params.dimensions}"
-        )
-
-
-def st_pooling_type(model_path: str | os.PathLike[str] | None) -> PoolingType | None:
-    """The pooling of a sentence-transformers directory's Pooling module, or None."""
-    for module in _st_modules(model_path):
-        if module.get("type") == _ST_POOLING:
-            return _st_pooling_type(model_path, module.get("path", ""))
-    return None
-
-
-def st_normalize(model_path: str | os.PathLike[str] | None) -> bool | None:
-    """Whether a sentence-transformers directory lists a Normalize module (None: not
-    such a directory). The Normalize module has no files, so its directory may be
-    absent; only modules.json counts."""
-    modules = _st_modules(model_path)
-    if not modules:
-        return None
-    for module in modules:
-        kind = module.get("type", "")
-        if kind not in (_ST_TRANSFORMER, _ST_POOLING, _ST_NORMALIZE):
-            logger.warning("sentence-transformers module %s is not supported; ignored", kind)
-    return any(module.get("type") == _ST_NORMALIZE for module in modules)
-
-
-def _st_modules(model_path: str | os.PathLike[str] | None) -> list[dict[str, Any]]:
-    modules = _read_json(model_path, "modules.json")
-    return modules if isinstance(modules, list) else []
-
-
-def _st_pooling_type(model_path: str | os.PathLike[str] | None, sub: str) -> PoolingType | None:
-    config = _read_json(model_path, os.path.join(sub, "config.json"))
-    if not isinstance(config, dict):
-        return None
-    for key, pooling_type in _ST_POOLING_MODES.items():
-        if config.get(key):
-            return pooling_type
-    unsupported = [key for key in _ST_UNSUPPORTED_MODES if config.get(key)]
-    if unsupported:
-        raise ValueError(
-            f"sentence-transformers pooling {unsupported} is not supported; "
-            f"pass pooling_type= one of {[t.value for t in PoolingType]}"
-        )
-    return None
-
-
-def _read_json(model_path: str | os.PathLike[str] | None, name: str) -> Any:
-    if model_path is None or not os.path.isdir(model_path):
-        return None
-    path = os.path.join(model_path, name)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _architecture_pooling_type(hf_config: Any) -> PoolingType:
+def default_pooling_type(hf_config: Any) -> PoolingType:
+    """The architecture's default: CLS for encoders (vLLM's BERT default), else LAST."""
     model_type = getattr(hf_config, "model_type", "")
     return PoolingType.CLS if model_type in _ENCODER_MODEL_TYPES else PoolingType.LAST
 

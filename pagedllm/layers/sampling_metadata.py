@@ -102,7 +102,9 @@ class SamplingMetadata:
         `output_token_ids_list[i]` must hold row i's generated tokens whenever the
         row uses penalties, min_tokens or bad words (it may be empty otherwise);
         `prompt_token_ids_list[i]` is read only for repetition-penalty rows.
-        Token ids must have been checked with `verify_token_ids` at admission."""
+        Token ids (logit_bias, allowed_token_ids) are inside the vocabulary: admission
+        checked them (`engine/validation.py: verify_token_ids`), so a step cannot fail
+        on one request's ids."""
         device = torch.device(device)
         n = len(params_list)
         greedy = [p.temperature < _SAMPLING_EPS for p in params_list]  # SamplingType.GREEDY
@@ -126,30 +128,12 @@ class SamplingMetadata:
             penalties=_build_penalties(
                 params_list, output_token_ids_list, prompt_token_ids_list, vocab_size, device
             ),
-            logit_bias=_build_logit_bias(params_list, vocab_size, device),
+            logit_bias=_build_logit_bias(params_list, device),
             allowed_token_mask=_build_allowed_mask(params_list, vocab_size, device),
             banned_tokens=_build_banned(
                 params_list, output_token_ids_list, bad_words_token_ids_list, vocab_size, device
             ),
         )
-
-
-def verify_token_ids(params: SamplingParams, vocab_size: int) -> None:
-    """Reject token ids the sampler cannot index; call once when a request arrives,
-    so that a bad request fails alone instead of failing a whole step."""
-    for token_id in (params.logit_bias or {}).keys():
-        if not 0 <= token_id < vocab_size:
-            raise ValueError(
-                f"logit_bias has token id {token_id} outside the vocabulary [0, {vocab_size})"
-            )
-    if params.allowed_token_ids is not None:
-        if not params.allowed_token_ids:
-            raise ValueError("allowed_token_ids must not be empty")
-        bad = [t for t in params.allowed_token_ids if not 0 <= t < vocab_size]
-        if bad:
-            raise ValueError(
-                f"allowed_token_ids has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}"
-            )
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -255,7 +239,7 @@ def _build_penalties(
 
 
 def _build_logit_bias(
-    params_list: Sequence[SamplingParams], vocab_size: int, device: torch.device
+    params_list: Sequence[SamplingParams], device: torch.device
 ) -> SparseTokens | None:
     rows: list[int] = []
     token_ids: list[int] = []
@@ -263,7 +247,6 @@ def _build_logit_bias(
     for i, p in enumerate(params_list):
         if not p.logit_bias:
             continue
-        verify_token_ids(p, vocab_size)
         for token_id, bias in p.logit_bias.items():
             rows.append(i)
             token_ids.append(token_id)
@@ -285,7 +268,6 @@ def _build_allowed_mask(
         return None
     mask = torch.ones(len(rows), vocab_size, dtype=torch.bool)
     for r, i in enumerate(rows):
-        verify_token_ids(params_list[i], vocab_size)
         mask[r, torch.tensor(params_list[i].allowed_token_ids, dtype=torch.int64)] = False
     return RowMask(
         _to_device(rows, torch.int64, device), _to_device(mask.numpy(), torch.bool, device)

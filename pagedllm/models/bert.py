@@ -29,10 +29,9 @@ from transformers import PretrainedConfig
 
 from pagedllm.layers.activation import get_act_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
-from pagedllm.layers.attention.metadata import PoolingMetadata
 from pagedllm.layers.layernorm import LayerNorm
 from pagedllm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from pagedllm.layers.pooler import Pooler
+from pagedllm.layers.pooler import PoolingMetadata
 from pagedllm.layers.vocab_embedding import VocabParallelEmbedding
 from pagedllm.models.utils import load_weights_by_name
 from pagedllm.sampling_params import PoolingParams
@@ -169,7 +168,7 @@ class BertEmbeddingModel(nn.Module):
 
     `pooler` defaults to what the model directory says (sentence-transformers
     layout, found through `config.name_or_path`) or CLS + normalize; the loader
-    replaces it with `Pooler.from_model_config(model_config)` to apply the engine's
+    replaces it with `sentence_transformers.pooler_for_model(model_config)` to apply the engine's
     `pooling_type` / `pooling_normalize`.
     """
 
@@ -178,7 +177,9 @@ class BertEmbeddingModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = Pooler.from_config(_model_dir(config), config)
+        from pagedllm.model_loader.sentence_transformers import make_pooler
+
+        self.pooler = make_pooler(_model_dir(config), config)
 
     def forward(
         self,

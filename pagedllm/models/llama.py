@@ -1,10 +1,10 @@
 """Llama-family decoders: Llama 2/3, SmolLM2, Mistral, Qwen2 (qkv bias) and Qwen3
 (per-head q/k RMSNorm). Pre-norm blocks with the residual carried beside the
-hidden states (RMSNorm fuses the add)."""
+hidden states (RMSNorm fuses the add). Sliding windows per layer as HF applies them
+(`layer_sliding_window`: Mistral's on every layer, Qwen2's per `layer_types`)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
@@ -18,9 +18,7 @@ from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
 from pagedllm.layers.rotary import get_rope_from_config
 from pagedllm.models.causal_lm import STACKED_QKV_GATE_UP, CausalLM, DecoderStack
 from pagedllm.models.pipeline import PPMissingLayer, make_layers
-from pagedllm.models.utils import config_head_dim
-
-logger = logging.getLogger(__name__)
+from pagedllm.models.utils import config_head_dim, layer_sliding_window
 
 _STACKED = STACKED_QKV_GATE_UP  # the MoE models load their dense weights with it
 
@@ -51,7 +49,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: PretrainedConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(
+        self, config: PretrainedConfig, qkv_bias: bool, qk_norm: bool, layer_idx: int = 0
+    ) -> None:
         super().__init__()
         total_heads = config.num_attention_heads
         total_kv = getattr(config, "num_key_value_heads", None) or total_heads
@@ -68,7 +68,13 @@ class LlamaAttention(nn.Module):
         )
         self.rotary_emb = get_rope_from_config(config, self.head_dim)
         scale = self.head_dim**-0.5
-        self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_kv_heads)
+        self.attn = Attention(
+            self.num_heads,
+            self.head_dim,
+            scale,
+            self.num_kv_heads,
+            sliding_window=layer_sliding_window(config, layer_idx),
+        )
         self.qk_norm = qk_norm
         if qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -118,10 +124,15 @@ class LlamaAttention(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(
-        self, config: PretrainedConfig, qkv_bias: bool, qk_norm: bool, mlp: nn.Module
+        self,
+        config: PretrainedConfig,
+        qkv_bias: bool,
+        qk_norm: bool,
+        mlp: nn.Module,
+        layer_idx: int = 0,
     ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, qkv_bias, qk_norm)
+        self.self_attn = LlamaAttention(config, qkv_bias, qk_norm, layer_idx)
         self.mlp = mlp  # LlamaMLP, or a MoE block (models/moe.py): [T, H] -> [T, H]
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -159,7 +170,7 @@ class LlamaModel(DecoderStack):
         self.init_embedding(config, tie_default=False)
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
-            lambda i: LlamaDecoderLayer(config, qkv_bias, qk_norm, make_mlp(i)),
+            lambda i: LlamaDecoderLayer(config, qkv_bias, qk_norm, make_mlp(i), i),
         )
         self.norm: RMSNorm | PPMissingLayer
         if self.is_last_stage:
@@ -175,7 +186,6 @@ class LlamaForCausalLM(CausalLM):
     def __init__(self, config: PretrainedConfig, prefix: str = "") -> None:
         super().__init__()
         self.config = config
-        _warn_unsupported(config)
         qkv_bias = self.qkv_bias_default or bool(getattr(config, "attention_bias", False))
         self.model = LlamaModel(config, qkv_bias, self.qk_norm, self.make_mlp)
         self.init_lm_head(config)
@@ -195,15 +205,3 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     qk_norm = True
-
-
-def _warn_unsupported(config: PretrainedConfig) -> None:
-    window = getattr(config, "sliding_window", None)
-    uses_window = getattr(config, "use_sliding_window", True)
-    if window and uses_window and window < int(getattr(config, "max_position_embeddings", 0) or 0):
-        logger.warning(
-            "sliding-window attention (window %d) is not implemented: attending to the full "
-            "context; outputs differ from the reference past %d tokens",
-            window,
-            window,
-        )

@@ -33,7 +33,6 @@ from transformers import (
 
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.vocab_embedding import LogitsProcessor
-from pagedllm.models.llama import _warn_unsupported
 from pagedllm.models.pipeline import IntermediateTensors
 from pagedllm.models.utils import config_head_dim, load_weights_by_name
 
@@ -85,11 +84,12 @@ def paged_attention_forward(
     step = _local.step
     if step is None:
         raise RuntimeError("pagedllm attention runs only inside TransformersForCausalLM.forward")
-    if kwargs.get("softcap") is not None:
-        raise NotImplementedError("attention logit soft-capping is not supported by the fallback")
     layer: Attention = module.pagedllm_attn  # type: ignore[assignment]
     if scaling is not None:
         layer.scale = float(scaling)
+    # The layer's own window and soft-cap, as HF hands them to its attention functions.
+    layer.sliding_window = kwargs.get("sliding_window") or None
+    layer.logits_soft_cap = kwargs.get("softcap") or None
     idx = int(module.layer_idx)  # type: ignore[arg-type]
     kv_cache = step.kv_caches[idx] if step.kv_caches else None
     out = layer(_to_tokens(query), _to_tokens(key), _to_tokens(value), kv_cache, step.attn_metadata)
@@ -138,12 +138,6 @@ class TransformersForCausalLM(nn.Module):
             config, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.get_default_dtype()
         )
         self.config = self.hf_model.config
-        if getattr(self.config, "attn_logit_softcapping", None):
-            raise ValueError(
-                f"{type(self.hf_model).__name__}: attention logit soft-capping is not "
-                f"supported by the Transformers fallback"
-            )
-        _warn_unsupported(self.config)  # sliding windows: full context, as native Llama
         num_layers = _attach_paged_attention(self.hf_model, self.config)
         scale = float(getattr(self.config, "logit_scale", None) or 1.0)  # Cohere
         scale /= float(getattr(self.config, "logits_scaling", None) or 1.0)  # Granite

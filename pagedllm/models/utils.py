@@ -60,3 +60,18 @@ def load_weights_by_name(
 def config_head_dim(config: Any) -> int:
     head_dim = getattr(config, "head_dim", None)
     return int(head_dim) if head_dim else config.hidden_size // config.num_attention_heads
+
+
+def layer_sliding_window(config: Any, layer_idx: int) -> int | None:
+    """The sliding window of decoder layer `layer_idx` as HF applies it, None for full
+    attention: with `layer_types` (Qwen2/Qwen3 with use_sliding_window, Qwen2-MoE) only
+    its "sliding_attention" layers; without (Mistral, Mixtral, Phi-3, Qwen3-MoE) every
+    layer when `sliding_window` is set. HF's configs already turn `sliding_window` to
+    None or 0 where `use_sliding_window` is false."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_idx] != "sliding_attention":
+        return None
+    return int(window)

@@ -12,9 +12,9 @@ import torch
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
-from pagedllm.layers.attention.metadata import PoolingMetadata
 from pagedllm.layers.grammar_bitmask import GrammarBitmask
 from pagedllm.layers.host_to_device import pack_to_device
+from pagedllm.layers.pooler import PoolingMetadata
 from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
 from pagedllm.models.pipeline import IntermediateTensors
@@ -58,6 +58,8 @@ class ModelRunner:
         self.pp_size = ps.get_pipeline_model_parallel_world_size()
         self.is_first_stage = ps.is_pipeline_first_stage()
         self.is_last_stage = ps.is_pipeline_last_stage()
+        # The activations this stage is still sending on, and their sends (pp > 1).
+        self._pp_sending: tuple[list[Any], list[torch.Tensor]] = ([], [])
 
     # ---- set-up -------------------------------------------------------------
     def load_model(self) -> None:
@@ -75,10 +77,10 @@ class ModelRunner:
                 self.model, int(offload_gb * (1 << 30)), self.device
             )
         if self.is_pooling:
-            from pagedllm.layers.pooler import Pooler
+            from pagedllm.model_loader.sentence_transformers import pooler_for_model
 
             # The runner owns the pooler, so decoder models pool too (LAST by default).
-            self.pooler = Pooler.from_model_config(self.config.model_config)
+            self.pooler = pooler_for_model(self.config.model_config)
 
     @property
     def num_attention_layers(self) -> int:
@@ -134,8 +136,9 @@ class ModelRunner:
             self._capture_piecewise()
 
     def _needs_torch_attention(self) -> bool:
-        """Sliding-window / soft-capped layers (Gemma) on the Triton backend attend through
-        the torch fallback, which syncs with the host: no CUDA graphs then."""
+        """Sliding-window / soft-capped layers (Gemma) on a backend without them attend
+        through the torch fallback, which syncs with the host: no CUDA graphs then (the
+        torch and Triton backends both take them, so this is for other backends)."""
         from pagedllm.layers.attention.layer import needs_torch_attention
 
         if self.model is None or not needs_torch_attention(self.model):
@@ -252,9 +255,9 @@ class ModelRunner:
 
     def _forward_stage(self, inputs: StepInputs) -> torch.Tensor | None:
         """One pipeline stage: receive the previous stage's activations (unless first),
-        run this stage's layers, send them on (unless last). Stages run one after
-        the other within a step (no micro-batch overlap). Hidden states on the last
-        stage, None elsewhere."""
+        run this stage's layers, send them on (unless last) without waiting: with
+        several batches in flight the stage takes the next batch while this one
+        travels. Hidden states on the last stage, None elsewhere."""
         assert self.model is not None
         received: IntermediateTensors | None = None
         if not self.is_first_stage:
@@ -267,8 +270,16 @@ class ModelRunner:
         )
         if self.is_last_stage:
             return out
-        ps.pipeline_send(out.tensors())
+        self._send_to_next_stage(out.tensors())
         return None
+
+    def _send_to_next_stage(self, tensors: list[torch.Tensor]) -> None:
+        """Post this batch's sends once the previous batch's are done (one batch's
+        activations travel at a time; the tensors live until their sends finish)."""
+        for work in self._pp_sending[0]:
+            work.wait()
+        tensors = [t.contiguous() for t in tensors]
+        self._pp_sending = (ps.pipeline_isend(tensors), tensors)
 
     def _generator(self, s: ScheduledRequest) -> torch.Generator | None:
         sp = s.sampling_params

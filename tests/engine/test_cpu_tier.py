@@ -15,7 +15,7 @@ from pagedllm.scheduler_output import ModelRunnerOutput
 
 def make_request(req_id: str, tokens: list[int], max_tokens: int = 8) -> Request:
     sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    return Request(req_id, tokens, sp, max_tokens=max_tokens)
+    return Request(req_id, tokens, sp)
 
 
 def allocate_prompt(kv: KVCacheManager, req: Request) -> int:
@@ -76,7 +76,9 @@ def test_abort_of_swapped_request_frees_its_cpu_blocks() -> None:
 
 
 def test_evicted_cached_blocks_spill_and_hit_in_the_cpu_tier() -> None:
-    kv = KVCacheManager(num_blocks=4, block_size=4, enable_caching=True, num_cpu_blocks=8)
+    kv = KVCacheManager(
+        num_blocks=4, block_size=4, enable_caching=True, num_cpu_blocks=8, spill_all=True
+    )
     first = make_request("a", list(range(12)))
     allocate_prompt(kv, first)  # blocks 0, 1, 2 cached
     kv.free(first)  # free queue: 3, 2, 1, 0
@@ -102,7 +104,9 @@ def test_evicted_cached_blocks_spill_and_hit_in_the_cpu_tier() -> None:
 
 
 def test_cpu_tier_evicts_its_least_recently_spilled_block_first() -> None:
-    kv = KVCacheManager(num_blocks=2, block_size=4, enable_caching=True, num_cpu_blocks=2)
+    kv = KVCacheManager(
+        num_blocks=2, block_size=4, enable_caching=True, num_cpu_blocks=2, spill_all=True
+    )
     for i in range(4):  # each request's one block evicts the previous one's
         req = make_request(f"r{i}", [10 * i + j for j in range(4)] + [99])
         allocate_prompt(kv, req)
@@ -116,6 +120,32 @@ def test_cpu_tier_evicts_its_least_recently_spilled_block_first() -> None:
     found = [kv.get_computed_blocks(h)[1] for h in hashes]
     assert found == [0, 4, 4, 4]  # r1 and r2 on the CPU, r3 still on the GPU
     assert len(cached) == 2
+    kv.check_integrity()
+
+
+def test_only_prefixes_that_show_reuse_spill() -> None:
+    """A block evicted before anyone asked for its prefix again is not copied out
+    (an S1-like server would copy every block it hands out); once a request asks
+    for such a prefix again, its blocks spill on their next eviction."""
+    kv = KVCacheManager(num_blocks=2, block_size=4, enable_caching=True, num_cpu_blocks=4)
+    tier = kv.cpu_tier
+    assert tier is not None
+
+    def run(rid: str, first: int) -> int:
+        req = make_request(rid, [first + j for j in range(4)] + [99])
+        hits = kv.get_computed_blocks(req)[1]
+        allocate_prompt(kv, req)
+        kv.free(req)
+        kv.take_copies()
+        return hits
+
+    assert [run(f"a{i}", 10 * i) for i in range(3)] == [0, 0, 0]  # a0, a1 evicted
+    assert tier.num_swapped_out == 0  # never reused: nothing copied
+    assert run("again", 0) == 0  # a0's prefix asked for again: a miss, now marked reused
+    run("b", 50)  # evicts a2 (no reuse) then "again"'s block (reused): one spill
+    run("c", 60)
+    assert tier.num_swapped_out == 1
+    assert run("third", 0) == 4  # found on the CPU
     kv.check_integrity()
 
 

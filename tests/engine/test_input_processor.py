@@ -38,9 +38,10 @@ def test_fields_changed_after_construction_fail_at_admission(field: str, value: 
 
 
 def test_admission_never_changes_the_callers_object() -> None:
-    sp = SamplingParams(stop="x")
-    resolved, max_tokens = admit(sp)
-    assert resolved is not sp and max_tokens == 16 and resolved.stop == ["x"]
+    sp = SamplingParams(stop="x", max_tokens=None)
+    resolved = admit(sp)
+    assert resolved is not sp and sp.max_tokens is None and resolved.stop == ["x"]
+    assert resolved.max_tokens == 64 - 4  # the rest of the context, resolved once
 
 
 @pytest.mark.parametrize("field", ["n", "best_of"])

@@ -25,7 +25,7 @@ def make_scheduler(
 
 def make_request(req_id: str, prompt_len: int, max_tokens: int = 4) -> Request:
     sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    return Request(req_id, list(range(1, prompt_len + 1)), sp, max_tokens=max_tokens)
+    return Request(req_id, list(range(1, prompt_len + 1)), sp)
 
 
 def run_step(sched: Scheduler, token: int = 7) -> tuple[SchedulerOutput, list[Request]]:

@@ -61,13 +61,25 @@ def free_port() -> int:
 class RemoteServer:
     """`python -m <module> --host 127.0.0.1 --port <free> <args>`, logging to a file."""
 
-    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        new_session: bool = False,  # its own process group (a Ctrl-C test signals the group)
+    ) -> None:
         self.port = free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="pagedllm-server-", suffix=".log")[1])
         cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port), *args]
         full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=new_session,
+            )
 
     @property
     def base_url(self) -> str:

@@ -121,3 +121,52 @@ def test_api_key_accepts_the_right_key(auth_server: RemoteServer) -> None:
     good = openai.OpenAI(base_url=auth_server.url("/v1"), api_key=API_KEY, max_retries=0)
     assert [m.id for m in good.models.list().data] == [MODEL_NAME]
     assert "Paris" in complete(good, PROMPT).choices[0].text
+
+
+# (body, the field named in the error's `param`, a fragment of the message): the
+# engine's admission check (engine/validation.py) answers these, through the server.
+PARAM_ERRORS = [
+    pytest.param(
+        {"max_tokens": 2048},
+        "max_tokens",
+        "'max_tokens' or 'max_completion_tokens' is too large: 2048. This model's maximum "
+        "context length is 2048 tokens and your request has",
+        id="max_tokens-past-context",
+    ),
+    pytest.param({"logit_bias": {"49152": 5}}, "logit_bias", "logit_bias", id="bias-id"),
+    pytest.param(
+        {"allowed_token_ids": [1, 10**7]}, "allowed_token_ids", "vocabulary", id="allowed"
+    ),
+    pytest.param({"stop_token_ids": [10**7]}, "stop_token_ids", "vocabulary", id="stop-ids"),
+    pytest.param({"prompt": [1, 10**7]}, "prompt", "vocabulary", id="prompt-id"),
+    pytest.param({"prompt": "hi " * 2100}, "prompt", "maximum context length", id="long"),
+]
+
+
+@pytest.mark.parametrize("body,param,fragment", PARAM_ERRORS)
+def test_admission_errors_name_the_field(
+    server: RemoteServer, body: dict[str, Any], param: str, fragment: str
+) -> None:
+    request = {"model": MODEL_NAME, "prompt": PROMPT, **body}
+    response = requests.post(server.url(COMPLETIONS), json=request, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "BadRequestError"
+    assert fragment in error["message"]
+
+
+def test_openai_client_sees_the_param(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=[{"role": "user", "content": "hi"}],
+            max_completion_tokens=5000,
+        )
+    assert bad.value.param == "max_tokens"
+    assert "is too large: 5000" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        complete(client, PROMPT, logit_bias={"49152": 1})
+    assert bad.value.param == "logit_bias"
+    with pytest.raises(openai.BadRequestError) as bad:
+        complete(client, PROMPT, extra_body={"allowed_token_ids": [49152]})
+    assert bad.value.param == "allowed_token_ids"

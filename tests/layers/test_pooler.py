@@ -1,24 +1,16 @@
 """Pooler: LAST / MEAN / CLS / ALL over flattened prompts, normalization, Matryoshka
-dimensions, and defaults read from the sentence-transformers layout."""
+dimensions (the defaults read from a sentence-transformers directory:
+tests/model_loader/test_sentence_transformers.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pagedllm.layers.attention.metadata import PoolingMetadata
-from pagedllm.layers.pooler import (
-    Pooler,
-    PoolingType,
-    st_normalize,
-    st_pooling_type,
-    verify_pooling_params,
-)
+from pagedllm.layers.pooler import Pooler, PoolingMetadata, PoolingType, default_pooling_type
 from pagedllm.sampling_params import PoolingParams
 
 HIDDEN = 8
@@ -127,128 +119,14 @@ def test_half_precision_mean_keeps_dtype(hidden: torch.Tensor) -> None:
     torch.testing.assert_close(pooled[2].float().norm(), torch.tensor(1.0), atol=1e-2, rtol=0)
 
 
-# ---- defaults: sentence-transformers layout > architecture ---------------------------
+# ---- dimensions: vLLM's Matryoshka rules (checked at admission: tests/engine/test_validation.py)
 
 
-def _write_st_dir(
-    root: Path, pooling: dict[str, bool] | None, normalize: bool, extra: list[str] = ()
-) -> Path:
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
-    ]
-    if pooling is not None:
-        modules.append(
-            {
-                "idx": 1,
-                "name": "1",
-                "path": "1_Pooling",
-                "type": "sentence_transformers.models.Pooling",
-            }
-        )
-        (root / "1_Pooling").mkdir()
-        (root / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    for kind in extra:
-        modules.append({"idx": len(modules), "name": kind, "path": kind, "type": kind})
-    if normalize:
-        # No 2_Normalize directory: the module has no files (as in all-MiniLM-L6-v2).
-        modules.append(
-            {
-                "idx": 9,
-                "name": "2",
-                "path": "2_Normalize",
-                "type": "sentence_transformers.models.Normalize",
-            }
-        )
-    (root / "modules.json").write_text(json.dumps(modules))
-    return root
+def test_matryoshka_dimensions_make_a_matryoshka_pooler() -> None:
+    assert Pooler("CLS", matryoshka_dimensions=[2, 4]).is_matryoshka
+    assert not Pooler("CLS").is_matryoshka
 
 
-BERT = SimpleNamespace(model_type="bert", hidden_size=HIDDEN)
-LLAMA = SimpleNamespace(model_type="llama", hidden_size=HIDDEN)
-
-
-@pytest.mark.parametrize(
-    "mode, expected",
-    [
-        ("pooling_mode_mean_tokens", PoolingType.MEAN),
-        ("pooling_mode_cls_token", PoolingType.CLS),
-        ("pooling_mode_lasttoken", PoolingType.LAST),
-    ],
-)
-@pytest.mark.parametrize("normalize", [False, True])
-def test_sentence_transformers_defaults(
-    tmp_path: Path, mode: str, expected: PoolingType, normalize: bool
-) -> None:
-    _write_st_dir(tmp_path, {mode: True, "pooling_mode_max_tokens": False}, normalize)
-    pooler = Pooler.from_config(tmp_path, BERT)
-    assert (pooler.pooling_type, pooler.normalize) == (expected, normalize)
-
-
-def test_explicit_arguments_win_over_the_directory(tmp_path: Path) -> None:
-    _write_st_dir(tmp_path, {"pooling_mode_mean_tokens": True}, normalize=True)
-    pooler = Pooler.from_config(tmp_path, BERT, pooling_type="cls", normalize=False)
-    assert (pooler.pooling_type, pooler.normalize) == (PoolingType.CLS, False)
-
-
-def test_architecture_defaults_without_a_sentence_transformers_layout(tmp_path: Path) -> None:
-    assert (st_pooling_type(tmp_path), st_normalize(tmp_path)) == (None, None)
-    assert (st_pooling_type(None), st_normalize(None)) == (None, None)
-    bert = Pooler.from_config(tmp_path, BERT)
-    llama = Pooler.from_config(None, LLAMA)
-    assert (bert.pooling_type, bert.normalize) == (PoolingType.CLS, True)
-    assert (llama.pooling_type, llama.normalize) == (PoolingType.LAST, True)
-
-
-def test_modules_json_without_pooling_falls_back_to_the_architecture(tmp_path: Path) -> None:
-    _write_st_dir(tmp_path, None, normalize=False)
-    pooler = Pooler.from_config(tmp_path, LLAMA)
-    assert (pooler.pooling_type, pooler.normalize) == (PoolingType.LAST, False)
-
-
-def test_unsupported_sentence_transformers_pooling(tmp_path: Path) -> None:
-    _write_st_dir(tmp_path, {"pooling_mode_max_tokens": True}, normalize=True)
-    with pytest.raises(ValueError, match="pooling_mode_max_tokens"):
-        Pooler.from_config(tmp_path, BERT)
-    # The error names the way out: an explicit pooling type is not read from the directory.
-    with pytest.raises(ValueError, match="pass pooling_type="):
-        Pooler.from_config(tmp_path, BERT)
-    pooler = Pooler.from_config(tmp_path, BERT, pooling_type="MEAN")
-    assert (pooler.pooling_type, pooler.normalize) == (PoolingType.MEAN, True)
-
-
-def test_unknown_modules_are_ignored_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    _write_st_dir(
-        tmp_path,
-        {"pooling_mode_mean_tokens": True},
-        normalize=True,
-        extra=["sentence_transformers.models.Dense"],
-    )
-    pooler = Pooler.from_config(tmp_path, BERT)
-    assert pooler.pooling_type is PoolingType.MEAN
-    assert "sentence_transformers.models.Dense" in caplog.text
-
-
-# ---- dimensions: vLLM's Matryoshka rules ------------------------------------------
-
-
-def test_dimensions_refused_for_a_model_without_matryoshka() -> None:
-    verify_pooling_params(PoolingParams(), BERT, "m")  # no dimensions: fine
-    with pytest.raises(ValueError, match='Model "m" does not support matryoshka'):
-        verify_pooling_params(PoolingParams(dimensions=4), BERT, "m")
-
-
-def test_dimensions_with_is_matryoshka() -> None:
-    config = SimpleNamespace(model_type="bert", hidden_size=HIDDEN, is_matryoshka=True)
-    verify_pooling_params(PoolingParams(dimensions=3), config, "m")
-    with pytest.raises(ValueError, match="at most the model's hidden size"):
-        verify_pooling_params(PoolingParams(dimensions=HIDDEN + 1), config, "m")
-
-
-def test_dimensions_must_be_one_of_matryoshka_dimensions() -> None:
-    config = SimpleNamespace(model_type="bert", hidden_size=HIDDEN, matryoshka_dimensions=[2, 4])
-    verify_pooling_params(PoolingParams(dimensions=4), config, "m")
-    with pytest.raises(ValueError, match=r"only supports \[2, 4\] matryoshka dimensions"):
-        verify_pooling_params(PoolingParams(dimensions=3), config, "m")
-    assert Pooler.from_config(None, config).is_matryoshka
+def test_architecture_defaults() -> None:
+    assert default_pooling_type(SimpleNamespace(model_type="bert")) is PoolingType.CLS
+    assert default_pooling_type(SimpleNamespace(model_type="llama")) is PoolingType.LAST

@@ -16,7 +16,7 @@ from pagedllm.layers.sampler import (
     apply_logits_processing,
     compute_prompt_logprobs,
 )
-from pagedllm.layers.sampling_metadata import SamplingMetadata, make_generator, verify_token_ids
+from pagedllm.layers.sampling_metadata import SamplingMetadata, make_generator
 from pagedllm.sampling_params import SamplingParams
 
 # Chi-square critical values at significance 0.001, indexed by degrees of freedom.
@@ -395,16 +395,6 @@ def test_bad_words() -> None:
     bad = [[[2, 4]], [[3], [2, 4]]]
     out = sample(logits, params, outputs=[[1, 2], [1, 1]], bad_words_token_ids_list=bad)
     assert out.sampled_token_ids.tolist() == [3, 4]
-
-
-def test_verify_token_ids_rejects_out_of_vocab() -> None:
-    with pytest.raises(ValueError, match="logit_bias"):
-        verify_token_ids(SamplingParams(logit_bias={8: 1.0}), 8)
-    with pytest.raises(ValueError, match="allowed_token_ids"):
-        verify_token_ids(SamplingParams(allowed_token_ids=[1, 99]), 8)
-    with pytest.raises(ValueError, match="allowed_token_ids"):
-        verify_token_ids(SamplingParams(allowed_token_ids=[]), 8)
-    verify_token_ids(SamplingParams(logit_bias={7: 1.0}, allowed_token_ids=[0, 7]), 8)
 
 
 @pytest.mark.parametrize("device", DEVICES)

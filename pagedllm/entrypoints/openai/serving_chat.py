@@ -105,10 +105,9 @@ class OpenAIServingChat(OpenAIServing):
         num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
         self.check_logprobs(num_logprobs, "top_logprobs")
         prompt = await self.render(request, plan.template_tools)
-        requested = request.max_completion_tokens
-        if requested is None:
-            requested = request.max_tokens
-        max_tokens = self.resolve_max_tokens(requested, len(prompt.token_ids))
+        max_tokens = request.max_completion_tokens
+        if max_tokens is None:
+            max_tokens = request.max_tokens
         kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
         params = self.sampling_params(request, max_tokens, num_logprobs, kind)
         self._constrain_tools(params, plan)

@@ -63,7 +63,7 @@ class OpenAIServingCompletion(OpenAIServing):
             _prompt_list(request.prompt), request.add_special_tokens, request.truncate_prompt_tokens
         )
         kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
-        params = [self._params(request, p, kind) for p in prompts]  # validate all, then run
+        params = [self._params(request, kind) for _ in prompts]  # validate all, then run
         request_id = f"cmpl-{random_uuid()}"
         generators = []
         for i, (prompt, sp) in enumerate(zip(prompts, params)):
@@ -80,11 +80,8 @@ class OpenAIServingCompletion(OpenAIServing):
             finals[i] = output
         return self._response(request, model, request_id, prompts, finals)
 
-    def _params(
-        self, request: CompletionRequest, prompt: TokenizedPrompt, kind: RequestOutputKind
-    ) -> SamplingParams:
-        max_tokens = self.resolve_max_tokens(request.max_tokens, len(prompt.token_ids))
-        params = self.sampling_params(request, max_tokens, request.logprobs, kind)
+    def _params(self, request: CompletionRequest, kind: RequestOutputKind) -> SamplingParams:
+        params = self.sampling_params(request, request.max_tokens, request.logprobs, kind)
         if request.echo and request.logprobs is not None:
             params.prompt_logprobs = request.logprobs
         return params

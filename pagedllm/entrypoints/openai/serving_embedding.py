@@ -50,13 +50,6 @@ class OpenAIServingEmbedding(OpenAIServing):
             request.truncate_prompt_tokens,
             param="input",
         )
-        for prompt in prompts:
-            if len(prompt.token_ids) > self.max_model_len:
-                raise APIError(
-                    f"This model's maximum context length is {self.max_model_len} tokens. "
-                    f"However, an input has {len(prompt.token_ids)} tokens.",
-                    param="input",
-                )
         params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize)
         request_id = f"embd-{random_uuid()}"
         generators = []

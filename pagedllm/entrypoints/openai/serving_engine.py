@@ -1,5 +1,7 @@
-"""What every OpenAI endpoint shares: model-name checks, tokenization, the
-context-length rule, request -> SamplingParams, and request logging."""
+"""What every OpenAI endpoint shares: model-name checks, tokenization,
+request -> SamplingParams, and request logging. The request's validation (context
+length, max_tokens, token ids) is the engine's admission (engine/input_processor.py):
+its InvalidRequestError becomes a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pagedllm.engine.async_engine import AsyncLLM, EngineGenerateError
+from pagedllm.engine.validation import check_token_ids
 from pagedllm.entrypoints.chat_utils import check_text
 from pagedllm.entrypoints.openai.errors import APIError
 from pagedllm.entrypoints.openai.protocol import SamplingRequestMixin
@@ -93,43 +96,14 @@ class OpenAIServing:
             text = prompt
         else:
             ids = list(prompt)
-            self._check_token_ids(ids)
+            # The engine's check, here because the ids are decoded first (an id past
+            # the tokenizer's range is an OverflowError there).
+            check_token_ids(ids, self.model_config.vocab_size, param)
             text = self.tokenizer.decode(ids)
         if truncate is not None and len(ids) > truncate:
             ids = ids[-truncate:]  # vLLM keeps the last tokens
             text = self.tokenizer.decode(ids)
-        if not ids:
-            raise APIError("The prompt is empty: it must contain at least one token.", param=param)
         return TokenizedPrompt(text, ids)
-
-    def _check_token_ids(self, ids: list[int]) -> None:
-        vocab_size = self.model_config.vocab_size
-        bad = [t for t in ids if not isinstance(t, int) or t < 0 or t >= vocab_size]
-        if bad:
-            raise APIError(
-                f"Token id {bad[0]} is out of vocabulary (the vocabulary has {vocab_size} tokens).",
-                param="prompt",
-            )
-
-    def resolve_max_tokens(self, requested: int | None, prompt_len: int) -> int:
-        """vLLM's context-length rule: the prompt must leave room for one token, and
-        prompt + max_tokens must fit; absent max_tokens means the rest of the context."""
-        if prompt_len >= self.max_model_len:
-            raise APIError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                f"your request has {prompt_len} input tokens. Please reduce the length of the "
-                "input.",
-            )
-        if requested is None:
-            return self.max_model_len - prompt_len
-        if requested >= 1 and prompt_len + requested > self.max_model_len:
-            raise APIError(
-                f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's "
-                f"maximum context length is {self.max_model_len} tokens and your request has "
-                f"{prompt_len} input tokens ({requested} > {self.max_model_len} - {prompt_len}).",
-                param="max_tokens",
-            )
-        return requested  # < 1 is rejected by SamplingParams with its own message
 
     def check_logprobs(self, num: int | None, param: str) -> None:
         limit = self.model_config.max_logprobs  # -1: no cap (vLLM's --max-logprobs -1)
@@ -139,10 +113,11 @@ class OpenAIServing:
     def sampling_params(
         self,
         request: SamplingRequestMixin,
-        max_tokens: int,
+        max_tokens: int | None,
         logprobs: int | None,
         output_kind: RequestOutputKind,
     ) -> SamplingParams:
+        """max_tokens None: the rest of the context (the engine resolves it)."""
         defaults = self.model_config.generation_config or {}
 
         def pick(name: str, fallback: Any) -> Any:
@@ -173,7 +148,7 @@ class OpenAIServing:
             skip_special_tokens=request.skip_special_tokens,
             spaces_between_special_tokens=request.spaces_between_special_tokens,
             include_stop_str_in_output=request.include_stop_str_in_output,
-            logit_bias=self._logit_bias(request.logit_bias),
+            logit_bias=_clamp_logit_bias(request.logit_bias),
             allowed_token_ids=request.allowed_token_ids,
             bad_words=request.bad_words,
             output_kind=output_kind,
@@ -181,20 +156,6 @@ class OpenAIServing:
                 request, self.engine.engine_config.structured_outputs_config
             ),
         )
-
-    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
-        if not bias:
-            return None
-        result: dict[int, float] = {}
-        for key, value in bias.items():
-            try:
-                token_id = int(key)
-            except ValueError:
-                raise APIError(f"logit_bias keys must be token ids, got {key!r}") from None
-            if not 0 <= token_id < self.model_config.vocab_size:
-                raise APIError(f"logit_bias token id {token_id} is out of vocabulary")
-            result[token_id] = max(-100.0, min(100.0, float(value)))
-        return result
 
     def log_request(self, request_id: str, prompt: TokenizedPrompt, params: Any) -> None:
         if self.log_requests:
@@ -205,6 +166,14 @@ class OpenAIServing:
                 len(prompt.token_ids),
                 params,
             )
+
+
+def _clamp_logit_bias(bias: dict[str, float] | None) -> dict[Any, float] | None:
+    """OpenAI's range, [-100, 100], as vLLM clamps it; SamplingParams turns the keys
+    into token ids and admission checks them against the vocabulary."""
+    if not bias:
+        return None
+    return {key: max(-100.0, min(100.0, float(value))) for key, value in bias.items()}
 
 
 def raise_if_failed(output: RequestOutput) -> None:

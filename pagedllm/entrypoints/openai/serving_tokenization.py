@@ -4,6 +4,7 @@ POST /detokenize. Templates, tokenizing and decoding run off the event loop."""
 from __future__ import annotations
 
 from pagedllm.engine.async_engine import AsyncLLM
+from pagedllm.engine.validation import check_token_ids
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.chat_utils import check_text, render_chat_async
 from pagedllm.entrypoints.openai.protocol import (
@@ -57,6 +58,6 @@ class OpenAIServingTokenization(OpenAIServing):
 
     async def detokenize_request(self, request: DetokenizeRequest) -> DetokenizeResponse:
         self.models.resolve(request.model)
-        self._check_token_ids(request.tokens)
+        check_token_ids(request.tokens, self.model_config.vocab_size, "tokens")
         text = await run_blocking(self.tokenizer.decode, request.tokens)
         return DetokenizeResponse(prompt=text)

@@ -13,8 +13,9 @@ from pagedllm.layers.attention.metadata import AttentionMetadata
 
 class AttentionBackend(ABC):
     name: str = "abstract"
-    # Whether forward takes `sliding_window` and `soft_cap` (Gemma); layers that need
-    # them run the torch backend where this is False (see Attention.attend).
+    # Whether forward honours `sliding_window` and `soft_cap` (Gemma); layers that need
+    # them run the torch backend where this is False (see Attention.attend). Both
+    # backends here do; the flag is for others (no CUDA graphs for models that fall back).
     supports_window_and_soft_cap: bool = False
 
     @abstractmethod
@@ -35,5 +36,9 @@ class AttentionBackend(ABC):
         metadata: AttentionMetadata,
         scale: float,
         causal: bool = True,
+        sliding_window: int | None = None,
+        soft_cap: float | None = None,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
-        """Attend each query token to its sequence's cached tokens (after write_kv)."""
+        """Attend each query token to its sequence's cached tokens (after write_kv).
+        `sliding_window` W: a query at position q sees keys at positions > q - W (HF's
+        convention); `soft_cap` c: scores -> c * tanh(scores / c) before the softmax."""

@@ -22,9 +22,10 @@ class Attention(nn.Module):
     memory-profiling runs).
 
     `sliding_window` W: a query at position q sees keys at positions > q - W;
-    `logits_soft_cap` c: scores -> c * tanh(scores / c) (Gemma 2). A layer with either
-    runs the torch backend when the engine's backend cannot take them (the Triton
-    kernels cannot yet: `needs_torch_fallback`; such models run without CUDA graphs).
+    `logits_soft_cap` c: scores -> c * tanh(scores / c) (Gemma 2). Both backends take
+    them per call (the Triton kernels as constexpr-flagged launch arguments); a backend
+    that cannot (`supports_window_and_soft_cap` False) sends such a layer to the torch
+    backend instead (`needs_torch_fallback`), and the model then runs without CUDA graphs.
     """
 
     def __init__(

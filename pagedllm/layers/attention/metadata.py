@@ -46,11 +46,3 @@ class AttentionMetadata:
     @property
     def is_decode_only(self) -> bool:
         return self.max_query_len == 1
-
-
-@dataclass
-class PoolingMetadata:
-    """For pooling models: which flattened tokens belong to which prompt."""
-
-    prompt_lens: torch.Tensor  # [B] int64
-    query_start_loc: torch.Tensor  # [B + 1] int64

@@ -11,6 +11,12 @@ Which kernel runs:
     `causal=False` (encoder models) uses the same choice: for a single query token at the
     end of its sequence, causal and non-causal attention are the same thing.
 
+Gemma's options go to both kernels as launch arguments (constexpr flags: layers without
+them run the plain kernels): `sliding_window` W (a query at position q sees keys > q - W,
+HF's convention; the kernels skip key blocks left of the window, and decode splits only
+the window) and `soft_cap` c (scores -> c * tanh(scores / c)). Per layer, so Gemma's
+mix of sliding and global layers runs on this backend, inside CUDA graphs.
+
 CUDA graphs: forward reads host ints only (num_actual_tokens, max_query_len,
 max_seq_len, tensor shapes), makes no host sync, and accepts tensors padded past the
 real step: padded sequences must have seq_len 0 (decode: output rows of zeros; prefill:
@@ -33,6 +39,7 @@ from pagedllm.layers.attention.triton_reshape_and_cache import reshape_and_cache
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+    supports_window_and_soft_cap = True
 
     def __init__(self, decode_num_splits: int | None = None) -> None:
         if decode_num_splits is not None and decode_num_splits < 1:
@@ -55,10 +62,12 @@ class TritonAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         scale: float,
         causal: bool = True,
+        sliding_window: int | None = None,
+        soft_cap: float | None = None,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
         out = torch.empty_like(query, memory_format=torch.contiguous_format)
         if metadata.is_decode_only:
-            self._decode(query, kv_cache, metadata, scale, out)
+            self._decode(query, kv_cache, metadata, scale, out, sliding_window, soft_cap)
             covered = metadata.num_seqs
         else:
             prefill_attention(
@@ -71,6 +80,8 @@ class TritonAttentionBackend(AttentionBackend):
                 scale,
                 causal=causal,
                 out=out,
+                sliding_window=sliding_window,
+                soft_cap=soft_cap,
             )
             covered = metadata.num_actual_tokens
         if query.shape[0] > covered:
@@ -84,9 +95,14 @@ class TritonAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         scale: float,
         out: torch.Tensor,
+        sliding_window: int | None,
+        soft_cap: float | None,
     ) -> None:
+        keys = metadata.max_seq_len  # most keys one token attends to
+        if sliding_window is not None:
+            keys = min(keys, sliding_window)
         num_splits = self.decode_num_splits or choose_num_splits(
-            metadata.num_seqs, kv_cache.shape[3], metadata.max_seq_len, query.device
+            metadata.num_seqs, kv_cache.shape[3], keys, query.device
         )
         decode_attention(
             query,
@@ -96,4 +112,6 @@ class TritonAttentionBackend(AttentionBackend):
             scale,
             num_splits=num_splits,
             out=out,
+            sliding_window=sliding_window,
+            soft_cap=soft_cap,
         )

@@ -6,9 +6,14 @@ Programs and index ranges (flash-decoding):
     q rows   : heads kvh*G .. kvh*G+G-1 of token b   (G = num_heads // num_kv_heads)
                padded to BLOCK_H >= 16 rows so one tl.dot serves the whole group and
                each K/V tile is read from memory once for all G heads
-    keys     : [s*L, min((s+1)*L, seq_len))  with L = cdiv(cdiv(seq_len, S), BLOCK_N) * BLOCK_N
+    keys     : [lo + s*L, min(lo + (s+1)*L, seq_len))
+               with L = cdiv(cdiv(seq_len - lo, S), BLOCK_N) * BLOCK_N
                (L is per sequence, so any seq_len works with a fixed num_splits: splits past
                the end are empty and write lse = -inf, out = 0)
+    lo       : 0, or with a sliding window W max(0, seq_len - W): the token at seq_len - 1
+               sees positions > seq_len - 1 - W (HF's convention), so the splits share out
+               the window alone and no key block left of it is loaded
+A logit soft-cap c (Gemma 2) maps scores s -> c * tanh(s / c) before the softmax.
 
 With num_splits == 1 the partial kernel normalises and writes the output itself.
 Otherwise it writes per split a normalised partial output and its log-sum-exp (base 2),
@@ -27,6 +32,7 @@ import triton.language as tl
 from pagedllm.layers.attention.triton_online_softmax import attend_paged_keys
 from pagedllm.layers.attention.triton_prefill_attention import (
     check_paged_args,
+    check_window_and_soft_cap,
     paged_attention_ref,
 )
 from pagedllm.triton_utils import (
@@ -54,6 +60,8 @@ def _decode_partial_kernel(
     # NUM_SPLITS > 1: partial outputs [B, num_heads, NUM_SPLITS, head_dim] fp32, contiguous
     lse_ptr,  # [B, num_heads, NUM_SPLITS] fp32, contiguous (unused when NUM_SPLITS == 1)
     scale_log2,  # softmax scale * log2(e)
+    window,  # sliding window in keys (read only when SLIDING_WINDOW)
+    soft_cap,  # logit soft-cap (read only when SOFT_CAP)
     stride_qb,
     stride_qh,
     stride_bt,
@@ -67,14 +75,21 @@ def _decode_partial_kernel(
     BLOCK_D: tl.constexpr,  # next_power_of_2(HEAD_DIM)
     BLOCK_N: tl.constexpr,  # keys per loop step
     NUM_SPLITS: tl.constexpr,
+    SLIDING_WINDOW: tl.constexpr,
+    SOFT_CAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + b)
-    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    start = split * split_len
+    if SLIDING_WINDOW:
+        kv_lo = tl.maximum(seq_len - window, 0)
+        split_len = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        start = kv_lo + split * split_len
+    else:
+        split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
     offs_g = tl.arange(0, BLOCK_H)
@@ -91,7 +106,7 @@ def _decode_partial_kernel(
     table_row = block_tables_ptr + b.to(tl.int64) * stride_bt
     acc, l_sum, m = attend_paged_keys(
         q,
-        0,  # q_pos: not read without CAUSAL
+        0,  # q_pos: not read (no CAUSAL, no SLIDING_WINDOW: [start, end) is all visible)
         k_cache_ptr,
         v_cache_ptr,
         table_row,
@@ -99,6 +114,8 @@ def _decode_partial_kernel(
         start,
         end,
         scale_log2,
+        0,  # window: the key range above applies it
+        soft_cap,
         d_mask,
         NUM_KV_HEADS,
         HEAD_DIM,
@@ -107,6 +124,8 @@ def _decode_partial_kernel(
         BLOCK_D,
         BLOCK_N,
         False,  # CAUSAL: the one query token is the last, every key is visible
+        False,  # SLIDING_WINDOW: so is every key of [start, end)
+        SOFT_CAP,
         DOT_PRECISION,
     )
     _store_split(
@@ -220,11 +239,15 @@ def decode_attention(
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 3,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [B, num_heads, head_dim], query.dtype
     """Attend query row b (the last token of sequence b) to its seq_lens[b] cached tokens.
 
-    Only rows < seq_lens.shape[0] are written; rows with seq_lens 0 get zeros."""
+    Only rows < seq_lens.shape[0] are written; rows with seq_lens 0 get zeros.
+    `sliding_window` W: only the last W keys; `soft_cap` c: scores -> c * tanh(scores / c)."""
     _check_decode_args(query, kv_cache, block_tables, seq_lens, num_splits, block_n)
+    check_window_and_soft_cap(sliding_window, soft_cap)
     out = _output(query, out)
     num_seqs = seq_lens.shape[0]
     if num_seqs == 0:
@@ -245,6 +268,8 @@ def decode_attention(
         part_out,
         lse,
         scale * LOG2_E,
+        sliding_window or 0,
+        soft_cap or 0.0,
         query.stride(0),
         query.stride(1),
         block_tables.stride(0),
@@ -258,6 +283,8 @@ def decode_attention(
         BLOCK_D=next_power_of_2(head_dim),
         BLOCK_N=block_n,
         NUM_SPLITS=num_splits,
+        SLIDING_WINDOW=sliding_window is not None,
+        SOFT_CAP=soft_cap is not None,
         DOT_PRECISION=dot_precision(query.dtype),
         num_warps=num_warps,
         num_stages=num_stages,
@@ -336,12 +363,22 @@ def decode_attention_ref(
     block_tables: torch.Tensor,  # [B, max_blocks_per_seq] int32
     seq_lens: torch.Tensor,  # [B] int32
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [B, num_heads, head_dim], query.dtype
     """Plain-torch reference of `decode_attention` (fp32 math, zeros for seq_len 0)."""
     num_seqs = seq_lens.shape[0]
     query_start_loc = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
     out = torch.zeros_like(query)
     out[:num_seqs] = paged_attention_ref(
-        query[:num_seqs], kv_cache, block_tables, seq_lens, query_start_loc, scale, causal=True
+        query[:num_seqs],
+        kv_cache,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        scale,
+        causal=True,
+        sliding_window=sliding_window,
+        soft_cap=soft_cap,
     )
     return out

@@ -6,6 +6,13 @@ position ctx_len + j with ctx_len = seq_len - q_len:
 
     cache positions  |------ ctx_len (cached prefix) ------|---- q_len (this chunk) ----|
     causal: row j attends to positions 0 .. ctx_len + j;  non-causal: to all seq_len.
+    sliding window W (HF's convention): only positions > ctx_len + j - W as well, so a
+    query tile starts its key loop at its first row's window start, and key blocks left
+    of it are never loaded:
+
+    keys  |--- skipped ---|-- window of the tile's first row --|-- tile's rows --|
+          0          ctx_len + qt*BLOCK_Q - W + 1        ctx_len + qt*BLOCK_Q
+    soft-cap c (Gemma 2): scores s -> c * tanh(s / c) before mask and softmax.
 
 Programs:
     grid = (B, cdiv(max_query_len, BLOCK_Q), num_kv_heads)       program (b, qt, kvh)
@@ -49,6 +56,8 @@ def _prefill_attention_kernel(
     query_start_loc_ptr,  # [B + 1] int32
     out_ptr,  # [T, num_heads, head_dim], strides (stride_ot, stride_oh, 1)
     scale_log2,  # softmax scale * log2(e)
+    window,  # sliding window in keys (read only when SLIDING_WINDOW)
+    soft_cap,  # logit soft-cap (read only when SOFT_CAP)
     stride_qt,
     stride_qh,
     stride_bt,
@@ -64,6 +73,8 @@ def _prefill_attention_kernel(
     BLOCK_D: tl.constexpr,  # next_power_of_2(HEAD_DIM)
     BLOCK_N: tl.constexpr,  # keys per loop step
     CAUSAL: tl.constexpr,
+    SLIDING_WINDOW: tl.constexpr,
+    SOFT_CAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -97,7 +108,11 @@ def _prefill_attention_kernel(
     else:
         kv_end = seq_len
 
-    # Key 0 is visible to every row (q_pos >= 0) and sits in the first loop step.
+    # Key 0 is visible to every row (q_pos >= 0) and sits in the first loop step; with a
+    # window the loop starts where the tile's first row's window does (no row sees less).
+    kv_start = 0
+    if SLIDING_WINDOW:
+        kv_start = tl.maximum(ctx_len + qt * BLOCK_Q - window + 1, 0)
     table_row = block_tables_ptr + b.to(tl.int64) * stride_bt
     acc, l_sum, m = attend_paged_keys(
         q,
@@ -106,9 +121,11 @@ def _prefill_attention_kernel(
         v_cache_ptr,
         table_row,
         kvh,
-        0,
+        kv_start,
         kv_end,
         scale_log2,
+        window,
+        soft_cap,
         d_mask,
         NUM_KV_HEADS,
         HEAD_DIM,
@@ -117,6 +134,8 @@ def _prefill_attention_kernel(
         BLOCK_D,
         BLOCK_N,
         CAUSAL,
+        SLIDING_WINDOW,
+        SOFT_CAP,
         DOT_PRECISION,
     )
     out = acc / tl.where(l_sum > 0.0, l_sum, 1.0)[:, None]
@@ -140,9 +159,14 @@ def prefill_attention(
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim], query.dtype
-    """Varlen paged attention; rows not covered by query_start_loc are left unwritten."""
+    """Varlen paged attention; rows not covered by query_start_loc are left unwritten.
+    `sliding_window` W: a query at position q sees keys at positions > q - W;
+    `soft_cap` c: scores -> c * tanh(scores / c). None (the default) turns either off."""
     _check_prefill_args(query, kv_cache, block_tables, seq_lens, query_start_loc, block_m, block_n)
+    check_window_and_soft_cap(sliding_window, soft_cap)
     out = _output(query, out)
     num_seqs = seq_lens.shape[0]
     if num_seqs == 0 or max_query_len <= 0:
@@ -166,6 +190,8 @@ def prefill_attention(
         query_start_loc,
         out,
         scale * LOG2_E,
+        sliding_window or 0,
+        soft_cap or 0.0,
         query.stride(0),
         query.stride(1),
         block_tables.stride(0),
@@ -181,11 +207,21 @@ def prefill_attention(
         BLOCK_D=next_power_of_2(head_dim),
         BLOCK_N=block_n,
         CAUSAL=causal,
+        SLIDING_WINDOW=sliding_window is not None,
+        SOFT_CAP=soft_cap is not None,
         DOT_PRECISION=dot_precision(query.dtype),
         num_warps=num_warps,
         num_stages=num_stages,
     )
     return out
+
+
+def check_window_and_soft_cap(sliding_window: int | None, soft_cap: float | None) -> None:
+    """Checks shared by the decode and prefill launchers."""
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if soft_cap is not None and not soft_cap > 0.0:
+        raise ValueError(f"soft_cap must be > 0 or None, got {soft_cap}")
 
 
 def _output(query: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -263,6 +299,8 @@ def paged_attention_ref(
     query_start_loc: torch.Tensor,  # [B + 1] int32
     scale: float,
     causal: bool = True,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [T, num_heads, head_dim], query.dtype; rows of no sequence are 0
     """Plain-torch reference (fp32 math, one sequence at a time, host loop)."""
     out = torch.zeros_like(query)
@@ -280,9 +318,14 @@ def paged_attention_ref(
         v = flat[1, slots].repeat_interleave(group, dim=1)
         q = query[q0:q1].float()
         scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        if soft_cap is not None:
+            scores = torch.tanh(scores / soft_cap) * soft_cap
+        q_pos = seq_len - (q1 - q0) + torch.arange(q1 - q0, device=query.device)
         if causal:
-            q_pos = seq_len - (q1 - q0) + torch.arange(q1 - q0, device=query.device)
             scores = scores.masked_fill(pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        if sliding_window is not None:
+            hidden = pos[None, None, :] <= q_pos[None, :, None] - sliding_window
+            scores = scores.masked_fill(hidden, float("-inf"))
         probs = scores.softmax(dim=-1)
         out[q0:q1] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
     return out

@@ -18,8 +18,6 @@ s * (x . q - z * sum x). Otherwise the codes are unpacked by broadcasting shifts
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
@@ -57,15 +55,23 @@ def _quant_gemm_kernel(
     NIBBLE_DOTS: tl.constexpr,  # one group per tile, no LUT: a tl.dot per code slot
     OFFSET: tl.constexpr,  # 1024 / 128: codes -> float16 / bfloat16 by bit tricks; else 0
 ):
+    PACK: tl.constexpr = 32 // BITS
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_w = tl.arange(0, BLOCK_K // PACK)
     m_mask, n_mask = offs_m < M, offs_n < N
     lo = split * chunks_per_split * BLOCK_K
     hi = tl.minimum(lo + chunks_per_split * BLOCK_K, K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_K):
-        words, words_row, w_mask = _word_tile(qw_ptr, start, hi, offs_n, n_mask, N, BITS, BLOCK_K)
+        words_row = start // PACK + offs_w
+        w_mask = words_row < hi // PACK
+        words = tl.load(
+            qw_ptr + words_row.to(tl.int64)[:, None] * N + offs_n[None, :],
+            mask=w_mask[:, None] & n_mask[None, :],
+            other=0,
+        )
         if NIBBLE_DOTS:
             acc += nibble_dots(
                 x_ptr,
@@ -112,28 +118,6 @@ def _quant_gemm_kernel(
                 BLOCK_N,
                 DOT_PRECISION,
             )
-    _store_tile(out_ptr, acc, split, offs_m, offs_n, m_mask, n_mask, M, N, PARTIAL)
-
-
-@triton.jit
-def _word_tile(qw_ptr, start, hi, offs_n, n_mask, N, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The K tile [start, start + BLOCK_K)'s packed words [BLOCK_K/p, BLOCK_N] (rows
-    past `hi` zero), with their word rows and row mask."""
-    PACK: tl.constexpr = 32 // BITS
-    words_row = start // PACK + tl.arange(0, BLOCK_K // PACK)
-    w_mask = words_row < hi // PACK
-    words = tl.load(
-        qw_ptr + words_row.to(tl.int64)[:, None] * N + offs_n[None, :],
-        mask=w_mask[:, None] & n_mask[None, :],
-        other=0,
-    )
-    return words, words_row, w_mask
-
-
-@triton.jit
-def _store_tile(out_ptr, acc, split, offs_m, offs_n, m_mask, n_mask, M, N, PARTIAL: tl.constexpr):
-    """acc [BLOCK_M, BLOCK_N] float32 into y (cast to its dtype), or as split `split`'s
-    partial sums into part [S, M, N]."""
     mask = m_mask[:, None] & n_mask[None, :]
     if PARTIAL:
         base = out_ptr + split.to(tl.int64) * M * N
@@ -141,18 +125,6 @@ def _store_tile(out_ptr, acc, split, offs_m, offs_n, m_mask, n_mask, M, N, PARTI
     else:
         y = acc.to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask)
-
-
-class _GemmPlan(NamedTuple):
-    """Tile sizes and the K split of one call."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    warps: int
-    chunks: int  # K tiles per split
-    splits: int
-    nibble: bool  # one tl.dot per code slot (see the module docstring)
 
 
 def quant_gemm(
@@ -176,12 +148,30 @@ def quant_gemm(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
+    tile = kernel_table.pick(kernel_table.INT_GEMM_TILES, m)
+    block_m, block_n, block_k, warps = blocks or tile[:4]
+    per_sm = per_sm or tile[4]
     lut = lookup_table is not None
-    plan = _plan(x, n, bits, group_size, lut or g_idx is not None, num_splits, blocks, per_sm)
-    target = split_target(out, plan.splits)
+    nibble = not lut and g_idx is None and group_size % block_k == 0
+    if nibble and block_k < 16 * (32 // bits):  # tl.dot needs K >= 16 per code slot
+        nibble = False
+    k_chunks = tu.cdiv(k, block_k)
+    grid_mn = (tu.cdiv(m, block_m), tu.cdiv(n, block_n))
+    if num_splits is None:
+        num_splits = kernel_table.num_splits(
+            grid_mn[0] * grid_mn[1],
+            k_chunks,
+            per_sm,
+            tu.num_sms(x.device),
+            min_chunks=4,
+        )
+    chunks = tu.cdiv(k_chunks, num_splits)
+    splits = tu.cdiv(k_chunks, chunks)
+    target = split_target(out, splits)
+    row_groups = g_idx is not None or group_size % block_k != 0
     tu.launch(
         _quant_gemm_kernel,
-        (tu.cdiv(m, plan.block_m), tu.cdiv(n, plan.block_n), plan.splits),
+        (*grid_mn, splits),
         x.device,
         x,
         qweight,
@@ -195,54 +185,24 @@ def quant_gemm(
         k,
         x.stride(0),
         group_size,
-        plan.chunks,
+        chunks,
         BITS=bits,
         LUT=lut,
         HAS_GIDX=g_idx is not None,
-        ROW_GROUPS=g_idx is not None or group_size % plan.block_k != 0,
-        BLOCK_M=plan.block_m,
-        BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k,
-        PARTIAL=plan.splits > 1,
+        ROW_GROUPS=row_groups,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        PARTIAL=splits > 1,
         DOT_PRECISION=tu.dot_precision(x.dtype),
-        NIBBLE_DOTS=plan.nibble,
+        NIBBLE_DOTS=nibble,
         OFFSET=code_offset(x.dtype, bits) if half_magic else 0.0,
-        num_warps=plan.warps,
+        num_warps=warps,
         num_stages=stages or kernel_table.INT_GEMM_STAGES,
     )
-    if plan.splits > 1:
+    if splits > 1:
         sum_splits(target, out)
     return out
-
-
-def _plan(
-    x: torch.Tensor,
-    n: int,
-    bits: int,
-    group_size: int,
-    per_row: bool,  # a lookup table or g_idx: no per-code-slot dots
-    num_splits: int | None,
-    blocks: tuple[int, int, int, int] | None,
-    per_sm: int | None,
-) -> _GemmPlan:
-    """The tuned tile for M rows (kernel_table) unless `blocks` says; split-K from the
-    SM count unless `num_splits` says."""
-    m, k = x.shape
-    tile = kernel_table.pick(kernel_table.INT_GEMM_TILES, m)
-    block_m, block_n, block_k, warps = blocks or tile[:4]
-    # tl.dot needs K >= 16 per code slot.
-    nibble = not per_row and group_size % block_k == 0 and block_k >= 16 * (32 // bits)
-    k_chunks = tu.cdiv(k, block_k)
-    if num_splits is None:
-        num_splits = kernel_table.num_splits(
-            tu.cdiv(m, block_m) * tu.cdiv(n, block_n),
-            k_chunks,
-            per_sm or tile[4],
-            tu.num_sms(x.device),
-            min_chunks=4,
-        )
-    chunks = tu.cdiv(k_chunks, num_splits)
-    return _GemmPlan(block_m, block_n, block_k, warps, chunks, tu.cdiv(k_chunks, chunks), nibble)
 
 
 def code_offset(dtype: torch.dtype, bits: int) -> float:
