@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pagedllm.config import EngineConfig
@@ -116,26 +117,68 @@ class EngineCore:
         """Schedule and launch one step, then finish the previous one (async
         scheduling: the host prepares step N+1 while the device runs step N) or
         this one (synchronous); with pipeline stages, keep a batch per stage in flight.
-        Raises ExecutorDeadError when no step can run again."""
+        Under a grammar, where the executor can, step N+1 launches in two parts: its
+        forward pass, then, once step N's tokens have advanced the grammars (while
+        the device runs that forward pass), its sampling under the bitmask they
+        give. Raises ExecutorDeadError when no step can run again."""
         if self.max_batches > 1:
             return self.make_outputs(self._step_with_batch_queue())
         updated: list[Request] = []
-        if not self.async_scheduling or self.scheduler.has_history_requests():
+        if self._must_finish_first():
             updated += self._finish_pending()  # sampling needs the latest tokens first
         scheduler_output = self.scheduler.schedule()
-        self._add_grammar_bitmask(scheduler_output)
+        deferred = self._pending is not None and self.scheduler.has_structured_requests()
+        if not deferred:
+            self._add_grammar_bitmask(scheduler_output)
         if scheduler_output.is_empty and self._pending is None:
             self._wait_for_grammars()
-        result = self._launch(scheduler_output, updated)
-        if result is None:
+        launch = self.executor.launch_forward if deferred else self.executor.execute_model
+        ok, result = self._execute(lambda: launch(scheduler_output), scheduler_output, updated)
+        if not ok:
             return self.make_outputs(updated)
         updated += self._finish_pending()
+        if deferred and result is None:  # the grammars have step N's tokens now
+            ok, result = self._execute(
+                lambda: self._sample_tokens(scheduler_output), scheduler_output, updated
+            )
+            if not ok:
+                return self.make_outputs(updated)
         self._pending = (scheduler_output, result)
         if not self.async_scheduling or scheduler_output.is_empty:
             # Nothing in flight to overlap with: finish now, so that an idle core
             # reports no unfinished work.
             updated += self._finish_pending()
         return self.make_outputs(updated)
+
+    def _must_finish_first(self) -> bool:
+        """Whether step N must finish before step N+1 is scheduled: always when
+        synchronous; with async scheduling when a request's sampling reads its own
+        tokens (penalties), or its grammar's state and the executor cannot sample
+        apart from the forward pass."""
+        sched = self.scheduler
+        if not self.async_scheduling or sched.has_token_history_requests():
+            return True
+        return sched.has_structured_requests() and not self.executor.supports_deferred_sampling
+
+    def _sample_tokens(self, scheduler_output: SchedulerOutput) -> Any:
+        self._add_grammar_bitmask(scheduler_output)
+        so = scheduler_output
+        return self.executor.sample_tokens(so.grammar_bitmask, so.structured_output_request_ids)
+
+    def _execute(
+        self, call: Callable[[], Any], scheduler_output: SchedulerOutput, updated: list[Request]
+    ) -> tuple[bool, Any]:
+        """(True, call()), or (False, None) with the step's requests failed (and
+        added to `updated`) when the call raised; a dead executor re-raises."""
+        try:
+            return True, call()
+        except ExecutorDeadError:
+            self._fail_step(scheduler_output)
+            raise
+        except Exception:
+            logger.exception("Model execution failed")
+            updated += self._fail_step(scheduler_output)
+            return False, None
 
     def _step_with_batch_queue(self) -> list[Request]:
         """Launch a batch while the queue has room (the scheduler leaves out requests
@@ -169,20 +212,16 @@ class EngineCore:
     def _launch(self, scheduler_output: SchedulerOutput, updated: list[Request]) -> Any:
         """Send the step to the executor: its result (a future), or None when it failed
         (its requests then finish with an error, appended to `updated`)."""
-        try:
-            return self.executor.execute_model(scheduler_output)
-        except ExecutorDeadError:
-            self._fail_step(scheduler_output)
-            raise
-        except Exception:
-            logger.exception("Model execution failed")
-            updated += self._fail_step(scheduler_output)
-            return None
+        ok, result = self._execute(
+            lambda: self.executor.execute_model(scheduler_output), scheduler_output, updated
+        )
+        return result if ok else None
 
     def _add_grammar_bitmask(self, scheduler_output: SchedulerOutput) -> None:
         """The bitmask rows of the scheduled requests that sample under a grammar.
-        Their grammars have taken every earlier token: with a constrained request
-        unfinished, step() finishes the step in flight before it schedules."""
+        Their grammars have taken every earlier token: step() finishes the step in
+        flight first (before it schedules, or, deferred, before it samples). A
+        request that finished meanwhile gets no row (its token will be dropped)."""
         if not self.scheduler.has_structured_requests():
             return
         req_ids: list[str] = []

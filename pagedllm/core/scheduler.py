@@ -33,7 +33,7 @@ from pagedllm.config import SchedulerConfig
 from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
-from pagedllm.core.stop_checker import check_grammar_stop, check_stop, reached_length_limit
+from pagedllm.core.stop_checker import check_grammar_stops, check_stop, reached_length_limit
 from pagedllm.outputs import SchedulerStats
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
@@ -74,6 +74,11 @@ class Scheduler:
         tokens (penalties) or its grammar's state, which its last token advanced.
         The engine then waits for each step before it schedules the next."""
         return bool(self._history_req_ids or self._structured_req_ids)
+
+    def has_token_history_requests(self) -> bool:
+        """Whether an unfinished request's sampling reads its own tokens (penalties,
+        min_tokens, bad words)."""
+        return bool(self._history_req_ids)
 
     def has_structured_requests(self) -> bool:
         return bool(self._structured_req_ids)
@@ -284,6 +289,7 @@ class Scheduler:
         Returns the requests that got a new token or finished this step."""
         updated: list[Request] = self.finished_now
         self.finished_now = []
+        grammar_tokens: list[tuple[Request, int]] = []  # advanced together, after the loop
         for i, sched in enumerate(scheduler_output.scheduled):
             request = self._end_step(sched.req_id)
             if request is None or request.is_finished:
@@ -294,8 +300,10 @@ class Scheduler:
                 sched.num_prompt_tokens, sched.num_computed_tokens + sched.num_new_tokens
             )
             self.stats.prompt_tokens += max(0, prompt_end - sched.num_computed_tokens)
-            if self._apply_result(request, sched, runner_output, i):
+            if self._apply_result(request, sched, runner_output, i, grammar_tokens):
                 updated.append(request)
+        for request in check_grammar_stops(grammar_tokens):
+            self._finish_running(request)
         return updated
 
     def retire(self, scheduler_output: SchedulerOutput) -> None:
@@ -316,7 +324,12 @@ class Scheduler:
         return request
 
     def _apply_result(
-        self, request: Request, sched: ScheduledRequest, out: ModelRunnerOutput, i: int
+        self,
+        request: Request,
+        sched: ScheduledRequest,
+        out: ModelRunnerOutput,
+        i: int,
+        grammar_tokens: list[tuple[Request, int]],
     ) -> bool:
         if sched.req_id in out.prompt_logprobs:
             request.prompt_logprobs.extend(out.prompt_logprobs[sched.req_id])
@@ -337,8 +350,10 @@ class Scheduler:
         logprobs = out.logprobs[i] if out.logprobs is not None else None
         if logprobs is not None:
             request.logprobs.append(logprobs)
-        if check_stop(request, self.config.max_model_len) or check_grammar_stop(request, token):
+        if check_stop(request, self.config.max_model_len):
             self._finish_running(request)
+        elif request.structured_output_request is not None:
+            grammar_tokens.append((request, token))  # its grammar takes the token
         return True
 
     def _finish_running(self, request: Request) -> None:

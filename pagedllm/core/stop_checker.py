@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from pagedllm.core.request import Request, RequestStatus
+from pagedllm.structured_output.backend_types import StructuredOutputGrammar
 
 logger = logging.getLogger(__name__)
 
@@ -27,27 +28,36 @@ def check_stop(request: Request, max_model_len: int) -> bool:
     return False
 
 
+def check_grammar_stops(batch: list[tuple[Request, int]]) -> list[Request]:
+    """Structured outputs: advance each request's grammar by its new token (the
+    grammars of one backend in one call, which may spread them over threads); return
+    the requests (status set to stopped) whose grammar has terminated, or could not
+    take the token (logged: the bitmask allowed only tokens it can take, so a
+    backend bug)."""
+    by_class: dict[
+        type[StructuredOutputGrammar], list[tuple[Request, StructuredOutputGrammar, int]]
+    ]
+    by_class = {}
+    for request, token in batch:
+        sor = request.structured_output_request
+        grammar = sor.grammar if sor is not None else None
+        if grammar is not None:
+            by_class.setdefault(type(grammar), []).append((request, grammar, token))
+    stopped: list[Request] = []
+    for cls, items in by_class.items():
+        accepted = cls.accept_tokens([(g, t) for _, g, t in items])
+        for (request, grammar, token), ok in zip(items, accepted):
+            if not ok:
+                logger.error("Request %s: its grammar rejected token %d", request.request_id, token)
+            if not ok or grammar.is_terminated():
+                request.status = RequestStatus.FINISHED_STOPPED
+                stopped.append(request)
+    return stopped
+
+
 def reached_length_limit(
     request: Request, num_output_tokens: int, num_tokens: int, max_model_len: int
 ) -> bool:
     """The length stop: max_tokens outputs (resolved at admission) or a full context.
     The scheduler asks it too, counting tokens still in flight."""
     return num_output_tokens >= request.max_tokens or num_tokens >= max_model_len
-
-
-def check_grammar_stop(request: Request, token: int) -> bool:
-    """Structured outputs: advance the request's grammar by its new token; True (and
-    the request stopped) when the grammar has terminated, or cannot take the token
-    (logged: the bitmask allowed only tokens it can take, so a backend bug)."""
-    sor = request.structured_output_request
-    grammar = sor.grammar if sor is not None else None
-    if grammar is None:
-        return False
-    if not grammar.accept_token(token):
-        logger.error("Request %s: its grammar rejected token %d", request.request_id, token)
-        request.status = RequestStatus.FINISHED_STOPPED
-        return True
-    if grammar.is_terminated():
-        request.status = RequestStatus.FINISHED_STOPPED
-        return True
-    return False

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
+
 from pagedllm.config import EngineConfig
 from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
@@ -37,6 +39,22 @@ class Executor(ABC):
     ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
         """Launch the step; `.get()` on the result gives its ModelRunnerOutput (waiting
         for the device when the tokens are still on their way to the host)."""
+
+    # Whether the step can stop at its logits (launch_forward) and sample later
+    # (sample_tokens): the engine then fills the grammar bitmask while the device
+    # runs the forward pass. Only the in-process executor does so far.
+    supports_deferred_sampling: bool = False
+
+    def launch_forward(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
+        """The step up to its logits; None when sample_tokens must finish it, else
+        the step's output. Only where supports_deferred_sampling."""
+        raise NotImplementedError
+
+    def sample_tokens(
+        self, grammar_bitmask: np.ndarray | None, structured_output_request_ids: list[str]
+    ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
+        """Finish the step launch_forward left: sample under the grammar bitmask."""
+        raise NotImplementedError
 
     @property
     def max_concurrent_batches(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pagedllm.config import EngineConfig
 from pagedllm.executor.base import Executor
 from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
@@ -31,6 +33,18 @@ class UniProcExecutor(Executor):
     ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
         # One rank: it is the output rank, so its runner's output is the step's.
         return self.worker.model_runner.execute_model(scheduler_output)
+
+    supports_deferred_sampling = True
+
+    def launch_forward(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
+        return self.worker.model_runner.launch_forward(scheduler_output)
+
+    def sample_tokens(
+        self, grammar_bitmask: np.ndarray | None, structured_output_request_ids: list[str]
+    ) -> AsyncModelRunnerOutput:
+        return self.worker.model_runner.sample_tokens(
+            grammar_bitmask, structured_output_request_ids
+        )
 
     def shutdown(self) -> None:
         # Drop the model, KV cache and CUDA graphs; device memory goes with them.

@@ -11,15 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from pagedllm.structured_output import tuning
 from pagedllm.structured_output.backend_types import (
     StructuredOutputBackend,
     StructuredOutputGrammar,
     StructuredOutputKind,
 )
 from pagedllm.structured_output.utils import choice_regex, is_lark
-
-# Below this many constrained rows a plain loop beats handing them to the thread pool.
-_PARALLEL_FILL_MIN_ROWS = 16
 
 
 def serialize_grammar(kind: StructuredOutputKind, spec: str, disable_any_whitespace: bool) -> str:
@@ -55,14 +53,23 @@ def grammar_error(kind: StructuredOutputKind, spec: str, disable_any_whitespace:
 
 
 class GuidanceGrammar(StructuredOutputGrammar):
-    def __init__(self, matcher: Any) -> None:
+    def __init__(self, matcher: Any, executor: Any) -> None:
         self.matcher = matcher  # llguidance.LLMatcher
+        self.executor = executor  # the backend's llguidance.LLExecutor
 
     def accept_token(self, token_id: int) -> bool:
         return bool(self.matcher.consume_token(token_id))
 
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_stopped())
+
+    @classmethod
+    def accept_tokens(cls, batch: Sequence[tuple[StructuredOutputGrammar, int]]) -> list[bool]:
+        pairs = [(g.matcher, t) for g, t in batch if isinstance(g, GuidanceGrammar)]
+        if len(pairs) < tuning.PARALLEL_FILL_MIN_ROWS or len(pairs) != len(batch):
+            return super().accept_tokens(batch)
+        executor = batch[0][0].executor  # type: ignore[attr-defined]
+        return [bool(ok) for ok in executor.consume_token_par(pairs)]
 
 
 class GuidanceBackend(StructuredOutputBackend):
@@ -89,7 +96,7 @@ class GuidanceBackend(StructuredOutputBackend):
         matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise ValueError(matcher.get_error())
-        return GuidanceGrammar(matcher)
+        return GuidanceGrammar(matcher, self.executor)
 
     def fill_bitmask(
         self, grammars: Sequence[tuple[StructuredOutputGrammar, int]], bitmask: np.ndarray
@@ -97,7 +104,7 @@ class GuidanceBackend(StructuredOutputBackend):
         import llguidance.numpy as llnp
 
         pairs = [(g.matcher, row) for g, row in grammars if isinstance(g, GuidanceGrammar)]
-        if len(pairs) >= _PARALLEL_FILL_MIN_ROWS:
+        if len(pairs) >= tuning.PARALLEL_FILL_MIN_ROWS:
             llnp.fill_next_token_bitmask_par(self.executor, pairs, bitmask)
             return
         for matcher, row in pairs:

@@ -35,6 +35,12 @@ class StructuredOutputGrammar(ABC):
     def is_terminated(self) -> bool:
         """The grammar has ended (its end-of-sequence token was accepted)."""
 
+    @classmethod
+    def accept_tokens(cls, batch: Sequence[tuple[StructuredOutputGrammar, int]]) -> list[bool]:
+        """accept_token for many grammars of this class at once, in order (a backend
+        may spread them over its threads)."""
+        return [grammar.accept_token(token) for grammar, token in batch]
+
 
 class StructuredOutputBackend(ABC):
     """Compiles grammars for one tokenizer and fills bitmask rows."""

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pagedllm.structured_output import tuning
 from pagedllm.structured_output.backend_types import (
     StructuredOutputBackend,
     StructuredOutputGrammar,
@@ -49,14 +50,23 @@ def grammar_error(kind: StructuredOutputKind, spec: str, disable_any_whitespace:
 
 
 class XgrammarGrammar(StructuredOutputGrammar):
-    def __init__(self, matcher: Any) -> None:
+    def __init__(self, matcher: Any, batch: Any) -> None:
         self.matcher = matcher  # xgrammar.GrammarMatcher
+        self.batch = batch  # the backend's xgrammar.BatchGrammarMatcher
 
     def accept_token(self, token_id: int) -> bool:
         return bool(self.matcher.accept_token(token_id))
 
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_terminated())
+
+    @classmethod
+    def accept_tokens(cls, batch: Sequence[tuple[StructuredOutputGrammar, int]]) -> list[bool]:
+        grammars = [g for g, _ in batch if isinstance(g, XgrammarGrammar)]
+        if len(grammars) < tuning.PARALLEL_FILL_MIN_ROWS or len(grammars) != len(batch):
+            return super().accept_tokens(batch)
+        matchers, tokens = [g.matcher for g in grammars], [t for _, t in batch]
+        return [bool(ok) for ok in grammars[0].batch.batch_accept_token(matchers, tokens)]
 
 
 class XgrammarBackend(StructuredOutputBackend):
@@ -74,6 +84,7 @@ class XgrammarBackend(StructuredOutputBackend):
         )
         self.compiler = xgr.GrammarCompiler(info)
         self.disable_any_whitespace = disable_any_whitespace
+        self.batch = xgr.BatchGrammarMatcher(max_threads="auto")  # fills rows on its threads
 
     def compile_grammar(self, kind: StructuredOutputKind, spec: str) -> StructuredOutputGrammar:
         import xgrammar as xgr
@@ -83,12 +94,16 @@ class XgrammarBackend(StructuredOutputBackend):
             compiled = self.compiler.compile_grammar(grammar)
         except Exception as exc:
             raise ValueError(str(exc)) from exc
-        return XgrammarGrammar(xgr.GrammarMatcher(compiled))
+        return XgrammarGrammar(xgr.GrammarMatcher(compiled), self.batch)
 
     def fill_bitmask(
         self, grammars: Sequence[tuple[StructuredOutputGrammar, int]], bitmask: np.ndarray
     ) -> None:
         target = torch.from_numpy(bitmask)  # shares the memory: xgrammar writes the rows
-        for grammar, row in grammars:
-            assert isinstance(grammar, XgrammarGrammar)
-            grammar.matcher.fill_next_token_bitmask(target, row)
+        matchers = [g.matcher for g, _ in grammars if isinstance(g, XgrammarGrammar)]
+        rows = [row for g, row in grammars if isinstance(g, XgrammarGrammar)]
+        if len(matchers) >= tuning.PARALLEL_FILL_MIN_ROWS:
+            self.batch.batch_fill_next_token_bitmask(matchers, target, rows)
+            return
+        for matcher, row in zip(matchers, rows):
+            matcher.fill_next_token_bitmask(target, row)

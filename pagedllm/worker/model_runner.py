@@ -52,6 +52,8 @@ class ModelRunner:
         # The last step's sampled tokens (device) and each request's row in them.
         self.prev_sampled: torch.Tensor | None = None
         self.prev_rows: dict[str, int] = {}
+        # A step launch_forward ran up to its logits: (scheduled, inputs, hidden, logits).
+        self._to_sample: tuple[Any, StepInputs, torch.Tensor, torch.Tensor | None] | None = None
         # This process's pipeline stage (parallel_state is set before the runner is made).
         self.pp_size = ps.get_pipeline_model_parallel_world_size()
         self.is_first_stage = ps.is_pipeline_first_stage()
@@ -168,6 +170,19 @@ class ModelRunner:
         self, scheduler_output: SchedulerOutput
     ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
         """Launch the step; `.get()` on the result waits for its tokens."""
+        output = self.launch_forward(scheduler_output)
+        if output is not None:
+            return output
+        so = scheduler_output
+        return self.sample_tokens(so.grammar_bitmask, so.structured_output_request_ids)
+
+    @torch.inference_mode()
+    def launch_forward(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
+        """The step up to its logits. None when it has rows to sample: then
+        `sample_tokens` (called before the next step) finishes it, so that the engine
+        can fill the grammar bitmask while the device runs the forward pass.
+        Otherwise the step's output (nothing scheduled, an earlier pipeline stage,
+        pooling)."""
         for req_id in scheduler_output.finished_req_ids:
             self.generators.pop(req_id, None)
             self.prompt_ids.pop(req_id, None)
@@ -196,7 +211,21 @@ class ModelRunner:
             return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[None] * len(req_ids))
         if self.is_pooling:
             return self._pool(scheduled, inputs, hidden)
-        output = self._sample(scheduled, inputs, hidden, logits, scheduler_output)
+        self._to_sample = (scheduled, inputs, hidden, logits)
+        return None
+
+    @torch.inference_mode()
+    def sample_tokens(
+        self, grammar_bitmask: np.ndarray | None, structured_output_request_ids: list[str]
+    ) -> AsyncModelRunnerOutput:
+        """Sample the step `launch_forward` left (its logits masked by the grammar
+        bitmask, rows as in SchedulerOutput.grammar_bitmask)."""
+        assert self._to_sample is not None, "launch_forward returned None first"
+        scheduled, inputs, hidden, logits = self._to_sample
+        self._to_sample = None
+        output = self._sample(
+            scheduled, inputs, hidden, logits, grammar_bitmask, structured_output_request_ids
+        )
         add_prompt_logprobs(self.model, self.prompt_ids, scheduled, inputs, hidden, output)
         return output
 
@@ -269,7 +298,8 @@ class ModelRunner:
         inputs: StepInputs,
         hidden: torch.Tensor,
         all_logits: torch.Tensor | None = None,
-        scheduler_output: SchedulerOutput | None = None,
+        grammar_bitmask: np.ndarray | None = None,
+        structured_output_request_ids: list[str] | None = None,
     ) -> AsyncModelRunnerOutput:
         """Sample on the device; the tokens stay there for the next step's placeholders
         and travel to the host without blocking. `all_logits`: every token's logits,
@@ -291,8 +321,10 @@ class ModelRunner:
                 s.sampling_params.bad_words_token_ids if s.sampling_params else None for s in rows
             ],
         )
-        if scheduler_output is not None:
-            metadata.grammar_bitmask = self._grammar_bitmask(rows, scheduler_output)
+        if grammar_bitmask is not None and structured_output_request_ids:
+            metadata.grammar_bitmask = self._grammar_bitmask(
+                rows, grammar_bitmask, structured_output_request_ids
+            )
         out = self.sampler(logits, metadata)
         self.prev_sampled = out.sampled_token_ids
         self.prev_rows = {s.req_id: j for j, s in enumerate(rows)}
@@ -305,14 +337,12 @@ class ModelRunner:
         )
 
     def _grammar_bitmask(
-        self, rows: list[ScheduledRequest], so: SchedulerOutput
-    ) -> GrammarBitmask | None:
+        self, rows: list[ScheduledRequest], bitmask: np.ndarray, req_ids: list[str]
+    ) -> GrammarBitmask:
         """The step's structured-output bitmask, its rows mapped to logits rows."""
-        if so.grammar_bitmask is None:
-            return None
         row_of = {s.req_id: j for j, s in enumerate(rows)}
-        logits_rows = [row_of[r] for r in so.structured_output_request_ids]
-        return GrammarBitmask.build(logits_rows, so.grammar_bitmask, self.device)
+        logits_rows = [row_of[r] for r in req_ids]
+        return GrammarBitmask.build(logits_rows, bitmask, self.device, len(rows))
 
     def _logits(
         self, inputs: StepInputs, hidden: torch.Tensor, all_logits: torch.Tensor | None

@@ -105,9 +105,10 @@ def test_mixed_batch_free_requests_unchanged(smol_llm: Any) -> None:
 
 
 def test_async_scheduling_gives_the_same_constrained_tokens(smol_llm: Any) -> None:
-    """With async scheduling on, a constrained request makes the steps synchronous
-    (its bitmask needs its last token): the same tokens as the synchronous engine,
-    and the free request beside it too."""
+    """With async scheduling on, a constrained step launches its forward pass, then
+    finishes the step before it (whose token the bitmask needs) and samples under
+    the mask (EngineCore's deferred sampling): the same tokens as the synchronous
+    engine, and the free request beside it too."""
     from pagedllm import LLM
 
     prompts = [_chat(smol_llm, "Describe a person as JSON."), _chat(smol_llm, "Say hello.")]
@@ -117,8 +118,21 @@ def test_async_scheduling_gives_the_same_constrained_tokens(smol_llm: Any) -> No
     ]  # fmt: skip
     expected = [o.outputs[0].token_ids for o in smol_llm.generate(prompts, params, use_tqdm=False)]
     llm = LLM(max_model_len=1024, kv_cache_memory_bytes=64 << 20, async_scheduling=True)
+    core = llm.llm_engine.core_client.core
+    deferred: list[int] = []
+    sample_tokens = core.executor.sample_tokens
+
+    def counted(bitmask: Any, req_ids: list[str]) -> Any:
+        assert core._pending is None  # the step before was finished first
+        deferred.append(len(req_ids))
+        return sample_tokens(bitmask, req_ids)
+
+    core.executor.sample_tokens = counted
     try:
         got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     finally:
         llm.shutdown()
     assert got == expected
+    # Every decode step of the constrained request sampled deferred (its first token
+    # comes from the prefill step, launched with nothing in flight), one row each.
+    assert len(deferred) >= len(got[0]) - 1 and max(deferred) == 1
