@@ -56,7 +56,7 @@ def _time(fn: object, iters: int = 50) -> float:
 
 
 def check_kernels() -> list[str]:
-    from pagedllm.layers.quantization.triton_quant_gemm import quant_gemm
+    from pagedllm.layers.kernels.triton_quant_gemm import quant_gemm
 
     rows = []
     for bits, group, mode in [

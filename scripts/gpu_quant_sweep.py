@@ -20,16 +20,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pagedllm.layers.quantization import kernel_table
-from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
-from pagedllm.layers.quantization.triton_fp8 import (
+from pagedllm.layers.kernels.triton_fp8 import (
     FP8,
     fp8_gemv,
     quantize_per_tensor,
     quantize_per_tensor_ref,
 )
-from pagedllm.layers.quantization.triton_quant_gemm import quant_gemm
-from pagedllm.layers.quantization.triton_quant_gemv import quant_gemv
+from pagedllm.layers.kernels.triton_quant_gemm import quant_gemm
+from pagedllm.layers.kernels.triton_quant_gemv import quant_gemv
+from pagedllm.layers.quantization import kernel_table
+from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 MS: tuple[int, ...] = (1, 4, 8, 16, 64, 512)

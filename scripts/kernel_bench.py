@@ -32,21 +32,21 @@ from linear_bench import (  # noqa: E402
     bench_skinny_gemm,
 )
 
-from pagedllm.layers.attention.triton_decode_attention import (  # noqa: E402
+from pagedllm.layers.kernels.triton_activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
+from pagedllm.layers.kernels.triton_decode_attention import (  # noqa: E402
     choose_num_splits,
     decode_attention,
 )
-from pagedllm.layers.attention.triton_prefill_attention import (  # noqa: E402
+from pagedllm.layers.kernels.triton_prefill_attention import (  # noqa: E402
     paged_attention_ref,
     prefill_attention,
 )
-from pagedllm.layers.attention.triton_reshape_and_cache import (  # noqa: E402
+from pagedllm.layers.kernels.triton_reshape_and_cache import (  # noqa: E402
     reshape_and_cache,
     reshape_and_cache_ref,
 )
-from pagedllm.layers.triton_activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
-from pagedllm.layers.triton_rms_norm import rms_norm, rms_norm_ref  # noqa: E402
-from pagedllm.layers.triton_rotary import (  # noqa: E402
+from pagedllm.layers.kernels.triton_rms_norm import rms_norm, rms_norm_ref  # noqa: E402
+from pagedllm.layers.kernels.triton_rotary import (  # noqa: E402
     make_cos_sin_cache,
     rotary_embedding,
     rotary_embedding_ref,

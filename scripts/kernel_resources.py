@@ -22,9 +22,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from pagedllm.layers import triton_gumbel_sample as gumbel
-from pagedllm.layers.attention import triton_decode_attention as decode
-from pagedllm.layers.attention import triton_prefill_attention as prefill
+from pagedllm.layers.kernels import triton_decode_attention as decode
+from pagedllm.layers.kernels import triton_gumbel_sample as gumbel
+from pagedllm.layers.kernels import triton_prefill_attention as prefill
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")

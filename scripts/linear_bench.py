@@ -1,6 +1,6 @@
 """Benchmark steps of `kernel_bench.py` for the linear layers of the Llama-3.1-8B shape
 at decode row counts: cuBLAS (F.linear), cuBLASLt, the Triton skinny product
-(`layers/triton_gemv.py`) and the host cost of launching a prefill-sized product.
+(`layers/kernels/triton_gemv.py`) and the host cost of launching a prefill-sized product.
 Weights are rotated among copies of at least 256 MiB, so no call finds its weight in L2.
 
     python scripts/kernel_bench.py --steps gemv,skinny_gemm,blas_choice,host_mm
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from bench_common import Fn, Row, bench, rand
 
-from pagedllm.layers.triton_gemv import gemv
+from pagedllm.layers.kernels.triton_gemv import gemv
 
 LLAMA8B_LINEARS = {
     "qkv_proj": (6144, 4096),

@@ -9,12 +9,12 @@ from torch import nn
 
 class SiluAndMul(nn.Module):
     """x [..., 2d] -> silu(x[..., :d]) * x[..., d:]  (gate_up_proj output). On CUDA one
-    Triton kernel (layers/triton_activation.py, the same rounding)."""
+    Triton kernel (layers/kernels/triton_activation.py, the same rounding)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and x.dim() == 2 and x.stride(-1) == 1:
             # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
-            from pagedllm.layers.triton_activation import silu_and_mul
+            from pagedllm.layers.kernels.triton_activation import silu_and_mul
 
             return silu_and_mul(x)
         d = x.shape[-1] // 2

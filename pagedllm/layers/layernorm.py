@@ -3,7 +3,7 @@
 forward(x)           -> norm(x)
 forward(x, residual) -> (norm(x + residual), x + residual)
 
-On CUDA tensors RMSNorm runs as one fused Triton kernel (layers/triton_rms_norm.py, the
+On CUDA tensors RMSNorm runs as one fused Triton kernel (layers/kernels/triton_rms_norm.py, the
 same rounding as the torch code here); elsewhere it runs as torch ops.
 """
 
@@ -56,7 +56,7 @@ def _fused_rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
-    from pagedllm.layers.triton_rms_norm import rms_norm
+    from pagedllm.layers.kernels.triton_rms_norm import rms_norm
 
     if x.dim() > 3 or (residual is not None and residual.stride(-1) != 1):
         x = x.contiguous()

@@ -7,7 +7,7 @@ Scaling types: "default", "linear" (positions / factor), "llama3" (Llama 3.1 fre
 smoothing).
 
 On CUDA tensors the rotation runs as one Triton kernel, in place on q and k
-(layers/triton_rotary.py, the same fp32 arithmetic rounded once).
+(layers/kernels/triton_rotary.py, the same fp32 arithmetic rounded once).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
-        from pagedllm.layers.triton_rotary import rotary_embedding
+        from pagedllm.layers.kernels.triton_rotary import rotary_embedding
 
         num_tokens = positions.shape[0]
         rotary_embedding(

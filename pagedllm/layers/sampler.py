@@ -69,7 +69,7 @@ class Sampler(nn.Module):
 
     def _sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         if _fused_sampling_applies(logits, metadata):
-            from pagedllm.layers.triton_gumbel_sample import gumbel_sample
+            from pagedllm.layers.kernels.triton_gumbel_sample import gumbel_sample
 
             assert metadata.temperature is not None
             seed = int(torch.randint(0, 2**31 - 1, (1,)))  # host RNG: no device sync

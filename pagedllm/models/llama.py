@@ -108,7 +108,7 @@ class LlamaAttention(nn.Module):
     def _qk_norm_rotary(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
         """Qwen3 on CUDA: per-head q/k RMSNorm and rotary in one in-place Triton kernel."""
         # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
-        from pagedllm.layers.triton_qk_norm_rotary import qk_norm_rotary
+        from pagedllm.layers.kernels.triton_qk_norm_rotary import qk_norm_rotary
 
         num_tokens = q.shape[0]
         qk_norm_rotary(

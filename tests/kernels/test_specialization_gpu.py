@@ -23,7 +23,7 @@ def _variants(kernel: Any) -> int:
 
 
 def test_sampler_compiles_once_per_split_mode() -> None:
-    from pagedllm.layers import triton_gumbel_sample as g
+    from pagedllm.layers.kernels import triton_gumbel_sample as g
 
     temperature = torch.ones(64, device="cuda")
     logits = torch.randn(64, 32000, device="cuda")
@@ -42,7 +42,7 @@ def test_sampler_compiles_once_per_split_mode() -> None:
 
 
 def test_attention_compiles_once_for_any_block_table_width() -> None:
-    from pagedllm.layers.attention import triton_decode_attention as d
+    from pagedllm.layers.kernels import triton_decode_attention as d
 
     cache = torch.randn(2, 64, 16, 2, 128, device="cuda", dtype=torch.bfloat16)
     q = torch.randn(4, 8, 128, device="cuda", dtype=torch.bfloat16)

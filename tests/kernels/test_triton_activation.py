@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
 
-from pagedllm.layers.triton_activation import silu_and_mul, silu_and_mul_ref
+from pagedllm.layers.kernels.triton_activation import silu_and_mul, silu_and_mul_ref
 
 
 def _check(num_tokens: int, inter: int, dtype: torch.dtype, device: str) -> None:

@@ -9,9 +9,9 @@ from kernel_cases import PagedCase, assert_close, gpu_test, make_paged_case
 
 from pagedllm.layers.attention.metadata import AttentionMetadata
 from pagedllm.layers.attention.triton_backend import TritonAttentionBackend
-from pagedllm.layers.attention.triton_decode_attention import decode_attention_ref
-from pagedllm.layers.attention.triton_prefill_attention import paged_attention_ref
-from pagedllm.layers.attention.triton_reshape_and_cache import reshape_and_cache_ref
+from pagedllm.layers.kernels.triton_decode_attention import decode_attention_ref
+from pagedllm.layers.kernels.triton_prefill_attention import paged_attention_ref
+from pagedllm.layers.kernels.triton_reshape_and_cache import reshape_and_cache_ref
 
 
 def _slot_mapping(case: PagedCase, query_lens: list[int], num_rows: int) -> torch.Tensor:

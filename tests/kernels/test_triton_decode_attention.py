@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test, make_paged_case
 
-from pagedllm.layers.attention.triton_decode_attention import (
+from pagedllm.layers.kernels.triton_decode_attention import (
     choose_num_splits,
     decode_attention,
     decode_attention_ref,

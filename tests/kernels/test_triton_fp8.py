@@ -7,7 +7,7 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
 
-from pagedllm.layers.quantization.triton_fp8 import (
+from pagedllm.layers.kernels.triton_fp8 import (
     FP8,
     fp8_gemv,
     quantize_per_tensor,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
 
-from pagedllm.layers.triton_gemv import choose_num_splits, gemv, gemv_ref
+from pagedllm.layers.kernels.triton_gemv import choose_num_splits, gemv, gemv_ref
 
 
 def _check(m: int, n: int, k: int, dtype: torch.dtype, device: str, **kw: int) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pagedllm.layers.triton_gumbel_sample import (
+from pagedllm.layers.kernels.triton_gumbel_sample import (
     BLOCK_V_CPU,
     BLOCK_V_CUDA,
     TARGET_PROGRAMS,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test, make_paged_case
 
-from pagedllm.layers.attention.triton_prefill_attention import (
+from pagedllm.layers.kernels.triton_prefill_attention import (
     paged_attention_ref,
     prefill_attention,
 )

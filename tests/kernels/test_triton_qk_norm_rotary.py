@@ -7,8 +7,12 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
 
-from pagedllm.layers.triton_qk_norm_rotary import qk_norm_rotary, qk_norm_rotary_ref, supports
-from pagedllm.layers.triton_rotary import make_cos_sin_cache
+from pagedllm.layers.kernels.triton_qk_norm_rotary import (
+    qk_norm_rotary,
+    qk_norm_rotary_ref,
+    supports,
+)
+from pagedllm.layers.kernels.triton_rotary import make_cos_sin_cache
 
 
 def _check(

@@ -10,7 +10,7 @@ from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
 
 
 def _check(bits: int, group: int, k: int, n: int, gidx: bool, device: str) -> None:
-    from pagedllm.layers.quantization.triton_quant_dequant import dequantize_packed
+    from pagedllm.layers.kernels.triton_quant_dequant import dequantize_packed
 
     gen = torch.Generator().manual_seed(bits + group + n)
     codes = torch.randint(0, 2**bits, (k, n), generator=gen, dtype=torch.int32)

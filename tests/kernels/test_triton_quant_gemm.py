@@ -8,8 +8,8 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
 
+from pagedllm.layers.kernels.triton_quant_gemm import quant_gemm
 from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
-from pagedllm.layers.quantization.triton_quant_gemm import quant_gemm
 
 
 def _case(

@@ -21,7 +21,7 @@ def _case(bits: int, group: int, k: int, n: int, device: str) -> dict[str, torch
 
 
 def _check(bits: int, group: int, m: int, k: int, n: int, device: str, **kw: object) -> None:
-    from pagedllm.layers.quantization.triton_quant_gemv import quant_gemv
+    from pagedllm.layers.kernels.triton_quant_gemv import quant_gemv
 
     case = _case(bits, group, k, n, device)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(device)

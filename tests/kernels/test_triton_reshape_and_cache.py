@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_cases import gpu_test
 
-from pagedllm.layers.attention.triton_reshape_and_cache import (
+from pagedllm.layers.kernels.triton_reshape_and_cache import (
     reshape_and_cache,
     reshape_and_cache_ref,
 )

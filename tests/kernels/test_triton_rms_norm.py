@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
 
-from pagedllm.layers.triton_rms_norm import fused_add_rms_norm, rms_norm, rms_norm_ref
+from pagedllm.layers.kernels.triton_rms_norm import fused_add_rms_norm, rms_norm, rms_norm_ref
 
 EPS = 1e-6
 

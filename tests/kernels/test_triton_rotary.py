@@ -6,7 +6,11 @@ import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
 
-from pagedllm.layers.triton_rotary import make_cos_sin_cache, rotary_embedding, rotary_embedding_ref
+from pagedllm.layers.kernels.triton_rotary import (
+    make_cos_sin_cache,
+    rotary_embedding,
+    rotary_embedding_ref,
+)
 
 
 def _check(

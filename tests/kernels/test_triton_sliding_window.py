@@ -14,11 +14,11 @@ from kernel_cases import PagedCase, assert_close, gpu_test, make_paged_case
 from pagedllm.layers.attention.metadata import AttentionMetadata
 from pagedllm.layers.attention.torch_backend import TorchAttentionBackend
 from pagedllm.layers.attention.triton_backend import TritonAttentionBackend
-from pagedllm.layers.attention.triton_decode_attention import (
+from pagedllm.layers.kernels.triton_decode_attention import (
     decode_attention,
     decode_attention_ref,
 )
-from pagedllm.layers.attention.triton_prefill_attention import (
+from pagedllm.layers.kernels.triton_prefill_attention import (
     paged_attention_ref,
     prefill_attention,
 )

@@ -11,7 +11,7 @@ from pagedllm.layers.rotary import RotaryEmbedding
 def rotary_embedding_ref(*args: object) -> None:
     # Imported when a test runs, after collection: tests/kernels/conftest.py must set
     # TRITON_INTERPRET before anything imports triton (a triton_* module does).
-    from pagedllm.layers.triton_rotary import rotary_embedding_ref as ref
+    from pagedllm.layers.kernels.triton_rotary import rotary_embedding_ref as ref
 
     ref(*args)  # type: ignore[arg-type]
 

@@ -32,9 +32,9 @@ import torch
 
 from pagedllm.layers.attention.backend import AttentionBackend
 from pagedllm.layers.attention.metadata import AttentionMetadata
-from pagedllm.layers.attention.triton_decode_attention import choose_num_splits, decode_attention
-from pagedllm.layers.attention.triton_prefill_attention import prefill_attention
-from pagedllm.layers.attention.triton_reshape_and_cache import reshape_and_cache
+from pagedllm.layers.kernels.triton_decode_attention import choose_num_splits, decode_attention
+from pagedllm.layers.kernels.triton_prefill_attention import prefill_attention
+from pagedllm.layers.kernels.triton_reshape_and_cache import reshape_and_cache
 
 
 class TritonAttentionBackend(AttentionBackend):

@@ -35,8 +35,8 @@ def fused_experts_triton(
     config: dict[str, int] | None = None,
 ) -> torch.Tensor:  # [T, H]
     # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
-    from pagedllm.layers.fused_moe.triton_fused_moe import invoke_fused_moe_kernel
-    from pagedllm.layers.triton_activation import silu_and_mul
+    from pagedllm.layers.kernels.triton_activation import silu_and_mul
+    from pagedllm.layers.kernels.triton_fused_moe import invoke_fused_moe_kernel
 
     num_tokens, top_k = topk_ids.shape
     num_experts, two_inter, hidden = w13.shape

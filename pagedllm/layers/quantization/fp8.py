@@ -170,7 +170,8 @@ class Fp8LinearMethod(LinearMethodBase):
         return y.reshape(*shape[:-1], y.shape[-1])
 
     def _scaled_mm(self, layer: Any, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        from pagedllm.layers.quantization import kernel_table, triton_fp8
+        from pagedllm.layers.kernels import triton_fp8
+        from pagedllm.layers.quantization import kernel_table
 
         if x.shape[0] <= kernel_table.FP8_GEMV_MAX_ROWS:
             y = triton_fp8.fp8_gemv(x.contiguous(), layer.weight, layer.weight_scale)

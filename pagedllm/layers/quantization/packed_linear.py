@@ -89,15 +89,15 @@ class PackedLinearMethod(LinearMethodBase):
         g_idx = getattr(layer, "g_idx", None)
         group = int(layer.quant_group_size)
         if x.is_cuda:
+            from pagedllm.layers.kernels.triton_quant_gemm import quant_gemm
+            from pagedllm.layers.kernels.triton_quant_gemv import quant_gemv
             from pagedllm.layers.quantization import kernel_table
-            from pagedllm.layers.quantization.triton_quant_gemm import quant_gemm
-            from pagedllm.layers.quantization.triton_quant_gemv import quant_gemv
 
             x = x.contiguous()
             rows = x.shape[0]
             affine = lut is None and scales is not None and zeros is not None
             if affine and rows >= kernel_table.INT_DEQUANT_MIN_ROWS:
-                from pagedllm.layers.quantization.triton_quant_dequant import dequantize_packed
+                from pagedllm.layers.kernels.triton_quant_dequant import dequantize_packed
 
                 assert scales is not None and zeros is not None
                 w = dequantize_packed(

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 import pagedllm.triton_utils as tu
+from pagedllm.layers.kernels.triton_quant_gemv import split_target, sum_splits
 from pagedllm.layers.quantization import kernel_table
-from pagedllm.layers.quantization.triton_quant_gemv import split_target, sum_splits
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0

@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers.attention.triton_online_softmax import attend_paged_keys
-from pagedllm.layers.attention.triton_prefill_attention import (
+from pagedllm.layers.kernels.triton_online_softmax import attend_paged_keys
+from pagedllm.layers.kernels.triton_prefill_attention import (
     check_paged_args,
     check_window_and_soft_cap,
     paged_attention_ref,

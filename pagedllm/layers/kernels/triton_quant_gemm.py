@@ -23,9 +23,9 @@ import triton
 import triton.language as tl
 
 import pagedllm.triton_utils as tu
+from pagedllm.layers.kernels.triton_quant_gemv import split_target, sum_splits
+from pagedllm.layers.kernels.triton_quant_tiles import nibble_dots, unpacked_dot
 from pagedllm.layers.quantization import kernel_table
-from pagedllm.layers.quantization.triton_quant_gemv import split_target, sum_splits
-from pagedllm.layers.quantization.triton_quant_tiles import nibble_dots, unpacked_dot
 
 
 @triton.jit(do_not_specialize=["M", "chunks_per_split"])  # see triton_utils

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers.attention.triton_online_softmax import attend_paged_keys
+from pagedllm.layers.kernels.triton_online_softmax import attend_paged_keys
 from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     cdiv,

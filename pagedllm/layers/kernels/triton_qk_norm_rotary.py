@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.layers.triton_rms_norm import rms_norm_ref
-from pagedllm.layers.triton_rotary import check_rotary_args, rotary_embedding_ref
+from pagedllm.layers.kernels.triton_rms_norm import rms_norm_ref
+from pagedllm.layers.kernels.triton_rotary import check_rotary_args, rotary_embedding_ref
 from pagedllm.triton_utils import (
     check_contiguous,
     check_same_device,

@@ -1,0 +1,8 @@
+"""The Triton kernels of the layers, one `triton_*.py` file each, with their torch
+references (`*_ref`) beside them.
+
+Only these `triton_*` modules (and `pagedllm/triton_utils.py`) import triton at import
+time; the `nn.Module`s that call them (layernorm, rotary, activation, sampler, the
+attention backend, fused MoE, the quantized linear methods) import them lazily, on CUDA
+tensors only. This package imports nothing, so importing it never imports triton.
+"""
