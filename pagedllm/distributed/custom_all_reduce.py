@@ -120,16 +120,16 @@ class CustomAllreduce:
         self.one_shot_max = _env_int("PAGEDLLM_CUSTOM_AR_ONE_SHOT_MAX", default_one_shot)
         buffers = self._map_buffers(num_programs)
         self._buffers = buffers
-        self.tables = tuple(b.address_table() for b in buffers)
+        staging, signals, results = (b.address_table() for b in buffers)
+        self.tables = (staging, signals, results)  # the order launch_all_reduce takes
         self.counter = torch.zeros(num_programs, dtype=torch.int64, device=device)
-        self._unlink_files(buffers)
-        dist.barrier(group)
+        self._unlink_files(buffers)  # its barrier: every rank has mapped every buffer
 
     def _map_buffers(self, num_programs: int) -> list[SharedBuffer]:
         sizes = [
             (2 * self.max_size, torch.uint8),  # staging, two halves
-            (self.max_size, torch.uint8),  # results
             (num_programs * self.world_size, torch.int64),  # signals
+            (self.max_size, torch.uint8),  # results
         ]
         buffers = []
         for numel, dtype in sizes:
@@ -161,10 +161,7 @@ class CustomAllreduce:
         out = torch.empty_like(x)
         half = self.max_size // x.element_size()
         two_shot = x.numel() * x.element_size() > self.one_shot_max
-        staging, results, signals = self.tables
-        launch_all_reduce(
-            x, out, (staging, signals, results), self.counter, self.rank, half, two_shot
-        )
+        launch_all_reduce(x, out, self.tables, self.counter, self.rank, half, two_shot)
         return out
 
 
