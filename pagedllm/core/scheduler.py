@@ -69,12 +69,6 @@ class Scheduler:
         if request.structured_output_request is not None:
             self._structured_req_ids.add(request.request_id)
 
-    def has_history_requests(self) -> bool:
-        """Whether an unfinished request samples from its own output so far: its own
-        tokens (penalties) or its grammar's state, which its last token advanced.
-        The engine then waits for each step before it schedules the next."""
-        return bool(self._history_req_ids or self._structured_req_ids)
-
     def has_token_history_requests(self) -> bool:
         """Whether an unfinished request's sampling reads its own tokens (penalties,
         min_tokens, bad words)."""
