@@ -176,7 +176,12 @@ def _glm_configs(glm: Any, glm4: Any) -> dict[str, PretrainedConfig]:
 
 def make_hf_model(config: PretrainedConfig, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    kwargs: dict[str, Any] = {}
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        # Gemma 2's attention soft-cap: transformers 5.17 (the GPU image's) runs such
+        # models through SDPA by default, which drops the cap; 5.24 picks eager itself.
+        kwargs["attn_implementation"] = "eager"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
     # Random (not ones/zeros) norm weights and biases, so that loading them is tested.
     with torch.no_grad():
         for param in model.parameters():

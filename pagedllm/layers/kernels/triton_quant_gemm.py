@@ -155,6 +155,12 @@ def quant_gemm(
     nibble = not lut and g_idx is None and group_size % block_k == 0
     if nibble and block_k < 16 * (32 // bits):  # tl.dot needs K >= 16 per code slot
         nibble = False
+    if not nibble and blocks is None:
+        # The unpacked path holds a [BLOCK_K, BLOCK_N] tile of codes, scales and zeros per
+        # stage: the sweep's 64/128 x 256 tiles (picked for the nibble path) need 246-279 KB
+        # of shared memory there, over the H200's 227 KB.
+        block_n = min(block_n, 128)
+        stages = stages or 2
     k_chunks = tu.cdiv(k, block_k)
     grid_mn = (tu.cdiv(m, block_m), tu.cdiv(n, block_n))
     if num_splits is None:
