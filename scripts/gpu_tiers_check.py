@@ -1,15 +1,18 @@
 """GPU checks of memory beyond the GPU (issue 18), under ~5 minutes on an H200:
 
 swap      greedy tokens identical with swap, with recompute and without preemption
-          (a tiny KV cache), then T1's requests with KV room for a fraction of them:
-          output tokens/s with preemption_mode=swap against recompute;
-prefix    many requests sharing long prefixes that do not all fit in GPU KV: with
+          (a tiny KV cache), then swapspeed;
+swapspeed the --workload's requests (T1, or T2 for the Llama-3.1-8B shape) with KV room
+          for a quarter of them: output tokens/s with preemption_mode=swap against recompute;
+prefix    many requests sharing long prefixes that do not all fit in GPU KV (on
+          --prefix-shape, the Qwen3-0.6B shape by default): with
           and without the CPU tier (swap_space), time and CPU-tier hits;
 offload   the Llama-3.1-8B shape (dummy) at L1 (1 request, 128 in, 512 out) with
           and without cpu_offload_gb: tokens identical, tokens/s, and the PCIe bound
           (offloaded bytes per step over the measured host->device bandwidth).
 
   python scripts/gpu_tiers_check.py [--steps swap,prefix,offload] [--offload-gb 4]
+  python scripts/gpu_tiers_check.py --steps swapspeed,prefix --workload T2 --prefix-shape llama-3.1-8b
 """
 
 from __future__ import annotations
@@ -38,8 +41,7 @@ def run(model: str, prompts: list[Any], params: list[SamplingParams], **kw: Any)
 
 
 def check_swap(max_model_len: int = 2048) -> None:
-    shape, num, in_range, out_range = WORKLOADS["T1"]
-    model = shape_dir(shape)
+    model = shape_dir(WORKLOADS["T1"][0])
     reqs = make_requests(64, (100, 600), (50, 200), seed=1)
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
     params = [
@@ -59,6 +61,15 @@ def check_swap(max_model_len: int = 2048) -> None:
             f"blocks out/in {stats.kv_swapped_out_blocks}/{stats.kv_swapped_in_blocks}",
             flush=True,
         )
+
+
+def check_swap_speed(workload: str, max_model_len: int = 2048) -> None:
+    """The workload's requests with KV room for a quarter of them: swap against recompute."""
+    shape, num, in_range, out_range = WORKLOADS[workload]
+    model = shape_dir(shape)
+    base = dict(
+        max_model_len=max_model_len, enable_prefix_caching=False, gpu_memory_utilization=0.5
+    )
     reqs = make_requests(num, in_range, out_range)
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
     params = [
@@ -78,14 +89,14 @@ def check_swap(max_model_len: int = 2048) -> None:
                 **base,
             )
             print(
-                f"T1 KV room {frac:.0%} ({blocks} blocks) {mode}: {stats.generation_tokens / t:,.0f} "
+                f"{workload} ({shape}) KV room {frac:.0%} ({blocks} blocks) {mode}: {stats.generation_tokens / t:,.0f} "
                 f"output tok/s, {t:.2f} s, preemptions {stats.num_preemptions}",
                 flush=True,
             )
 
 
-def check_prefix() -> None:
-    model = shape_dir("qwen3-0.6b")
+def check_prefix(shape: str) -> None:
+    model = shape_dir(shape)
     rng = random.Random(0)
     prefixes = [[rng.randint(0, 10000) for _ in range(2000)] for _ in range(16)]
     prompts = [
@@ -101,7 +112,7 @@ def check_prefix() -> None:
         toks, t, stats = run(model, prompts, [params] * len(prompts), swap_space=swap_space, **kw)
         results[swap_space] = toks
         print(
-            f"PREFIX swap_space={swap_space}: {t:.2f} s, hits {stats.prefix_cache_hits:,} tokens "
+            f"PREFIX ({shape}) swap_space={swap_space}: {t:.2f} s, hits {stats.prefix_cache_hits:,} tokens "
             f"({stats.cpu_prefix_cache_hits:,} from the CPU tier) of {stats.prefix_cache_queries:,}",
             flush=True,
         )
@@ -148,12 +159,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", default="swap,prefix,offload")
     ap.add_argument("--offload-gb", type=float, default=4.0)
+    ap.add_argument("--workload", default="T1", help="the swap-speed requests and shape (T1, T2)")
+    ap.add_argument("--prefix-shape", default="qwen3-0.6b")
     args = ap.parse_args()
     steps = args.steps.split(",")
     if "swap" in steps:
         check_swap()
+    if "swap" in steps or "swapspeed" in steps:
+        check_swap_speed(args.workload)
     if "prefix" in steps:
-        check_prefix()
+        check_prefix(args.prefix_shape)
     if "offload" in steps:
         check_offload(args.offload_gb)
 
