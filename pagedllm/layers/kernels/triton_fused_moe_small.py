@@ -15,7 +15,10 @@ GEMV, triton_quant_gemv.py). Torch reference: fused_moe/moe_torch.py.
               S == 1: written to out[t] in the model dtype; S > 1: float32 partial sums
               [S, T, H] added in order by triton_quant_gemv.sum_splits (deterministic).
 
-Grids and tiles depend on T only (fused_moe/small_tiles.py): CUDA-graph safe.
+Grids and tiles depend on T only (fused_moe/small_tiles.py): CUDA-graph safe. The K
+loops are `tl.range(..., num_stages=NUM_STAGES)`: Triton's pipeliner prefetches the
+loads of a loop without tl.dot only when the loop carries that attribute (the
+num_stages launch option alone leaves them unpipelined); NUM_STAGES = 1: no prefetch.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def _moe_small_gate_up_kernel(
     stride_xt,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     pair = tl.program_id(0)
     token = pair // top_k
@@ -52,7 +56,7 @@ def _moe_small_gate_up_kernel(
     u_ptrs = g_ptrs + inter * hidden
     acc_g = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
+    for k0 in tl.range(0, hidden, BLOCK_K, num_stages=NUM_STAGES):
         k_ok = offs_k < hidden - k0
         x = tl.load(x_ptrs + k0, mask=k_ok, other=0.0).to(tl.float32)[None, :]
         mask = n_ok[:, None] & k_ok[None, :]
@@ -81,6 +85,7 @@ def _moe_small_down_kernel(
     PARTIAL: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     token, split = tl.program_id(0), tl.program_id(2)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -91,7 +96,8 @@ def _moe_small_down_kernel(
     last = tl.minimum(first + experts_per_split, (token + 1) * top_k)
     chunks = tl.cdiv(inter, BLOCK_K)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for it in range(0, (last - first) * chunks):  # (pair, K tile) in one pipelined loop
+    # (pair, K tile) in one pipelined loop
+    for it in tl.range(0, (last - first) * chunks, num_stages=NUM_STAGES):
         pair = first + it // chunks
         k0 = (it % chunks) * BLOCK_K
         expert = tl.load(ids_ptr + pair).to(tl.int64)
@@ -140,7 +146,8 @@ def moe_small_gate_up(
         (pairs, tu.cdiv(inter, block_n)),
         x.device,
         x, w13, topk_ids, act, topk_ids.shape[1], inter, hidden, x.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages, num_warps=warps,
+        num_stages=stages,
     )  # fmt: skip
     return act
 
@@ -163,8 +170,8 @@ def moe_small_down(
         (num_tokens, tu.cdiv(hidden, block_n), splits),
         act.device,
         act, w2, topk_ids, topk_weights, target, num_tokens, top_k, hidden, inter, per_split,
-        PARTIAL=splits > 1, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        num_stages=stages,
+        PARTIAL=splits > 1, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip
     if splits > 1:
         sum_splits(target, out)
