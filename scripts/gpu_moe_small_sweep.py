@@ -171,6 +171,8 @@ class Sweep:
                     times[tile] = time_us(make(t, tile))
             except Exception as exc:  # a tile that does not compile: listed, not fatal
                 print(f"  T={t} {tile}: {type(exc).__name__}: {str(exc)[:120]}")
+        if not times:
+            raise RuntimeError(f"T={t}: no candidate tile ran correctly")
         best = min(times, key=times.__getitem__)
         _log(f"T={t:<3d} best {best}: {times[best]:.1f} us (of {len(times)})")
         return best
