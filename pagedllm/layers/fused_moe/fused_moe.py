@@ -6,12 +6,16 @@
 
 Rows of gate_up / act / y are flat pairs t*k + j, so the final reduce is a view and a
 sum. The tile sizes depend only on the token count: one CUDA graph per batch size.
+
+Few pairs (decode: T*k <= small_tiles.SMALL_MAX_PAIRS) take the small-batch path
+instead (kernels/triton_fused_moe_small.py): no sort, no 16-row blocks for one row.
 """
 
 from __future__ import annotations
 
 import torch
 
+from pagedllm.layers.fused_moe import small_tiles
 from pagedllm.layers.fused_moe.moe_align_block_size import moe_align_block_size
 
 
@@ -27,6 +31,25 @@ def get_config(num_tokens: int, top_k: int, num_experts: int) -> dict[str, int]:
 
 
 def fused_experts_triton(
+    hidden_states: torch.Tensor,  # [T, H]
+    w13: torch.Tensor,  # [E, 2I, H]
+    w2: torch.Tensor,  # [E, H, I]
+    topk_weights: torch.Tensor,  # [T, k] float32
+    topk_ids: torch.Tensor,  # [T, k] int32
+    config: dict[str, int] | None = None,
+) -> torch.Tensor:  # [T, H]
+    """The small-batch path for few pairs, else the grouped GEMMs (always with an
+    explicit `config`: the grouped GEMMs' tiles)."""
+    num_tokens, top_k = topk_ids.shape
+    if config is None and small_tiles.use_small_path(num_tokens, top_k):
+        from pagedllm.layers.kernels.triton_fused_moe_small import fused_experts_small
+
+        tiles = small_tiles.pick(num_tokens)
+        return fused_experts_small(hidden_states, w13, w2, topk_weights, topk_ids, tiles)
+    return fused_experts_grouped(hidden_states, w13, w2, topk_weights, topk_ids, config)
+
+
+def fused_experts_grouped(
     hidden_states: torch.Tensor,  # [T, H]
     w13: torch.Tensor,  # [E, 2I, H]
     w2: torch.Tensor,  # [E, H, I]
