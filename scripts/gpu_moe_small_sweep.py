@@ -27,6 +27,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
@@ -209,6 +210,23 @@ def run(p: Problem) -> tuple[list[list[Any]], dict[int, small_tiles.SmallTiles],
     return rows, {t: tiles[t] for t in TOKENS if t <= kept}, last
 
 
+def table_source(table: dict[int, Any], crossover: int) -> str:
+    """small_tiles.py's SMALL_MAX_PAIRS and SMALL_TILES assignments for these results."""
+    lines = [f"SMALL_MAX_PAIRS = {crossover * TOP_K}", "SMALL_TILES: dict[int, SmallTiles] = {"]
+    lines += [f"    {t}: {tiles}," for t, tiles in table.items()]
+    return "\n".join([*lines, "}"]) + "\n"
+
+
+def write_table(source: str) -> None:
+    """Replaces the two assignments in small_tiles.py (from SMALL_MAX_PAIRS to the
+    table's closing brace) with `source`."""
+    path = Path(small_tiles.__file__)
+    text = path.read_text()
+    start = text.index("SMALL_MAX_PAIRS = ")
+    end = text.index("\n}\n", start) + 3
+    path.write_text(text[:start] + source + text[end:])
+
+
 def report(rows: list[list[Any]], table: dict[int, Any], crossover: int) -> None:
     print("\n(a) T | grouped us | small us | grouped GB/s | small GB/s | max rel err | tiles")
     for t, old, new, gb_old, gb_new, err, tiles in rows:
@@ -216,11 +234,7 @@ def report(rows: list[list[Any]], table: dict[int, Any], crossover: int) -> None
             f"{t:5d} | {old:8.1f} | {new:8.1f} | {gb_old:8.0f} | {gb_new:8.0f} | {err:.1e} | {tiles}"
         )
     print("\n(b) ---- paste into pagedllm/layers/fused_moe/small_tiles.py ----")
-    print(f"SMALL_MAX_PAIRS = {crossover * TOP_K}")
-    print("SMALL_TILES: dict[int, SmallTiles] = {")
-    for t, tiles in table.items():
-        print(f"    {t}: {tiles},")
-    print("}")
+    print(table_source(table, crossover), end="")
     print(f"# current: SMALL_MAX_PAIRS = {small_tiles.SMALL_MAX_PAIRS}")
     beyond = [r[0] for r in rows if r[0] > crossover]
     where = f"T = {beyond[0]}" if beyond else f"none up to T = {rows[-1][0]}"
@@ -240,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
     parser.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1")
+    parser.add_argument("--write", action="store_true", help="write (b) into small_tiles.py")
     args = parser.parse_args(argv)
     if args.smoke:
         _smoke()
@@ -247,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     rows, table, crossover = run(Problem())
     report(rows, table, crossover)
+    if args.write and not args.smoke:
+        write_table(table_source(table, crossover))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "crossover_tokens": crossover}, f, indent=1)
