@@ -14,13 +14,14 @@ GateUpTile = tuple[int, int, int, int]  # BLOCK_N, BLOCK_K, num_warps, num_stage
 DownTile = tuple[int, int, int, int, int]  # BLOCK_N, BLOCK_K, num_warps, num_stages, splits
 SmallTiles = tuple[GateUpTile, DownTile]
 
-# Not yet measured: starting values (the sweep replaces them).
-SMALL_MAX_PAIRS = 64
+# From `scripts/gpu_moe_small_sweep.py --write` on an H200, 2026-12-01 13:38 (docs/benchmarks.md).
+SMALL_MAX_PAIRS = 128
 SMALL_TILES: dict[int, SmallTiles] = {
-    1: ((16, 256, 4, 3), (32, 128, 4, 3, 4)),
-    2: ((16, 256, 4, 3), (32, 128, 4, 3, 2)),
-    4: ((16, 256, 4, 3), (32, 128, 4, 3, 2)),
-    8: ((16, 256, 4, 3), (32, 128, 4, 3, 1)),
+    1: ((8, 256, 2, 3), (16, 256, 2, 3, 4)),
+    2: ((8, 256, 2, 3), (16, 256, 2, 3, 1)),
+    4: ((8, 256, 2, 3), (16, 256, 2, 3, 1)),
+    8: ((8, 256, 2, 3), (32, 256, 4, 3, 1)),
+    16: ((16, 128, 2, 3), (16, 256, 2, 3, 1)),
 }
 
 
