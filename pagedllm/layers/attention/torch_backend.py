@@ -223,6 +223,25 @@ def _step_plans(
     return plans
 
 
+def write_kv_cache(
+    key: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [>= T] int64, -1: not stored
+) -> None:
+    """Token t's key and value into flat cache slot slot_mapping[t] (block slot // block_size,
+    row slot % block_size). The reference of the Triton kernel (triton_reshape_and_cache.py)."""
+    num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
+    key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
+    value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)
+    num_tokens = min(key.shape[0], slot_mapping.shape[0])
+    slots = slot_mapping[:num_tokens]
+    valid = slots >= 0
+    slots = slots[valid]
+    key_cache.index_copy_(0, slots, key[:num_tokens][valid].to(key_cache.dtype))
+    value_cache.index_copy_(0, slots, value[:num_tokens][valid].to(value_cache.dtype))
+
+
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     supports_window_and_soft_cap = True
@@ -234,15 +253,7 @@ class TorchAttentionBackend(AttentionBackend):
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
         slot_mapping: torch.Tensor,  # [T] int64
     ) -> None:
-        num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
-        key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
-        value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)
-        num_tokens = min(key.shape[0], slot_mapping.shape[0])
-        slots = slot_mapping[:num_tokens]
-        valid = slots >= 0
-        slots = slots[valid]
-        key_cache.index_copy_(0, slots, key[:num_tokens][valid].to(key_cache.dtype))
-        value_cache.index_copy_(0, slots, value[:num_tokens][valid].to(value_cache.dtype))
+        write_kv_cache(key, value, kv_cache, slot_mapping)
 
     def forward(
         self,
