@@ -10,7 +10,9 @@ config.py -> config_builder.py -> engine_config.py.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pagedllm.config_builder import build_engine_config
 from pagedllm.engine_config import (
@@ -58,51 +60,126 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
+
+
+def engine_arg(
+    default: T, help: str, choices: Sequence[object] = (), aliases: Sequence[str] = ()
+) -> T:
+    """An EngineArgs field with its CLI help, choices and short flags in the field's
+    metadata (entrypoints/cli_args.py builds the argparse flags from them)."""
+    meta = {"help": help, "choices": tuple(choices), "aliases": tuple(aliases)}
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclass
 class EngineArgs:
     """vLLM's engine arguments: same names, same meanings, same defaults."""
 
-    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
-    tokenizer: str | None = None
-    tokenizer_mode: str = "auto"
-    skip_tokenizer_init: bool = False
-    trust_remote_code: bool = False
-    download_dir: str | None = None
-    load_format: str = "auto"
-    dtype: str = "auto"
-    kv_cache_dtype: str = "auto"
-    seed: int | None = 0
-    max_model_len: int | None = None
-    distributed_executor_backend: str | None = None
-    pipeline_parallel_size: int = 1
-    tensor_parallel_size: int = 1
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    swap_space: float = 4
-    cpu_offload_gb: float = 0
-    gpu_memory_utilization: float = 0.9
-    num_gpu_blocks_override: int | None = None
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-    max_logprobs: int = 20
-    disable_log_stats: bool = False
-    revision: str | None = None
-    quantization: str | None = None
-    enforce_eager: bool = False
-    max_seq_len_to_capture: int = 8192
-    disable_custom_all_reduce: bool = False
-    enable_chunked_prefill: bool = True
-    served_model_name: str | None = None
-    device: str = "auto"
-    runner: str = "auto"
-    task: str = "auto"
-    pooling_type: str | None = None
-    pooling_normalize: bool | None = None
-    kv_cache_memory_bytes: int | None = None
-    async_scheduling: bool | None = None  # None: on for CUDA (pp > 1: a batch per stage in flight)
-    preemption_mode: str | None = None  # None: by length (swap long requests)
-    structured_outputs_config: StructuredOutputsConfig | None = None  # None: the defaults
-    model_impl: str = "auto"  # auto | pagedllm (alias vllm) | transformers (HF fallback)
+    model: str | None = engine_arg(
+        None,
+        "Model: a directory, a .gguf file or a known name (default: the embedded "
+        "SmolLM2-135M-Instruct).",
+    )
+    tokenizer: str | None = engine_arg(None, "Tokenizer directory or name (default: the model's).")
+    tokenizer_mode: str = engine_arg("auto", "auto: the fast tokenizer if there is one; slow.")
+    skip_tokenizer_init: bool = engine_arg(
+        False, "Load no tokenizer: prompts come as token ids and outputs are not detokenized."
+    )
+    trust_remote_code: bool = engine_arg(False, "Run the model folder's own Python code (HF's).")
+    download_dir: str | None = engine_arg(None, "Where to look for downloaded models.")
+    load_format: str = engine_arg(
+        "auto", "Weight format; dummy: random weights of the real shapes.", LOAD_FORMATS
+    )
+    dtype: str = engine_arg(
+        "auto", "Weight and activation dtype (auto: the checkpoint's).", ("auto", *DTYPE_ALIASES)
+    )
+    kv_cache_dtype: str = engine_arg("auto", "KV cache dtype (auto: the model's).", ("auto",))
+    seed: int | None = engine_arg(0, "Random seed.")
+    max_model_len: int | None = engine_arg(
+        None, "Context length (prompt + output); accepts 2048, 2k (1000s) or 2K (1024s)."
+    )
+    distributed_executor_backend: str | None = engine_arg(
+        None, "How workers run: uni (one process), mp (processes) or ray.", EXECUTOR_BACKENDS
+    )
+    pipeline_parallel_size: int = engine_arg(1, "Pipeline stages (GPUs in series).", (), ["-pp"])
+    tensor_parallel_size: int = engine_arg(
+        1, "GPUs each layer is split over (tensor parallelism).", (), ["-tp"]
+    )
+    block_size: int = engine_arg(16, "Tokens per KV cache block.")
+    enable_prefix_caching: bool = engine_arg(True, "Reuse the KV cache of shared prompt prefixes.")
+    swap_space: float = engine_arg(
+        4,
+        "CPU KV tier per GPU, in GiB: preempted requests and evicted prefix-cache blocks are "
+        "kept there (GPU only).",
+    )
+    cpu_offload_gb: float = engine_arg(
+        0,
+        "GiB of weights kept in pinned CPU memory, streamed to the GPU layer by layer (GPU only).",
+    )
+    gpu_memory_utilization: float = engine_arg(
+        0.9, "Fraction of GPU memory for weights, activations and KV cache."
+    )
+    num_gpu_blocks_override: int | None = engine_arg(
+        None, "Number of KV cache blocks, instead of the number found by profiling."
+    )
+    max_num_batched_tokens: int | None = engine_arg(None, "Token budget per step.")
+    max_num_seqs: int | None = engine_arg(
+        None, "Maximum number of sequences per step (default 256)."
+    )
+    max_logprobs: int = engine_arg(20, "Most logprobs a request may ask for (-1: no limit).")
+    disable_log_stats: bool = engine_arg(False, "Do not log the periodic throughput line.")
+    revision: str | None = engine_arg(None, "Model revision (branch, tag or commit).")
+    quantization: str | None = engine_arg(
+        None, "Quantization method (default: the checkpoint's).", (), ["-q"]
+    )
+    enforce_eager: bool = engine_arg(False, "Never capture CUDA graphs (always eager).")
+    max_seq_len_to_capture: int = engine_arg(
+        8192, "Longest context that decode CUDA graphs cover (longer ones run eagerly)."
+    )
+    disable_custom_all_reduce: bool = engine_arg(
+        False, "Use NCCL's all-reduce instead of the custom one (tensor parallel)."
+    )
+    enable_chunked_prefill: bool = engine_arg(
+        True, "Split long prompts over steps within the token budget."
+    )
+    served_model_name: str | None = engine_arg(
+        None, "Model name(s) the API answers to; the first one is reported."
+    )
+    device: str = engine_arg("auto", "Device (auto: CUDA when there is one).", DEVICES)
+    runner: str = engine_arg("auto", "generate or pooling (auto: from the model).", RUNNERS)
+    task: str = engine_arg("auto", "vLLM's older name of the runner.", TASKS)
+    pooling_type: str | None = engine_arg(
+        None, "Pooling of embeddings: LAST, MEAN, CLS or ALL (default: the model's)."
+    )
+    pooling_normalize: bool | None = engine_arg(
+        None, "L2-normalize embeddings (default: the model's)."
+    )
+    kv_cache_memory_bytes: int | None = engine_arg(
+        None, "KV cache size in bytes (CPU budget); accepts 512M, 2G, ..."
+    )
+    async_scheduling: bool | None = engine_arg(
+        None,
+        "Schedule the next step while the GPU runs this one (default: on for CUDA; "
+        "pipeline parallel: a batch per stage in flight).",
+    )
+    preemption_mode: str | None = engine_arg(
+        None,
+        "recompute | swap (default: swap requests with many computed tokens, recompute "
+        "short ones).",
+        PREEMPTION_MODES,
+    )
+    structured_outputs_config: StructuredOutputsConfig | None = engine_arg(
+        None,
+        'Grammar backend options: JSON (\'{"backend": "xgrammar"}\') or '
+        "backend=auto|guidance|xgrammar,disable_any_whitespace=true (default: auto = guidance).",
+    )
+    model_impl: str = engine_arg(
+        "auto",
+        "auto: native implementation, else the HF transformers modeling code with paged "
+        "attention; pagedllm (alias vllm): native only; transformers: always HF's code.",
+        MODEL_IMPLS,
+    )
 
     @classmethod
     def field_names(cls) -> list[str]:

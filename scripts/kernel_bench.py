@@ -32,15 +32,14 @@ from linear_bench import (  # noqa: E402
     bench_skinny_gemm,
 )
 
+from pagedllm.layers.attention.metadata import AttentionMetadata  # noqa: E402
+from pagedllm.layers.attention.torch_backend import TorchAttentionBackend  # noqa: E402
 from pagedllm.layers.kernels.triton_activation import silu_and_mul, silu_and_mul_ref  # noqa: E402
 from pagedllm.layers.kernels.triton_decode_attention import (  # noqa: E402
     choose_num_splits,
     decode_attention,
 )
-from pagedllm.layers.kernels.triton_prefill_attention import (  # noqa: E402
-    paged_attention_ref,
-    prefill_attention,
-)
+from pagedllm.layers.kernels.triton_prefill_attention import prefill_attention  # noqa: E402
 from pagedllm.layers.kernels.triton_reshape_and_cache import (  # noqa: E402
     reshape_and_cache,
     reshape_and_cache_ref,
@@ -139,17 +138,27 @@ def bench_decode() -> list[Row]:
 
 
 def _decode_torch_ref_row() -> Row:
-    """The torch reference (a host loop per sequence) at a small batch, for scale."""
+    """The torch reference (the torch attention backend) at a small batch, for scale."""
     batch, seq_len, hq, nkv, hd = 16, 1024, 16, 8, 128
     cache, tables, lens = paged_cache([seq_len] * batch, nkv, hd)
     q = rand(batch, hq, hd)
     qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
+    meta = AttentionMetadata(
+        num_actual_tokens=batch,
+        max_query_len=1,
+        max_seq_len=seq_len,
+        query_start_loc=qsl,
+        seq_lens=lens,
+        block_tables=tables,
+        slot_mapping=torch.full((batch,), -1, dtype=torch.int64, device="cuda"),
+    )
+    torch_backend = TorchAttentionBackend()
     n = choose_num_splits(batch, nkv, seq_len, q.device)
     return Row(
         "decode vs torch ref",
         f"B={batch} L={seq_len} h={hq}/{nkv}x{hd} splits={n}",
         bench(lambda: decode_attention(q, cache, tables, lens, hd**-0.5, num_splits=n)),
-        bench(lambda: paged_attention_ref(q, cache, tables, lens, qsl, hd**-0.5), rep=50),
+        bench(lambda: torch_backend.forward(q, cache, meta, hd**-0.5), rep=50),
         bytes_moved=2 * batch * seq_len * nkv * hd * 2,
     )
 

@@ -1,5 +1,6 @@
 """Command-line flags. Engine flags are generated from `dataclasses.fields(EngineArgs)`
-(kebab-case, vLLM's names and aliases), so a new EngineArgs field is a new flag."""
+(kebab-case, vLLM's names), with the help, choices and short aliases that each field
+carries in its metadata (config.engine_arg), so a new EngineArgs field is a new flag."""
 
 from __future__ import annotations
 
@@ -11,60 +12,11 @@ import types
 from collections.abc import Callable
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from pagedllm.config import (
-    DEVICES,
-    DTYPE_ALIASES,
-    EXECUTOR_BACKENDS,
-    LOAD_FORMATS,
-    MODEL_IMPLS,
-    PREEMPTION_MODES,
-    RUNNERS,
-    TASKS,
-    EngineArgs,
-    StructuredOutputsConfig,
-)
+from pagedllm.config import EngineArgs, StructuredOutputsConfig
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.http_options import DEFAULT_MAX_REQUEST_BODY_SIZE, HTTPOptions
 from pagedllm.sampling_params import SamplingParams
 
-_ALIASES: dict[str, list[str]] = {
-    "tensor_parallel_size": ["-tp"],
-    "pipeline_parallel_size": ["-pp"],
-    "quantization": ["-q"],
-}
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "load_format": LOAD_FORMATS,
-    "device": DEVICES,
-    "distributed_executor_backend": EXECUTOR_BACKENDS,
-    "runner": RUNNERS,
-    "task": TASKS,
-    "dtype": ("auto", *DTYPE_ALIASES),
-    "kv_cache_dtype": ("auto",),
-    "preemption_mode": PREEMPTION_MODES,
-    "model_impl": MODEL_IMPLS,
-}
-_HELP: dict[str, str] = {
-    "model": "Model: a directory, a .gguf file or a known name (default: the embedded "
-    "SmolLM2-135M-Instruct).",
-    "max_model_len": "Context length (prompt + output); accepts 2048, 2k (1000s) or 2K (1024s).",
-    "gpu_memory_utilization": "Fraction of GPU memory for weights, activations and KV cache.",
-    "kv_cache_memory_bytes": "KV cache size in bytes (CPU budget); accepts 512M, 2G, ...",
-    "served_model_name": "Model name(s) the API answers to; the first one is reported.",
-    "enable_prefix_caching": "Reuse the KV cache of shared prompt prefixes.",
-    "max_num_seqs": "Maximum number of sequences per step (default 256).",
-    "max_num_batched_tokens": "Token budget per step.",
-    "disable_log_stats": "Do not log the periodic throughput line.",
-    "swap_space": "CPU KV tier per GPU, in GiB: preempted requests and evicted prefix-cache "
-    "blocks are kept there (GPU only).",
-    "cpu_offload_gb": "GiB of weights kept in pinned CPU memory, streamed to the GPU layer by "
-    "layer (GPU only).",
-    "preemption_mode": "recompute | swap (default: swap requests with many computed tokens, "
-    "recompute short ones).",
-    "model_impl": "auto: native implementation, else the HF transformers modeling code with "
-    "paged attention; pagedllm (alias vllm): native only; transformers: always HF's code.",
-    "structured_outputs_config": 'Grammar backend options: JSON (\'{"backend": "xgrammar"}\') '
-    "or backend=auto|guidance|xgrammar,disable_any_whitespace=true (default: auto = guidance).",
-}
 _HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgtKMGT]?)$")
 _MULTIPLIERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _MULTIPLIERS |= {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -104,12 +56,12 @@ def _add_field(
     annotation: Any,
     dest_prefix: str = "",
 ) -> None:
-    flags = ["--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, [])]
+    flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
     inner, optional = _unwrap(annotation)
     kwargs: dict[str, Any] = {
         "dest": dest_prefix + f.name,
         "default": f.default,
-        "help": _HELP.get(f.name),
+        "help": f.metadata.get("help"),
     }
     if inner is bool:
         if f.default is False:
@@ -122,8 +74,8 @@ def _add_field(
             parse = StructuredOutputsConfig.from_cli
         kwargs["metavar"] = f.name.upper()
         kwargs["type"] = _optional(parse) if optional else parse
-        if f.name in _CHOICES:
-            kwargs["choices"] = [c for c in _CHOICES[f.name] if c is not None]
+        if f.metadata.get("choices"):
+            kwargs["choices"] = [c for c in f.metadata["choices"] if c is not None]
         if f.name == "served_model_name":
             kwargs["nargs"] = "+"
     if kwargs["help"] and f.default not in (None, False) and "action" not in kwargs:
@@ -258,9 +210,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=str,
         default="info",
         choices=["debug", "info", "warning", "error", "critical", "trace"],
+        help="uvicorn's log level (default: info).",
     )
     group.add_argument("--disable-log-requests", action="store_true", help="Do not log requests.")
-    group.add_argument("--disable-uvicorn-access-log", action="store_true")
+    group.add_argument(
+        "--disable-uvicorn-access-log", action="store_true", help="Do not log each HTTP request."
+    )
     group.add_argument("--root-path", type=str, default=None, help="ASGI root_path behind a proxy.")
     group.add_argument(
         "--disable-dashboard",

@@ -7,6 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def silu_and_mul_native(x: torch.Tensor) -> torch.Tensor:  # [..., 2d] -> [..., d]
+    """silu(x[..., :d]) * x[..., d:] in torch ops (HF's `act_fn(gate) * up`): the CPU path
+    of SiluAndMul and the reference of the Triton kernel (triton_activation.py)."""
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
 class SiluAndMul(nn.Module):
     """x [..., 2d] -> silu(x[..., :d]) * x[..., d:]  (gate_up_proj output). On CUDA one
     Triton kernel (layers/kernels/triton_activation.py, the same rounding)."""
@@ -17,8 +24,7 @@ class SiluAndMul(nn.Module):
             from pagedllm.layers.kernels.triton_activation import silu_and_mul
 
             return silu_and_mul(x)
-        d = x.shape[-1] // 2
-        return F.silu(x[..., :d]) * x[..., d:]
+        return silu_and_mul_native(x)
 
 
 class GeluAndMul(nn.Module):

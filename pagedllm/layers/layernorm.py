@@ -14,6 +14,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def rms_norm_native(
+    x: torch.Tensor,  # [..., hidden]
+    weight: torch.Tensor,  # [hidden]
+    eps: float,
+    weight_offset: float = 0.0,
+) -> torch.Tensor:  # like x (weight's dtype if wider and no offset: HF's promotion)
+    """HF's RMSNorm arithmetic in torch ops: normalise in float32, round to x.dtype, times
+    weight (Gemma: times offset + weight in float32, rounded once). The CPU path of
+    RMSNorm and the reference of the Triton kernel (triton_rms_norm.py)."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight_offset:
+        return (xf * (weight.float() + weight_offset)).to(dtype)
+    return weight * xf.to(dtype)
+
+
 class RMSNorm(nn.Module):
     """y = x / rms(x) * (offset + weight), computed in float32 (offset 1.0: Gemma)."""
 
@@ -24,12 +41,7 @@ class RMSNorm(nn.Module):
         self.weight_offset = weight_offset
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        if self.weight_offset:
-            return (xf * (self.weight.float() + self.weight_offset)).to(dtype)
-        return self.weight * xf.to(dtype)
+        return rms_norm_native(x, self.weight, self.variance_epsilon, self.weight_offset)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None

@@ -51,6 +51,32 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.T
     return torch.where(is_medium, blended, scaled)
 
 
+def rotate_native(
+    x: torch.Tensor,  # [T, n, head_size]
+    cos: torch.Tensor,  # [T, 1, rotary_dim / 2]
+    sin: torch.Tensor,  # [T, 1, rotary_dim / 2]
+    is_neox_style: bool,
+) -> torch.Tensor:  # [T, n, head_size] in x.dtype, a new tensor
+    """The rotation in torch ops (fp32 math, rounded once; dims past rotary_dim kept):
+    the CPU path of RotaryEmbedding and the reference of the Triton kernel
+    (triton_rotary.py). neox pairs x[i] with x[i + rotary_dim/2], GPT-J x[2i] with x[2i+1]."""
+    rotary_dim = 2 * cos.shape[-1]
+    rot = x[..., :rotary_dim].float()
+    if is_neox_style:
+        x1, x2 = rot.chunk(2, dim=-1)
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    if is_neox_style:
+        out = torch.cat([o1, o2], dim=-1)
+    else:
+        out = torch.stack([o1, o2], dim=-1).flatten(-2)
+    if rotary_dim == x.shape[-1]:
+        return out.to(x.dtype)
+    return torch.cat([out.to(x.dtype), x[..., rotary_dim:]], dim=-1)
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(
         self,
@@ -94,23 +120,6 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq.float())
         return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x [T, n, head_size]; cos/sin [T, 1, rotary_dim/2] float32
-        rot = x[..., : self.rotary_dim].float()
-        if self.is_neox_style:
-            x1, x2 = rot.chunk(2, dim=-1)
-        else:
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-        o1 = x1 * cos - x2 * sin
-        o2 = x2 * cos + x1 * sin
-        if self.is_neox_style:
-            out = torch.cat([o1, o2], dim=-1)
-        else:
-            out = torch.stack([o1, o2], dim=-1).flatten(-2)
-        if self.rotary_dim == self.head_size:
-            return out.to(x.dtype)
-        return torch.cat([out.to(x.dtype), x[..., self.rotary_dim :]], dim=-1)
-
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,8 +133,8 @@ class RotaryEmbedding(nn.Module):
             for x in (query, key):
                 self._rotate_in_place(x.view(num_tokens, -1, self.head_size), cos, sin)
             return query, key
-        q = self._rotate(query.view(num_tokens, -1, self.head_size), cos, sin)
-        k = self._rotate(key.view(num_tokens, -1, self.head_size), cos, sin)
+        q = rotate_native(query.view(num_tokens, -1, self.head_size), cos, sin, self.is_neox_style)
+        k = rotate_native(key.view(num_tokens, -1, self.head_size), cos, sin, self.is_neox_style)
         return q.reshape(query.shape), k.reshape(key.shape)
 
     def _step_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

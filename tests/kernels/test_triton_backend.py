@@ -1,45 +1,16 @@
-"""TritonAttentionBackend end to end: write_kv then forward, decode-only and mixed steps,
-padded for CUDA graphs (seq_len 0, slot -1, rows past num_actual_tokens)."""
+"""TritonAttentionBackend end to end against the torch attention backend: write_kv then
+forward, decode-only and mixed steps, padded for CUDA graphs (seq_len 0, slot -1, rows
+past num_actual_tokens)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import PagedCase, assert_close, gpu_test, make_paged_case
+from kernel_cases import assert_close, gpu_test
+from paged_cases import make_paged_case, paged_metadata, slot_mapping_of, torch_attention
 
-from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.layers.attention.torch_backend import write_kv_cache
 from pagedllm.layers.attention.triton_backend import TritonAttentionBackend
-from pagedllm.layers.kernels.triton_decode_attention import decode_attention_ref
-from pagedllm.layers.kernels.triton_prefill_attention import paged_attention_ref
-from pagedllm.layers.kernels.triton_reshape_and_cache import reshape_and_cache_ref
-
-
-def _slot_mapping(case: PagedCase, query_lens: list[int], num_rows: int) -> torch.Tensor:
-    """Slots of each sequence's last q_len positions; -1 for rows past the real tokens."""
-    block_size = case.kv_cache.shape[2]
-    slots = torch.full((num_rows,), -1, dtype=torch.int64)
-    tables = case.block_tables.cpu().long()
-    row = 0
-    for b, (seq_len, q_len) in enumerate(zip(case.seq_lens.tolist(), query_lens)):
-        if seq_len > 0:  # a padded sequence (seq_len 0) keeps slot -1 for its row
-            pos = torch.arange(seq_len - q_len, seq_len)
-            slots[row : row + q_len] = tables[b, pos // block_size] * block_size + pos % block_size
-        row += q_len
-    return slots.to(case.query.device)
-
-
-def _metadata(
-    case: PagedCase, slot_mapping: torch.Tensor, num_actual_tokens: int
-) -> AttentionMetadata:
-    return AttentionMetadata(
-        num_actual_tokens=num_actual_tokens,
-        max_query_len=case.max_query_len,
-        max_seq_len=case.max_seq_len,
-        query_start_loc=case.query_start_loc,
-        seq_lens=case.seq_lens,
-        block_tables=case.block_tables,
-        slot_mapping=slot_mapping,
-    )
 
 
 def _run(
@@ -69,26 +40,16 @@ def _run(
     gen = torch.Generator().manual_seed(7)
     key = torch.randn(num_rows, num_kv_heads, head_dim, generator=gen).to(dtype).to(device)
     value = torch.randn(num_rows, num_kv_heads, head_dim, generator=gen).to(dtype).to(device)
-    slot_mapping = _slot_mapping(case, query_lens, num_rows)
-    metadata = _metadata(case, slot_mapping, num_actual)
+    slot_mapping = slot_mapping_of(case, query_lens, num_rows)
+    metadata = paged_metadata(case, slot_mapping, num_actual)
 
     ref_cache = case.kv_cache.clone()
-    reshape_and_cache_ref(key, value, ref_cache, slot_mapping)
-    ref = paged_attention_ref(
-        case.query,
-        ref_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.query_start_loc,
-        case.scale,
-        causal=causal,
-    )
-
     backend = TritonAttentionBackend()
     backend.write_kv(key, value, case.kv_cache, slot_mapping)
+    write_kv_cache(key, value, ref_cache, slot_mapping)
     assert torch.equal(case.kv_cache, ref_cache)
     out = backend.forward(case.query, case.kv_cache, metadata, case.scale, causal=causal)
-    assert_close(out, ref, dtype)
+    assert_close(out, torch_attention(case, causal), dtype)
     assert torch.equal(out[num_actual:], torch.zeros_like(out[num_actual:]))
 
 
@@ -134,8 +95,7 @@ def test_backend_decode_cuda_graph_replay() -> None:
     must follow the new lengths (no host-side values baked in beyond num_splits)."""
     seq_lens = [300, 41, 1000, 7, 0, 0]
     case = make_paged_case(seq_lens, [1] * 6, 16, 8, 128, 16, torch.bfloat16, "cuda")
-    slot_mapping = torch.full((6,), -1, dtype=torch.int64, device="cuda")
-    metadata = _metadata(case, slot_mapping, 6)
+    metadata = paged_metadata(case)
     backend = TritonAttentionBackend(decode_num_splits=4)
     backend.forward(case.query, case.kv_cache, metadata, case.scale)  # compile outside capture
     torch.cuda.synchronize()
@@ -146,7 +106,4 @@ def test_backend_decode_cuda_graph_replay() -> None:
     case.query.copy_(torch.randn_like(case.query))
     graph.replay()
     torch.cuda.synchronize()
-    ref = decode_attention_ref(
-        case.query, case.kv_cache, case.block_tables, case.seq_lens, case.scale
-    )
-    assert_close(out, ref, torch.bfloat16)
+    assert_close(out, torch_attention(case), torch.bfloat16)

@@ -1,16 +1,19 @@
-"""decode_attention (split-K, GQA) against the torch reference over random block tables."""
+"""decode_attention (split-K, GQA) against the torch attention backend over random block
+tables."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import assert_close, gpu_test, make_paged_case
-
-from pagedllm.layers.kernels.triton_decode_attention import (
-    choose_num_splits,
-    decode_attention,
-    decode_attention_ref,
+from kernel_cases import assert_close, gpu_test
+from paged_cases import (
+    assert_empty_sequences_give_zeros,
+    make_paged_case,
+    run_decode,
+    torch_attention,
 )
+
+from pagedllm.layers.kernels.triton_decode_attention import choose_num_splits
 
 
 def _check(
@@ -27,24 +30,9 @@ def _check(
     case = make_paged_case(
         seq_lens, [1] * len(seq_lens), num_heads, num_kv_heads, head_dim, block_size, dtype, device
     )
-    out = torch.full_like(case.query, float("nan"))  # every row must be written
-    decode_attention(
-        case.query,
-        case.kv_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.scale,
-        num_splits=num_splits,
-        out=out,
-        block_n=block_n,
-    )
-    ref = decode_attention_ref(
-        case.query, case.kv_cache, case.block_tables, case.seq_lens, case.scale
-    )
-    assert_close(out, ref, dtype)
-    for b, seq_len in enumerate(seq_lens):
-        if seq_len == 0:
-            assert torch.equal(out[b], torch.zeros_like(out[b]))
+    out = run_decode(case, num_splits, block_n=block_n)
+    assert_close(out, torch_attention(case), dtype)
+    assert_empty_sequences_give_zeros(out, case)
 
 
 # seq_lens hold a padded row (0), lengths off the block size, and one longer than a split.

@@ -1,15 +1,12 @@
-"""prefill_attention (varlen, chunked, GQA, causal or not) against the torch reference."""
+"""prefill_attention (varlen, chunked, GQA, causal or not) against the torch attention
+backend."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import assert_close, gpu_test, make_paged_case
-
-from pagedllm.layers.kernels.triton_prefill_attention import (
-    paged_attention_ref,
-    prefill_attention,
-)
+from kernel_cases import assert_close, gpu_test
+from paged_cases import make_paged_case, run_prefill, torch_attention
 
 
 def _check(
@@ -28,30 +25,8 @@ def _check(
     case = make_paged_case(
         seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, device
     )
-    out = torch.full_like(case.query, float("nan"))  # every row must be written
-    prefill_attention(
-        case.query,
-        case.kv_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.query_start_loc,
-        case.max_query_len,
-        case.scale,
-        causal=causal,
-        out=out,
-        block_m=block_m,
-        block_n=block_n,
-    )
-    ref = paged_attention_ref(
-        case.query,
-        case.kv_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.query_start_loc,
-        case.scale,
-        causal=causal,
-    )
-    assert_close(out, ref, dtype)
+    out = run_prefill(case, causal, block_m=block_m, block_n=block_n)
+    assert_close(out, torch_attention(case, causal), dtype)
 
 
 # (seq_lens, query_lens): a whole prompt, a chunk after a cached prefix (lengths off the

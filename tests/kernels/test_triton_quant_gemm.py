@@ -9,7 +9,7 @@ import torch
 from kernel_cases import assert_close, gpu_test
 
 from pagedllm.layers.kernels.triton_quant_gemm import quant_gemm
-from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
+from pagedllm.layers.quantization.int_packing import pack_rows, packed_matmul_ref
 
 
 def _case(
@@ -30,16 +30,7 @@ def _case(
             torch.sort(torch.randint(0, groups, (k,), generator=gen)).values.int().to(device)
         )
     x = torch.randn(m, k, generator=gen).to(dtype).to(device)
-    w = dequantize_ref(
-        args["qweight"],
-        bits,
-        args.get("scales"),
-        args.get("zeros"),  # type: ignore[arg-type]
-        args.get("g_idx"),
-        group,
-        args.get("lookup_table"),  # type: ignore[arg-type]
-    )
-    return x, args, (x.float() @ w.to(dtype).float()).to(dtype)
+    return x, args, packed_matmul_ref(x, **args)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,12 @@
 """The decode-row kernel for packed integer weights against the torch reference
-dequantizer (CPU under the Triton interpreter; real shapes on CUDA)."""
+(int_packing.packed_matmul_ref; CPU under the Triton interpreter, real shapes on CUDA)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
+from pagedllm.layers.quantization.int_packing import pack_rows, packed_matmul_ref
 
 
 def _case(bits: int, group: int, k: int, n: int, device: str) -> dict[str, torch.Tensor]:
@@ -25,9 +25,9 @@ def _check(bits: int, group: int, m: int, k: int, n: int, device: str, **kw: obj
 
     case = _case(bits, group, k, n, device)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(device)
-    w = dequantize_ref(case["qweight"], bits, case["scales"], case["zeros"], None, group)
-    expected = x.float() @ w
-    got = quant_gemv(x, case["qweight"], bits, group, case["scales"], case["zeros"], **kw)
+    args = (case["qweight"], bits, group, case["scales"], case["zeros"])
+    expected = packed_matmul_ref(x, *args)
+    got = quant_gemv(x, *args, **kw)
     torch.testing.assert_close(got.float(), expected, rtol=1e-4, atol=1e-3)
 
 

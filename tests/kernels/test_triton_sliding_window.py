@@ -1,42 +1,36 @@
 """Sliding windows and logit soft-caps (Gemma 2/3, Mistral) in the Triton paged attention
-kernels, against the plain-torch references: prefill (whole prompts, chunks after a
-cached prefix, decodes in the batch), split-K decode, and the backend against the torch
-backend (the engine's oracle). Windows are shorter than the contexts and cross KV blocks;
-each case also checks that the option changes the result, so a kernel that ignored it
-would fail."""
+kernels and backend, against the torch attention backend (the one oracle): prefill (whole
+prompts, chunks after a cached prefix, decodes in the batch) and split-K decode. Windows
+are shorter than the contexts and cross KV blocks; each case also checks that the option
+changes the result, so a kernel that ignored it would fail."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import PagedCase, assert_close, gpu_test, make_paged_case
+from kernel_cases import assert_close, gpu_test
+from paged_cases import (
+    PagedCase,
+    assert_empty_sequences_give_zeros,
+    make_paged_case,
+    paged_metadata,
+    run_decode,
+    run_prefill,
+    torch_attention,
+)
 
-from pagedllm.layers.attention.metadata import AttentionMetadata
-from pagedllm.layers.attention.torch_backend import TorchAttentionBackend
 from pagedllm.layers.attention.triton_backend import TritonAttentionBackend
-from pagedllm.layers.kernels.triton_decode_attention import (
-    decode_attention,
-    decode_attention_ref,
-)
-from pagedllm.layers.kernels.triton_prefill_attention import (
-    paged_attention_ref,
-    prefill_attention,
-)
+from pagedllm.layers.kernels.triton_decode_attention import decode_attention
+from pagedllm.layers.kernels.triton_prefill_attention import prefill_attention
 
 Options = tuple[int | None, float | None]  # (sliding_window, soft_cap)
 
 
-def _differs(out: torch.Tensor, case: PagedCase, causal: bool = True) -> bool:
-    plain = paged_attention_ref(
-        case.query,
-        case.kv_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.query_start_loc,
-        case.scale,
-        causal=causal,
-    )
-    return not torch.allclose(out.float(), plain.float(), atol=1e-3)
+def _check_options(out: torch.Tensor, case: PagedCase, options: Options, causal: bool) -> None:
+    """out matches the oracle with the options, and the options changed the result."""
+    assert_close(out, torch_attention(case, causal, *options), case.query.dtype)
+    plain = torch_attention(case, causal)
+    assert not torch.allclose(out.float(), plain.float(), atol=1e-3)
 
 
 def _check_prefill(
@@ -53,41 +47,13 @@ def _check_prefill(
     block_m: int = 64,
     block_n: int = 64,
 ) -> None:
-    window, soft_cap = options
     case = make_paged_case(
         seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, device
     )
     # Large scores, so that the soft-cap bites (tanh far from linear).
     case.scale = 2.0 * head_dim**-0.5
-    out = torch.full_like(case.query, float("nan"))  # every row must be written
-    prefill_attention(
-        case.query,
-        case.kv_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.query_start_loc,
-        case.max_query_len,
-        case.scale,
-        causal=causal,
-        out=out,
-        sliding_window=window,
-        soft_cap=soft_cap,
-        block_m=block_m,
-        block_n=block_n,
-    )
-    ref = paged_attention_ref(
-        case.query,
-        case.kv_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.query_start_loc,
-        case.scale,
-        causal=causal,
-        sliding_window=window,
-        soft_cap=soft_cap,
-    )
-    assert_close(out, ref, dtype)
-    assert _differs(out, case, causal)
+    out = run_prefill(case, causal, *options, block_m=block_m, block_n=block_n)
+    _check_options(out, case, options, causal)
 
 
 # A whole prompt, a chunk after a cached prefix (prefix-cache hit / chunked prefill),
@@ -128,9 +94,7 @@ def test_prefill_window_16bit(dtype: torch.dtype) -> None:
 
 def test_window_wider_than_context_is_plain() -> None:
     case = make_paged_case(*MIXED, 8, 2, 64, 16, torch.float32, "cpu")
-    args = (case.query, case.kv_cache, case.block_tables, case.seq_lens, case.query_start_loc)
-    out = prefill_attention(*args, case.max_query_len, case.scale, sliding_window=1000)
-    assert_close(out, paged_attention_ref(*args, case.scale), torch.float32)
+    assert_close(run_prefill(case, sliding_window=1000), torch_attention(case), torch.float32)
 
 
 def _check_decode(
@@ -145,32 +109,13 @@ def _check_decode(
     device: str = "cpu",
     block_n: int = 16,
 ) -> None:
-    window, soft_cap = options
     case = make_paged_case(
         seq_lens, [1] * len(seq_lens), num_heads, num_kv_heads, head_dim, block_size, dtype, device
     )
     case.scale = 2.0 * head_dim**-0.5
-    out = torch.full_like(case.query, float("nan"))
-    decode_attention(
-        case.query,
-        case.kv_cache,
-        case.block_tables,
-        case.seq_lens,
-        case.scale,
-        num_splits=num_splits,
-        out=out,
-        sliding_window=window,
-        soft_cap=soft_cap,
-        block_n=block_n,
-    )
-    ref = decode_attention_ref(
-        case.query, case.kv_cache, case.block_tables, case.seq_lens, case.scale, window, soft_cap
-    )
-    assert_close(out, ref, dtype)
-    assert _differs(out, case)
-    for b, seq_len in enumerate(seq_lens):
-        if seq_len == 0:
-            assert torch.equal(out[b], torch.zeros_like(out[b]))
+    out = run_decode(case, num_splits, *options, block_n=block_n)
+    _check_options(out, case, options, causal=True)
+    assert_empty_sequences_give_zeros(out, case)
 
 
 # A padded row (0), a sequence shorter than every window, lengths off the block size.
@@ -203,21 +148,6 @@ def test_bad_options_are_refused(bad: dict[str, float]) -> None:
         prefill_attention(*args, case.query_start_loc, 1, case.scale, **bad)  # type: ignore[arg-type]
 
 
-def _metadata(case: PagedCase, query_lens: list[int]) -> AttentionMetadata:
-    num_tokens = case.query.shape[0]
-    return AttentionMetadata(
-        num_actual_tokens=num_tokens,
-        max_query_len=case.max_query_len,
-        max_seq_len=case.max_seq_len,
-        query_start_loc=case.query_start_loc,
-        seq_lens=case.seq_lens,
-        block_tables=case.block_tables,
-        slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64),
-        query_start_loc_cpu=case.query_start_loc.cpu(),
-        seq_lens_cpu=case.seq_lens.cpu(),
-    )
-
-
 @pytest.mark.parametrize(
     "seq_lens,query_lens", [MIXED, ([40, 17, 130], [1, 1, 1]), ([30, 75], [30, 20])]
 )
@@ -227,14 +157,10 @@ def test_backend_matches_torch_backend(
 ) -> None:
     window, soft_cap = options
     case = make_paged_case(seq_lens, query_lens, 8, 2, 64, 16, torch.float32, "cpu")
-    metadata = _metadata(case, query_lens)
-    kwargs = {"sliding_window": window, "soft_cap": soft_cap}
     out = TritonAttentionBackend(decode_num_splits=2).forward(
-        case.query, case.kv_cache, metadata, case.scale, **kwargs
+        case.query, case.kv_cache, paged_metadata(case), case.scale, True, window, soft_cap
     )
-    ref = TorchAttentionBackend().forward(case.query, case.kv_cache, metadata, case.scale, **kwargs)
-    assert_close(out, ref, torch.float32)
-    assert _differs(out, case)
+    _check_options(out, case, options, causal=True)
 
 
 @gpu_test
@@ -256,7 +182,7 @@ def test_windowed_decode_cuda_graph_replay() -> None:
     """Capture a windowed, soft-capped decode step; replay with other lengths."""
     seq_lens = [3000, 41, 1000, 7, 0, 0]
     case = make_paged_case(seq_lens, [1] * 6, 16, 8, 128, 16, torch.bfloat16, "cuda")
-    metadata = _metadata(case, [1] * 6)
+    metadata = paged_metadata(case)
     backend = TritonAttentionBackend()
     opts = {"sliding_window": 256, "soft_cap": 20.0}
     backend.forward(case.query, case.kv_cache, metadata, case.scale, **opts)  # compile first
@@ -268,7 +194,4 @@ def test_windowed_decode_cuda_graph_replay() -> None:
     case.query.copy_(torch.randn_like(case.query))
     graph.replay()
     torch.cuda.synchronize()
-    ref = decode_attention_ref(
-        case.query, case.kv_cache, case.block_tables, case.seq_lens, case.scale, 256, 20.0
-    )
-    assert_close(out, ref, torch.bfloat16)
+    assert_close(out, torch_attention(case, True, 256, 20.0), torch.bfloat16)

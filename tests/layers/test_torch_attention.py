@@ -243,3 +243,17 @@ def test_windowed_layer_falls_back_to_torch_backend() -> None:
     out = layer(query.flatten(1), key.flatten(1), value.flatten(1), kv_cache, meta)
     expected = _reference(query, kv_cache, meta, 0.35, True, window=4).flatten(1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("soft_cap", [None, 2.0])
+def test_sequence_without_keys_gives_zeros(soft_cap: float | None) -> None:
+    # A padded decode entry (one query row, seq_len 0), as CUDA-graph padding makes them:
+    # zeros like the Triton kernels, not NaN (the soft-capped softmax of no keys).
+    query, key, value, kv_cache, meta = _make_case([1, 1, 1], [6, 0, 2], 4, 2, 8, 4, seed=19)
+    TorchAttentionBackend().write_kv(key, value, kv_cache, meta.slot_mapping)
+    meta.seq_lens = torch.tensor([7, 0, 3], dtype=torch.int32)
+    meta.seq_lens_cpu = meta.seq_lens.clone()
+    out = TorchAttentionBackend().forward(query, kv_cache, meta, 0.5, soft_cap=soft_cap)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    expected = _reference(query, kv_cache, meta, 0.5, True, soft_cap=soft_cap)
+    torch.testing.assert_close(out[[0, 2]], expected[[0, 2]], atol=1e-5, rtol=1e-5)

@@ -59,7 +59,9 @@ def _make_plan(
 ) -> _GroupPlan:
     num_seqs, max_k = key_slots.shape
     q_off = torch.arange(max_q, device=key_slots.device)
-    q_valid = q_off[None, :] < q_lens[:, None]  # [B, max_q]
+    # A sequence without keys (seq_len 0: a padded entry) has no valid rows: its output
+    # stays 0, as in the Triton kernels.
+    q_valid = (q_off[None, :] < q_lens[:, None]) & (seq_lens[:, None] > 0)  # [B, max_q]
     q_index = torch.where(q_valid, q_start[:, None] + q_off[None, :], 0)
     k_pos = torch.arange(max_k, device=key_slots.device)
     mask = k_pos[None, None, :] < seq_lens[:, None, None]  # [B, 1, max_k]
@@ -168,7 +170,8 @@ def paged_attention(
         qsl_cpu = metadata.query_start_loc.cpu()
     q_lens_cpu = (qsl_cpu[1:] - qsl_cpu[:-1]).long()
     plain = window is None and soft_cap is None
-    if plain and qsl_cpu.shape[0] == 2 and int(q_lens_cpu[0]) == 1 and query.shape[0] == 1:
+    single = qsl_cpu.shape[0] == 2 and int(q_lens_cpu[0]) == 1 and query.shape[0] == 1
+    if plain and single and metadata.max_seq_len > 0:
         return _single_decode(query, key_store, value_store, key_slots[0], metadata, scale)
     group = query.shape[1] // key_store.shape[1]
     plans = _step_plans(
@@ -223,6 +226,25 @@ def _step_plans(
     return plans
 
 
+def write_kv_cache(
+    key: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [>= T] int64, -1: not stored
+) -> None:
+    """Token t's key and value into flat cache slot slot_mapping[t] (block slot // block_size,
+    row slot % block_size). The reference of the Triton kernel (triton_reshape_and_cache.py)."""
+    num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
+    key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
+    value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)
+    num_tokens = min(key.shape[0], slot_mapping.shape[0])
+    slots = slot_mapping[:num_tokens]
+    valid = slots >= 0
+    slots = slots[valid]
+    key_cache.index_copy_(0, slots, key[:num_tokens][valid].to(key_cache.dtype))
+    value_cache.index_copy_(0, slots, value[:num_tokens][valid].to(value_cache.dtype))
+
+
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     supports_window_and_soft_cap = True
@@ -234,15 +256,7 @@ class TorchAttentionBackend(AttentionBackend):
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
         slot_mapping: torch.Tensor,  # [T] int64
     ) -> None:
-        num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
-        key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
-        value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)
-        num_tokens = min(key.shape[0], slot_mapping.shape[0])
-        slots = slot_mapping[:num_tokens]
-        valid = slots >= 0
-        slots = slots[valid]
-        key_cache.index_copy_(0, slots, key[:num_tokens][valid].to(key_cache.dtype))
-        value_cache.index_copy_(0, slots, value[:num_tokens][valid].to(value_cache.dtype))
+        write_kv_cache(key, value, kv_cache, slot_mapping)
 
     def forward(
         self,

@@ -1,6 +1,7 @@
 """SiLU-and-mul of the fused gate/up projection: x [T, 2*I] -> silu(x[:, :I]) * x[:, I:].
 
 Rounds like HF transformers: silu(gate) is rounded to x.dtype, then the product is.
+Torch reference: `silu_and_mul_ref`, the CPU path of SiluAndMul (layers/activation.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.layers.activation import silu_and_mul_native as silu_and_mul_ref
 from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     cdiv,
@@ -17,6 +19,8 @@ from pagedllm.triton_utils import (
     check_ndim,
     launch,
 )
+
+__all__ = ["silu_and_mul", "silu_and_mul_ref"]
 
 BLOCK = 1024
 
@@ -62,9 +66,3 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [T, 2*I] -> [T, I]
         num_warps=4,
     )
     return out
-
-
-def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:  # [T, 2*I] -> [T, I]
-    """Plain-torch reference of `silu_and_mul` (HF's `act_fn(gate) * up`)."""
-    inter = x.shape[-1] // 2
-    return torch.nn.functional.silu(x[..., :inter]) * x[..., inter:]

@@ -21,6 +21,7 @@ and the reduce kernel (grid = (B, num_heads)) merges the splits:
     out = sum_s 2^(lse_s - max lse) * out_s / sum_s 2^(lse_s - max lse).
 A sequence of seq_len 0 (a padded row) gets an all-zero output. The launch reads shapes
 from host ints only, so it can be captured in a CUDA graph.
+Torch reference: the torch attention backend (layers/attention/torch_backend.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from pagedllm.layers.kernels.triton_online_softmax import attend_paged_keys
 from pagedllm.layers.kernels.triton_prefill_attention import (
     check_paged_args,
     check_window_and_soft_cap,
-    paged_attention_ref,
 )
 from pagedllm.triton_utils import (
     cdiv,
@@ -355,30 +355,3 @@ def _reduce(part_out: torch.Tensor, lse: torch.Tensor, out: torch.Tensor, num_se
         BLOCK_S=next_power_of_2(num_splits),
         BLOCK_D=next_power_of_2(head_dim),
     )
-
-
-def decode_attention_ref(
-    query: torch.Tensor,  # [B, num_heads, head_dim]
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
-    block_tables: torch.Tensor,  # [B, max_blocks_per_seq] int32
-    seq_lens: torch.Tensor,  # [B] int32
-    scale: float,
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
-) -> torch.Tensor:  # [B, num_heads, head_dim], query.dtype
-    """Plain-torch reference of `decode_attention` (fp32 math, zeros for seq_len 0)."""
-    num_seqs = seq_lens.shape[0]
-    query_start_loc = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
-    out = torch.zeros_like(query)
-    out[:num_seqs] = paged_attention_ref(
-        query[:num_seqs],
-        kv_cache,
-        block_tables,
-        seq_lens,
-        query_start_loc,
-        scale,
-        causal=True,
-        sliding_window=sliding_window,
-        soft_cap=soft_cap,
-    )
-    return out

@@ -8,8 +8,8 @@ Activation quantization (reference: quantize_per_tensor_ref), x flattened to T v
     (no atomics, no zero-filled buffer: deterministic) and quantizes its range.
     scale = max(amax, 1e-12) / 448; static scales skip the amax.
 
-GEMV: y[m, n] = ws[n] * sum_k x[m, k] * w[n, k], w [N, K] e4m3 (the layout
-torch._scaled_mm reads transposed), ws per output channel (a per-tensor scale is a
+GEMV (reference: fp8_gemv_ref): y[m, n] = ws[n] * sum_k x[m, k] * w[n, k], w [N, K]
+e4m3 (the layout torch._scaled_mm reads transposed), ws per output channel (a per-tensor scale is a
 constant vector). FMA path: products in a [BLOCK_M, BLOCK_N, BLOCK_K] float32
 register block reduced over K at the end; the e4m3 bits s eeee mmm placed at float32
 bits 31, 26..23, 22..20 are w * 2^-120 exactly (subnormals included), so BIT_CONVERT
@@ -257,3 +257,13 @@ def fp8_gemv(
     if splits > 1:
         sum_splits(target, out)
     return out
+
+
+def fp8_gemv_ref(
+    x: torch.Tensor,  # [M, K]
+    weight: torch.Tensor,  # [N, K] e4m3
+    weight_scale: torch.Tensor,  # [N] float32
+) -> torch.Tensor:  # [M, N] in x.dtype
+    """Torch reference of `fp8_gemv`: float32 product with the dequantized weight,
+    rounded once to x.dtype."""
+    return (x.float() @ (weight.float() * weight_scale.float()[:, None]).t()).to(x.dtype)

@@ -10,6 +10,7 @@ A's row of pair i is i // A_ROW_DIV: the token (A = hidden states [T, K], A_ROW_
 top_k) for the gate/up GEMM, the pair itself (A = activations [T*k, K], A_ROW_DIV = 1)
 for the down GEMM, which also multiplies row i by topk_weights[i] (MUL_ROUTED_WEIGHT).
 C is [T*k, N], row i = pair i; padded rows are never stored.
+Torch reference: fused_moe/moe_torch.fused_experts_torch (the CPU path of the experts).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ programs, each at least one BLOCK_V chunk, so N = 1 spreads V over ~126 programs
 S = 1 once N >= TARGET_PROGRAMS. The noise of (r, v) and the tie rule do not depend on
 S, so the tokens of a given (logits, T, seed) are the same for every S. The launch reads
 host ints only and allocates with torch.empty, so it can be captured in a CUDA graph.
+Torch reference: `gumbel_sample_ref` (the same distribution, not the same draws).
 """
 
 from __future__ import annotations

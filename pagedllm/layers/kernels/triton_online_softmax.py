@@ -12,6 +12,8 @@ before:
     SOFT_CAP: scores s -> c * tanh(s / c) before the mask and the softmax (Gemma 2),
         with tanh(x) = 1 - 2 / (exp(2x) + 1), exact at both ends (exp -> inf gives 1,
         exp -> 0 gives -1) and free of libdevice, so the interpreter runs it too.
+Torch reference: that of its callers, the torch attention backend
+(layers/attention/torch_backend.py); it is tested through them.
 """
 
 from __future__ import annotations

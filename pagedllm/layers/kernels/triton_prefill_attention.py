@@ -21,6 +21,7 @@ Programs:
     Programs with qt*BLOCK_Q >= q_len exit (max_query_len bounds the grid, a host int).
 Keys are gathered BLOCK_N at a time through block_tables (any block_size), with an online
 softmax in base 2 and fp32 accumulation. Rows of sequences with q_len 0 are not written.
+Torch reference: the torch attention backend (layers/attention/torch_backend.py).
 """
 
 from __future__ import annotations
@@ -289,43 +290,3 @@ def check_paged_args(
         ("block_tables", block_tables),
         ("seq_lens", seq_lens),
     )
-
-
-def paged_attention_ref(
-    query: torch.Tensor,  # [T, num_heads, head_dim]
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
-    block_tables: torch.Tensor,  # [B, max_blocks_per_seq] int32
-    seq_lens: torch.Tensor,  # [B] int32
-    query_start_loc: torch.Tensor,  # [B + 1] int32
-    scale: float,
-    causal: bool = True,
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
-) -> torch.Tensor:  # [T, num_heads, head_dim], query.dtype; rows of no sequence are 0
-    """Plain-torch reference (fp32 math, one sequence at a time, host loop)."""
-    out = torch.zeros_like(query)
-    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
-    group = query.shape[1] // num_kv_heads
-    flat = kv_cache.flatten(1, 2).float()  # [2, num_blocks * block_size, num_kv_heads, head_dim]
-    starts = query_start_loc.tolist()
-    for b, seq_len in enumerate(seq_lens.tolist()):
-        q0, q1 = starts[b], starts[b + 1]
-        if q1 == q0 or seq_len == 0:
-            continue
-        pos = torch.arange(seq_len, device=query.device)
-        slots = block_tables[b, pos // block_size].long() * block_size + pos % block_size
-        k = flat[0, slots].repeat_interleave(group, dim=1)  # [seq_len, num_heads, head_dim]
-        v = flat[1, slots].repeat_interleave(group, dim=1)
-        q = query[q0:q1].float()
-        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
-        if soft_cap is not None:
-            scores = torch.tanh(scores / soft_cap) * soft_cap
-        q_pos = seq_len - (q1 - q0) + torch.arange(q1 - q0, device=query.device)
-        if causal:
-            scores = scores.masked_fill(pos[None, None, :] > q_pos[None, :, None], float("-inf"))
-        if sliding_window is not None:
-            hidden = pos[None, None, :] <= q_pos[None, :, None] - sliding_window
-            scores = scores.masked_fill(hidden, float("-inf"))
-        probs = scores.softmax(dim=-1)
-        out[q0:q1] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
-    return out

@@ -10,6 +10,7 @@ the same roundings, without the two round trips through memory between them.
 
 grid = (T,): one program handles every q and k head of one token. The cache layout is
 `RotaryEmbedding.cos_sin_cache`: [max_position, D] float32, cos | sin.
+Torch reference: `qk_norm_rotary_ref` (the two kernels' references in turn).
 """
 
 from __future__ import annotations

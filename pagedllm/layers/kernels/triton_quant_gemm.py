@@ -14,6 +14,7 @@ code slot j (BLOCK_K/p >= 16), codes turned into 16-bit floats by bit tricks
 (_codes_to_float), and scale and zero point applied after the dots:
 s * (x . q - z * sum x). Otherwise the codes are unpacked by broadcasting shifts
 ([BLOCK_K/p, p, BLOCK_N] -> [BLOCK_K, BLOCK_N]) and dequantized per row.
+Torch reference: int_packing.packed_matmul_ref.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ The codes become floats without an int-to-float conversion (quarter rate on Hopp
 q | 0x4B000000 read as a float32 is 2^23 + q, exact, so one OR (fused with the mask
 into one LOP3) and one subtraction. Products accumulate in a [BLOCK_M, BLOCK_K/p,
 BLOCK_N] register block that is reduced over K once at the end, not once per j.
-Torch reference: int_packing.dequantize_ref.
+Torch reference: int_packing.packed_matmul_ref.
 
     grid = (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), S)   S > 1: split-K, float32 partial
     sums [S, M, N] added in order by _sum_splits_kernel (deterministic).

@@ -1,6 +1,7 @@
 """The per-tile parts of triton_quant_gemm's kernel: one K tile of K-packed codes
 [BLOCK_K/p, BLOCK_N] int32 words times x, returned as a float32 [BLOCK_M, BLOCK_N]
-partial sum (see triton_quant_gemm for the two paths)."""
+partial sum (see triton_quant_gemm for the two paths). Torch reference: that of
+triton_quant_gemm (int_packing.packed_matmul_ref); tested through it."""
 
 from __future__ import annotations
 

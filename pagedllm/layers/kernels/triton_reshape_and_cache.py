@@ -4,6 +4,8 @@
                                                                           slot % block_size]
 A slot of -1 marks a token that is not stored (padding for CUDA graphs, or a token
 whose slot is not owned by this step); its program returns at once.
+Torch reference: `reshape_and_cache_ref`, the torch backend's cache write
+(layers/attention/torch_backend.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.layers.attention.torch_backend import write_kv_cache as reshape_and_cache_ref
 from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     check_contiguous,
@@ -22,6 +25,8 @@ from pagedllm.triton_utils import (
     launch,
     next_power_of_2,
 )
+
+__all__ = ["reshape_and_cache", "reshape_and_cache_ref"]
 
 
 @triton.jit
@@ -109,18 +114,3 @@ def _check_args(
     check_contiguous("slot_mapping", slot_mapping)
     if slot_mapping.shape[0] < key.shape[0]:
         raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} rows < {key.shape[0]} tokens")
-
-
-def reshape_and_cache_ref(
-    key: torch.Tensor,  # [T, num_kv_heads, head_dim]
-    value: torch.Tensor,  # [T, num_kv_heads, head_dim]
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
-    slot_mapping: torch.Tensor,  # [>= T] int64, -1: skip
-) -> None:
-    """Plain-torch reference of `reshape_and_cache`."""
-    num_tokens = key.shape[0]
-    slots = slot_mapping[:num_tokens]
-    keep = slots >= 0
-    flat = kv_cache.view(2, -1, kv_cache.shape[3], kv_cache.shape[4])
-    flat[0, slots[keep]] = key[keep].to(kv_cache.dtype)
-    flat[1, slots[keep]] = value[keep].to(kv_cache.dtype)

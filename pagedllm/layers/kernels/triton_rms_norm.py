@@ -5,6 +5,7 @@
 
 The input is [T, hidden] (one row per token, any row stride) or [T, R, hidden] (R rows
 per token, e.g. Qwen3's per-head q/k norm on a strided view of the fused qkv output).
+Torch reference: `rms_norm_ref`, around RMSNorm's CPU path (layers/layernorm.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.layers.layernorm import rms_norm_native
 from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     check_dtype,
@@ -144,10 +146,8 @@ def rms_norm_ref(
     eps: float,
     residual: torch.Tensor | None = None,  # like x
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Plain-torch reference of `rms_norm` (HF transformers' LlamaRMSNorm arithmetic)."""
+    """Torch reference of `rms_norm`: the residual add, then RMSNorm's CPU path
+    (layernorm.rms_norm_native, HF's LlamaRMSNorm arithmetic), in x.dtype."""
     new_residual = None if residual is None else x + residual
     s = x if new_residual is None else new_residual
-    s32 = s.float()
-    normed = (s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    out = (normed.float() * weight.float()).to(x.dtype)
-    return out, new_residual
+    return rms_norm_native(s, weight, eps).to(x.dtype), new_residual

@@ -14,6 +14,7 @@ For each head vector x (head_size >= rot_dim; dims >= rot_dim are left as they a
     neox:  x1 = x[:rot_dim/2],   x2 = x[rot_dim/2:rot_dim]
     GPT-J: x1 = x[0:rot_dim:2],  x2 = x[1:rot_dim:2]
     x1' = x1 * cos - x2 * sin,   x2' = x2 * cos + x1 * sin       (fp32, rounded once)
+Torch reference: `rotary_embedding_ref`, RotaryEmbedding's CPU path (layers/rotary.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.layers.rotary import RotaryEmbedding, rotate_native
 from pagedllm.triton_utils import (
     FLOAT_DTYPES,
     check_contiguous,
@@ -156,12 +158,9 @@ def check_rotary_args(
 def make_cos_sin_cache(
     rot_dim: int, max_position: int, base: float, device: torch.device | str = "cpu"
 ) -> torch.Tensor:  # [max_position, rot_dim] float32, cos | sin
-    """The plain (unscaled) rope cache in the layout above."""
-    inv_freq = 1.0 / (
-        base ** (torch.arange(0, rot_dim, 2, dtype=torch.float32, device=device) / rot_dim)
-    )
-    freqs = torch.outer(torch.arange(max_position, dtype=torch.float32, device=device), inv_freq)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+    """The plain (unscaled) rope cache in the layout above: RotaryEmbedding's own."""
+    rope = RotaryEmbedding(rot_dim, rot_dim, max_position, base)
+    return rope.cos_sin_cache.to(device)
 
 
 def rotary_embedding_ref(
@@ -171,17 +170,9 @@ def rotary_embedding_ref(
     cos_sin_cache: torch.Tensor,  # [max_position, rot_dim]
     is_neox_style: bool = True,
 ) -> None:
-    """Plain-torch reference of `rotary_embedding` (fp32 math, rounded once)."""
-    half = cos_sin_cache.shape[1] // 2
-    cos_sin = cos_sin_cache[positions].float()  # [T, rot_dim]
-    cos, sin = cos_sin[:, None, :half], cos_sin[:, None, half:]
+    """Torch reference of `rotary_embedding`: RotaryEmbedding's CPU path
+    (rotary.rotate_native), written back in place."""
+    cos, sin = cos_sin_cache[positions].float().unsqueeze(1).chunk(2, dim=-1)
     num_tokens = positions.shape[0]
     for x in (query[:num_tokens], key[:num_tokens]):
-        rot = x[..., : 2 * half].float()
-        if is_neox_style:
-            x1, x2 = rot[..., :half], rot[..., half:]
-            rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        else:
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-            rotated = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
-        x[..., : 2 * half] = rotated.to(x.dtype)
+        x.copy_(rotate_native(x, cos, sin, is_neox_style))

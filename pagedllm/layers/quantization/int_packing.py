@@ -1,5 +1,6 @@
 """Packed integer weights: unpacking of the checkpoint layouts and the common layout
-that the GPU kernel and the CPU path read, with its torch reference dequantizer.
+that the GPU kernel and the CPU path read, with its torch references (the dequantizer
+and the product through it) of the Triton kernels triton_quant_{dequant,gemm,gemv}.py.
 
 Checkpoint layouts (W is [out, in] = [N, K]; codes q are unsigned `bits`-bit ints):
 
@@ -90,3 +91,19 @@ def dequantize_ref(
         group_rows = torch.arange(k, device=codes.device) // group_size
     rows = group_rows.long()
     return (codes.float() - zeros.float()[rows]) * scales.float()[rows]
+
+
+def packed_matmul_ref(
+    x: torch.Tensor,  # [M, K]
+    qweight: torch.Tensor,  # [K/p, N] int32, K-packed
+    bits: int,
+    group_size: int,
+    scales: torch.Tensor | None = None,  # [G, N]
+    zeros: torch.Tensor | None = None,  # [G, N] float
+    g_idx: torch.Tensor | None = None,  # [K] int group of each row
+    lookup_table: torch.Tensor | None = None,  # [N, 16]
+) -> torch.Tensor:  # [M, N] in x.dtype
+    """y = x @ W^T (quant_gemm's and quant_gemv's arguments): W dequantized and rounded to
+    x.dtype, the product in float32 and rounded once (the torch reference)."""
+    w = dequantize_ref(qweight, bits, scales, zeros, g_idx, group_size, lookup_table)
+    return (x.float() @ w.to(x.dtype).float()).to(x.dtype)
