@@ -13,7 +13,23 @@ def select_experts(
     renormalize: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(topk_weights [T, k] float32, topk_ids [T, k] int32), largest first; the weights
-    stay in float32 until the experts apply them."""
+    stay in float32 until the experts apply them. On CUDA one Triton launch
+    (kernels/triton_moe_router.py), elsewhere `select_experts_native`."""
+    if router_logits.is_cuda:
+        # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
+        from pagedllm.layers.kernels import triton_moe_router
+
+        if router_logits.shape[1] <= triton_moe_router.MAX_EXPERTS:
+            return triton_moe_router.select_experts(router_logits, top_k, renormalize)
+    return select_experts_native(router_logits, top_k, renormalize)
+
+
+def select_experts_native(
+    router_logits: torch.Tensor,  # [T, E] model dtype
+    top_k: int,
+    renormalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch path (and the kernel's reference)."""
     probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)
     topk_weights, topk_ids = torch.topk(probs, top_k, dim=-1)
     if renormalize:
