@@ -34,10 +34,10 @@ from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.stop_checker import check_grammar_stops, check_stop, reached_length_limit
+from pagedllm.core.worker_delta import add_worker_delta
 from pagedllm.outputs import SchedulerStats
 from pagedllm.scheduler_output import (
     ModelRunnerOutput,
-    NewRequestData,
     ScheduledRequest,
     SchedulerOutput,
     uses_token_history,
@@ -137,7 +137,9 @@ class Scheduler:
     def _schedule_running(self, budget: int, out: SchedulerOutput) -> tuple[int, bool]:
         preempted = False
         i = 0
-        while i < len(self.running) and budget > 0 and len(out.scheduled) < self.config.max_num_seqs:
+        while (
+            i < len(self.running) and budget > 0 and len(out.scheduled) < self.config.max_num_seqs
+        ):
             request = self.running[i]
             num_new = min(
                 request.num_tokens_with_placeholders - request.num_computed_tokens, budget
@@ -281,49 +283,11 @@ class Scheduler:
         )
         out.scheduled.append(scheduled)
         out.num_scheduled_tokens[request.request_id] = num_new
-        self._add_worker_delta(request, scheduled, out, first_sight, from_waiting)
+        add_worker_delta(out, request, scheduled, first_sight, resumed=from_waiting)
         request.num_computed_tokens = start + num_new
         request.num_steps_in_flight += 1
         if sp is not None and start + num_new == num_tokens:
             request.num_output_placeholders += 1
-
-    def _add_worker_delta(
-        self,
-        request: Request,
-        row: ScheduledRequest,
-        out: SchedulerOutput,
-        first_sight: bool,
-        from_waiting: bool,
-    ) -> None:
-        """What the workers need for this row beyond their state of the request: all
-        of it on first sight; then the output tokens among the step's tokens and the
-        blocks appended since they last saw it (its whole table after a preemption:
-        only running requests are scheduled again without having been preempted)."""
-        block_ids = row.block_ids
-        if first_sight:
-            out.scheduled_new_reqs.append(
-                NewRequestData(
-                    request.request_id,
-                    request.prompt_token_ids,
-                    request.sampling_params,
-                    request.pooling_params,
-                    block_ids,
-                    row.num_computed_tokens,
-                )
-            )
-        else:
-            skip = request.num_prompt_tokens - row.num_computed_tokens
-            new_ids = row.new_token_ids if skip <= 0 else row.new_token_ids[skip:]
-            sent = 0 if from_waiting else request.num_sent_blocks
-            out.scheduled_cached_reqs.append(
-                request.request_id,
-                from_waiting,
-                new_ids,
-                block_ids[sent:] if sent < len(block_ids) else [],
-                row.num_computed_tokens,
-                row.num_tokens - request.num_prompt_tokens,
-            )
-        request.num_sent_blocks = len(block_ids)
 
     # ---- after the step -----------------------------------------------------
     def update_from_output(
@@ -422,4 +386,3 @@ class Scheduler:
             kv_swapped_in_blocks=tier.num_swapped_in if tier else 0,
             finished_reasons=dict(self.stats.finished_reasons),
         )
-

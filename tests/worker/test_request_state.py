@@ -21,7 +21,11 @@ from pagedllm.worker.request_state import RequestStates
 
 
 def make_scheduler(
-    num_blocks: int, budget: int, max_seqs: int = 8, num_cpu_blocks: int = 0, mode: str = "recompute"
+    num_blocks: int,
+    budget: int,
+    max_seqs: int = 8,
+    num_cpu_blocks: int = 0,
+    mode: str = "recompute",
 ) -> Scheduler:
     config = SchedulerConfig(
         max_num_seqs=max_seqs,
