@@ -79,8 +79,8 @@ def decode_step(seqs: int, full: bool = False) -> Any:
 
     config = SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=1 << 16, max_model_len=512)
     sched = Scheduler(config, KVCacheManager(seqs * 32, 16, enable_caching=False))
-    sp = SamplingParams(temperature=0.0, max_tokens=256)
-    for i in range(seqs):
+    for i in range(seqs):  # each request its own SamplingParams, as the front end makes them
+        sp = SamplingParams(temperature=0.0, max_tokens=256)
         sched.add_request(Request(f"req-{i}", [(i + j) % 500 for j in range(100 + i)], sp))
     for _ in range(2):  # the prefill, then a decode step
         out = sched.schedule()
