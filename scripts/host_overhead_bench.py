@@ -11,11 +11,13 @@ Prints:
 - engine: ms per decode step of `--seqs` requests decoding together, with
   tensor_parallel_size=1 and `--tp` (the difference is the multi-process tax plus
   the gloo all-reduces);
-- transport (`--transport-only`, or always after the engine lines): one step's
-  SchedulerOutput of `--seqs` decode requests broadcast to `--tp` reader processes
-  and one reply back, over one pipe per reader (the old transport) and over the
-  shared-memory MessageQueue; and the encode+decode cost of that SchedulerOutput
-  with pickle protocol 5 and with msgspec (msgpack).
+- transport (`--transport-only`, or always after the engine lines): one steady
+  decode step of `--seqs` requests (made by a real Scheduler) broadcast to `--tp`
+  reader processes and one reply back, over one pipe per reader (the old transport)
+  and over the shared-memory MessageQueue, each in two forms: the SchedulerOutput
+  as sent (deltas: worker/request_state.py) and the full form sent before (every row
+  whole: SamplingParams and block table); and their pickled sizes and encode+decode
+  cost with pickle protocol 5 (msgspec: the full rows, for comparison).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from pagedllm.sampling_params import SamplingParams  # noqa: E402
-from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput  # noqa: E402
+from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest  # noqa: E402
 
 ROUNDS = 2000
 
@@ -66,13 +68,26 @@ def engine_ms_per_step(tp: int, seqs: int, tokens: int, async_scheduling: bool) 
     return best * 1e3
 
 
-def decode_step(seqs: int) -> SchedulerOutput:
-    sp = SamplingParams(temperature=0.0, max_tokens=256)
-    scheduled = [
-        ScheduledRequest(f"req-{i}", [i % 500], 100 + i, list(range(i * 8, i * 8 + 8)), 101 + i, sp)
-        for i in range(seqs)
-    ]
-    return SchedulerOutput(scheduled, seqs)
+def decode_step(seqs: int, full: bool = False) -> Any:
+    """A steady decode step of `seqs` requests (100 + i prompt tokens, block size 16)
+    as the Scheduler makes it: the SchedulerOutput sent to the workers, or (`full`)
+    its rows whole, the form sent before the deltas."""
+    from pagedllm.config import SchedulerConfig
+    from pagedllm.core.kv_cache_manager import KVCacheManager
+    from pagedllm.core.request import Request
+    from pagedllm.core.scheduler import Scheduler
+
+    config = SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=1 << 16, max_model_len=512)
+    sched = Scheduler(config, KVCacheManager(seqs * 32, 16, enable_caching=False))
+    for i in range(seqs):  # each request its own SamplingParams, as the front end makes them
+        sp = SamplingParams(temperature=0.0, max_tokens=256)
+        sched.add_request(Request(f"req-{i}", [(i + j) % 500 for j in range(100 + i)], sp))
+    for _ in range(2):  # the prefill, then a decode step
+        out = sched.schedule()
+        tokens = [i % 500 if s.samples else None for i, s in enumerate(out.scheduled)]
+        sched.update_from_output(out, ModelRunnerOutput(list(out.num_scheduled_tokens), tokens))
+    out = sched.schedule()
+    return out.scheduled if full else out
 
 
 def reply(seqs: int) -> ModelRunnerOutput:
@@ -88,7 +103,7 @@ def pipe_reader(conn: Connection, seqs: int, answer: bool) -> None:
         conn.send(out if answer else None)  # the old path: every rank answers
 
 
-def pipe_round_trip_us(tp: int, seqs: int) -> float:
+def pipe_round_trip_us(tp: int, seqs: int, full: bool) -> float:
     ctx = multiprocessing.get_context("fork")
     pairs = [ctx.Pipe(duplex=True) for _ in range(tp)]
     procs = [
@@ -97,7 +112,7 @@ def pipe_round_trip_us(tp: int, seqs: int) -> float:
     ]
     for proc in procs:
         proc.start()
-    step = decode_step(seqs)
+    step = decode_step(seqs, full)
     times = []
     for _ in range(ROUNDS):
         start = time.perf_counter()
@@ -128,7 +143,7 @@ def shm_reader(handle: Any, response: Any, rank: int, seqs: int, spin_s: float) 
             writer.enqueue(out)  # the new path: only the output rank answers
 
 
-def shm_round_trip_us(tp: int, seqs: int, spin_s: float) -> float:
+def shm_round_trip_us(tp: int, seqs: int, spin_s: float, full: bool) -> float:
     from pagedllm.distributed.shm_broadcast import MessageQueue
 
     ctx = multiprocessing.get_context("fork")
@@ -143,7 +158,7 @@ def shm_round_trip_us(tp: int, seqs: int, spin_s: float) -> float:
     for proc in procs:
         proc.start()
     back = MessageQueue.attach(response.handle, 0, spin_s)
-    step = decode_step(seqs)
+    step = decode_step(seqs, full)
     times = []
     for _ in range(ROUNDS):
         start = time.perf_counter()
@@ -159,11 +174,13 @@ def shm_round_trip_us(tp: int, seqs: int, spin_s: float) -> float:
     return statistics.median(times) * 1e6
 
 
-def serialization_us(seqs: int) -> tuple[float, float]:
+def serialization_us(seqs: int) -> tuple[float, float, float]:
+    """(pickle 5 of the deltas, of the full rows, msgspec of the full rows), us."""
     import msgspec
 
-    step = decode_step(seqs)
-    encoder, decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(SchedulerOutput)
+    step, rows = decode_step(seqs), decode_step(seqs, full=True)
+    encoder = msgspec.msgpack.Encoder()
+    decoder = msgspec.msgpack.Decoder(list[ScheduledRequest])
 
     def timed(fn: Any) -> float:
         start = time.perf_counter()
@@ -172,8 +189,9 @@ def serialization_us(seqs: int) -> tuple[float, float]:
         return (time.perf_counter() - start) / 200 * 1e6
 
     pickled = timed(lambda: pickle.loads(pickle.dumps(step, protocol=5)))
-    msgpacked = timed(lambda: decoder.decode(encoder.encode(step)))
-    return pickled, msgpacked
+    pickled_full = timed(lambda: pickle.loads(pickle.dumps(rows, protocol=5)))
+    msgpacked = timed(lambda: decoder.decode(encoder.encode(rows)))
+    return pickled, pickled_full, msgpacked
 
 
 def main() -> None:
@@ -191,12 +209,19 @@ def main() -> None:
             print(f"engine tp={tp}: {ms:.2f} ms/step ({args.seqs} requests decoding)")
     if args.engine_only:  # also runs on a checkout without the MessageQueue (before/after)
         return
-    print(f"transport, pipes: {pipe_round_trip_us(args.tp, args.seqs):.0f} us/step")
-    for spin_s in (0.0, 0.01):
-        us = shm_round_trip_us(args.tp, args.seqs, spin_s)
-        print(f"transport, MessageQueue (spin {spin_s} s): {us:.0f} us/step")
-    pickled, msgpacked = serialization_us(args.seqs)
-    print(f"SchedulerOutput encode+decode: pickle 5 {pickled:.0f} us, msgspec {msgpacked:.0f} us")
+    sizes = [len(pickle.dumps(decode_step(args.seqs, f), protocol=5)) for f in (False, True)]
+    print(f"decode step pickled: deltas {sizes[0]} bytes, full rows {sizes[1]} bytes")
+    for full, form in ((False, "deltas"), (True, "full rows")):
+        us = pipe_round_trip_us(args.tp, args.seqs, full)
+        print(f"transport, pipes, {form}: {us:.0f} us/step")
+        for spin_s in (0.0, 0.01):
+            us = shm_round_trip_us(args.tp, args.seqs, spin_s, full)
+            print(f"transport, MessageQueue (spin {spin_s} s), {form}: {us:.0f} us/step")
+    pickled, pickled_full, msgpacked = serialization_us(args.seqs)
+    print(
+        f"encode+decode: pickle 5 deltas {pickled:.0f} us, full rows {pickled_full:.0f} us;"
+        f" msgspec full rows {msgpacked:.0f} us"
+    )
 
 
 if __name__ == "__main__":

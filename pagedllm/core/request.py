@@ -71,6 +71,7 @@ class Request:
     metrics: RequestMetrics | None = None
     pooled: list[float] | None = None  # the embedding, for pooling requests
     seen_by_runner: bool = False  # the runner has its prompt (sent on first scheduling)
+    num_sent_blocks: int = 0  # leading blocks of its table the workers were sent
     # What the front end has been sent (EngineCore.make_outputs): output tokens and
     # prompt logprobs so far; stream_outputs=False sends everything once, at the end.
     stream_outputs: bool = True

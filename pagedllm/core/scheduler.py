@@ -34,9 +34,14 @@ from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.stop_checker import check_grammar_stops, check_stop, reached_length_limit
+from pagedllm.core.worker_delta import add_worker_delta
 from pagedllm.outputs import SchedulerStats
-from pagedllm.sampling_params import SamplingParams
-from pagedllm.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from pagedllm.scheduler_output import (
+    ModelRunnerOutput,
+    ScheduledRequest,
+    SchedulerOutput,
+    uses_token_history,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,21 +125,21 @@ class Scheduler:
     # ---- the step ---------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
-        scheduled: list[ScheduledRequest] = []
-        budget, preempted = self._schedule_running(budget, scheduled)
+        out = SchedulerOutput()
+        budget, preempted = self._schedule_running(budget, out)
         if not preempted:
-            self._schedule_waiting(budget, scheduled)
-        finished, self.finished_req_ids = self.finished_req_ids, set()
-        num_tokens = sum(s.num_new_tokens for s in scheduled)
-        swap_out, swap_in = self.kv.take_copies()
-        return SchedulerOutput(
-            scheduled, num_tokens, finished_req_ids=finished, swap_out=swap_out, swap_in=swap_in
-        )
+            self._schedule_waiting(budget, out)
+        out.finished_req_ids, self.finished_req_ids = self.finished_req_ids, set()
+        out.total_num_scheduled_tokens = sum(out.num_scheduled_tokens.values())
+        out.swap_out, out.swap_in = self.kv.take_copies()
+        return out
 
-    def _schedule_running(self, budget: int, out: list[ScheduledRequest]) -> tuple[int, bool]:
+    def _schedule_running(self, budget: int, out: SchedulerOutput) -> tuple[int, bool]:
         preempted = False
         i = 0
-        while i < len(self.running) and budget > 0 and len(out) < self.config.max_num_seqs:
+        while (
+            i < len(self.running) and budget > 0 and len(out.scheduled) < self.config.max_num_seqs
+        ):
             request = self.running[i]
             num_new = min(
                 request.num_tokens_with_placeholders - request.num_computed_tokens, budget
@@ -149,7 +154,7 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                out.append(self._make_scheduled(request, num_new))
+                self._make_scheduled(request, num_new, out)
                 budget -= num_new
                 i += 1
         return budget, preempted
@@ -194,7 +199,7 @@ class Scheduler:
             return request.num_computed_tokens >= SWAP_MIN_TOKENS
         return mode == "swap"
 
-    def _schedule_waiting(self, budget: int, out: list[ScheduledRequest]) -> None:
+    def _schedule_waiting(self, budget: int, out: SchedulerOutput) -> None:
         skipped = self._pop_grammar_waiting()
         self._schedule_waiting_ready(budget, out)
         self.waiting.extendleft(reversed(skipped))  # first in the queue once compiled
@@ -219,7 +224,7 @@ class Scheduler:
             self.finished_now.append(request)
         return skipped
 
-    def _schedule_waiting_ready(self, budget: int, out: list[ScheduledRequest]) -> None:
+    def _schedule_waiting_ready(self, budget: int, out: SchedulerOutput) -> None:
         while self.waiting and budget > 0 and self._has_room(out):
             request = self.waiting[0]
             if request.num_output_placeholders or self._waits_in_flight(request):
@@ -239,14 +244,20 @@ class Scheduler:
                 request.metrics.first_scheduled_time = time.time()
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_hit_tokens
-            out.append(self._make_scheduled(request, num_new))
+            self._make_scheduled(request, num_new, out, from_waiting=True)
             budget -= num_new
 
-    def _has_room(self, out: list[ScheduledRequest]) -> bool:
-        return len(self.running) < self.max_num_running and len(out) < self.config.max_num_seqs
+    def _has_room(self, out: SchedulerOutput) -> bool:
+        return (
+            len(self.running) < self.max_num_running
+            and len(out.scheduled) < self.config.max_num_seqs
+        )
 
-    def _make_scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
-        """Describe the step for the runner and advance the request past it: its
+    def _make_scheduled(
+        self, request: Request, num_new: int, out: SchedulerOutput, from_waiting: bool = False
+    ) -> None:
+        """Describe the step (the core's row, and for the workers the request whole
+        on first sight, else what changed) and advance the request past it: its
         num_computed_tokens counts the scheduled tokens from now on, and a step that
         samples adds a placeholder for the token it will produce."""
         start = request.num_computed_tokens
@@ -255,13 +266,14 @@ class Scheduler:
         sp = request.sampling_params
         needs_history = request.request_id in self._history_req_ids
         num_tokens = request.num_tokens_with_placeholders
+        block_ids = self.kv.get_block_ids(request.request_id)
         scheduled = ScheduledRequest(
             req_id=request.request_id,
             new_token_ids=[request.token_id_at(p) for p in range(start, start + num_new)]
             if num_new > 1
             else [request.token_id_at(start)],
             num_computed_tokens=start,
-            block_ids=self.kv.get_block_ids(request.request_id),
+            block_ids=block_ids,
             num_tokens=num_tokens,
             sampling_params=sp,
             pooling_params=request.pooling_params,
@@ -269,11 +281,13 @@ class Scheduler:
             output_token_ids=request.output_token_ids if needs_history else None,
             num_prompt_tokens=request.num_prompt_tokens,
         )
+        out.scheduled.append(scheduled)
+        out.num_scheduled_tokens[request.request_id] = num_new
+        add_worker_delta(out, request, scheduled, first_sight, resumed=from_waiting)
         request.num_computed_tokens = start + num_new
         request.num_steps_in_flight += 1
         if sp is not None and start + num_new == num_tokens:
             request.num_output_placeholders += 1
-        return scheduled
 
     # ---- after the step -----------------------------------------------------
     def update_from_output(
@@ -372,15 +386,3 @@ class Scheduler:
             kv_swapped_in_blocks=tier.num_swapped_in if tier else 0,
             finished_reasons=dict(self.stats.finished_reasons),
         )
-
-
-def uses_token_history(sp: SamplingParams) -> bool:
-    """Whether sampling reads the output tokens so far (so a step cannot start
-    before the previous one's token is known)."""
-    return (
-        sp.presence_penalty != 0.0
-        or sp.frequency_penalty != 0.0
-        or sp.repetition_penalty != 1.0
-        or sp.min_tokens > 0
-        or bool(sp.bad_words_token_ids)
-    )

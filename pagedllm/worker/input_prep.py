@@ -1,4 +1,5 @@
-"""SchedulerOutput -> the flattened input tensors of one forward step.
+"""A step's rows (worker/request_state.py) -> the flattened input tensors of one
+forward step.
 
 All index arithmetic is vectorized in numpy on the host, then copied to the device
 once (one pinned, non-blocking copy on CUDA: layers/host_to_device.py):
@@ -18,7 +19,7 @@ import torch
 
 from pagedllm.layers.attention.metadata import AttentionMetadata
 from pagedllm.layers.host_to_device import pack_to_device
-from pagedllm.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagedllm.scheduler_output import ScheduledRequest
 
 
 @dataclass
@@ -29,7 +30,7 @@ class StepInputs:
     # [S'] int64: the last token of each sampling request, then (S' > S when the runner
     # asks for row buckets) copies of the last one; logits rows past S are ignored.
     logits_indices: torch.Tensor
-    sample_rows: list[int]  # [S] index into SchedulerOutput.scheduled of each sampled row
+    sample_rows: list[int]  # [S] index into the step's rows of each sampled row
     num_tokens: int
     # Async scheduling: input tokens not known yet (-1 on the host), to be taken from
     # the previous step's sampled tokens on the device.
@@ -105,7 +106,7 @@ def pad_to_bucket(indices: np.ndarray, buckets: Sequence[int] | None) -> np.ndar
 
 
 def prepare_inputs(
-    scheduler_output: SchedulerOutput,
+    scheduled: list[ScheduledRequest],
     block_size: int,
     device: torch.device,
     block_tables: BlockTableBuffer | None = None,
@@ -113,7 +114,6 @@ def prepare_inputs(
 ) -> StepInputs:
     """logits_buckets: row counts (ascending) to pad logits_indices to, so that the LM
     head runs at a few shapes only (see pad_to_bucket)."""
-    scheduled = scheduler_output.scheduled
     num_new = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, len(scheduled))
     num_computed = np.fromiter((s.num_computed_tokens for s in scheduled), np.int64, len(scheduled))
     query_start_loc = np.zeros(len(scheduled) + 1, dtype=np.int64)

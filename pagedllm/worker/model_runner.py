@@ -27,6 +27,7 @@ from pagedllm.worker import kv_cache as kvc
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
 from pagedllm.worker.input_prep import BlockTableBuffer, StepInputs, prepare_inputs
 from pagedllm.worker.prompt_logprobs import add_prompt_logprobs
+from pagedllm.worker.request_state import RequestStates
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ModelRunner:
         self.cpu_offloader: Any = None  # worker/cpu_offload.py, with cpu_offload_gb on CUDA
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
-        self.prompt_ids: dict[str, list[int]] = {}
+        self.requests = RequestStates()  # each request's state, from the steps' deltas
         self.is_pooling = config.model_config.runner == "pooling"
         self.cuda_graphs: Any = None
         self.piecewise_graphs: Any = None  # worker/piecewise_graphs.py, on CUDA
@@ -185,17 +186,15 @@ class ModelRunner:
         pooling)."""
         for req_id in scheduler_output.finished_req_ids:
             self.generators.pop(req_id, None)
-            self.prompt_ids.pop(req_id, None)
         self.block_tables.release(scheduler_output.finished_req_ids)
+        scheduled = self.requests.update(scheduler_output)
         if self.kv_swapper is not None:
             self.kv_swapper.swap(scheduler_output.swap_out, scheduler_output.swap_in)
-        scheduled = scheduler_output.scheduled
         req_ids = [s.req_id for s in scheduled]
         if not scheduled:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
-        self._remember_prompts(scheduled)
         inputs = prepare_inputs(
-            scheduler_output,
+            scheduled,
             self.block_size,
             self.device,
             self.block_tables,
@@ -226,13 +225,8 @@ class ModelRunner:
         output = self._sample(
             scheduled, inputs, hidden, logits, grammar_bitmask, structured_output_request_ids
         )
-        add_prompt_logprobs(self.model, self.prompt_ids, scheduled, inputs, hidden, output)
+        add_prompt_logprobs(self.model, scheduled, inputs, hidden, output)
         return output
-
-    def _remember_prompts(self, scheduled: list[ScheduledRequest]) -> None:
-        for s in scheduled:
-            if s.prompt_token_ids is not None and s.req_id not in self.prompt_ids:
-                self.prompt_ids[s.req_id] = s.prompt_token_ids
 
     def _logits_buckets(self) -> list[int] | None:
         """On CUDA the LM head's rows are padded to the decode graphs' batch sizes: a
@@ -313,7 +307,7 @@ class ModelRunner:
         metadata = SamplingMetadata.build(
             [s.sampling_params for s in rows if s.sampling_params is not None],
             [_output_ids(s) for s in rows],
-            [self.prompt_ids.get(s.req_id, []) for s in rows],
+            [s.prompt_token_ids or [] for s in rows],
             [self._generator(s) for s in rows],
             self.device,
             logits.shape[-1],

@@ -16,7 +16,6 @@ from pagedllm.worker.input_prep import StepInputs
 
 def add_prompt_logprobs(
     model: Any,  # the model contract: compute_logits(hidden) -> [N, V] float32
-    prompt_ids: dict[str, list[int]],
     scheduled: list[ScheduledRequest],
     inputs: StepInputs,
     hidden: torch.Tensor,
@@ -30,7 +29,8 @@ def add_prompt_logprobs(
         sp = s.sampling_params
         if sp is None or sp.prompt_logprobs is None or s.num_computed_tokens >= s.num_prompt_tokens:
             continue
-        prompt = prompt_ids[s.req_id]
+        prompt = s.prompt_token_ids
+        assert prompt is not None  # the worker's rows carry it (worker/request_state.py)
         # Position p predicts prompt token p + 1; positions past the prompt are not scored.
         start = s.num_computed_tokens
         end = min(start + s.num_new_tokens, s.num_prompt_tokens - 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import generate_tokens, make_llm, pid_alive
+from conftest import PARAMS, PROMPTS, generate_tokens, make_llm, pid_alive
 
 from pagedllm.executor.multiproc import MultiprocExecutor
 from pagedllm.worker.kv_cache import KVCacheSpec
@@ -67,3 +67,43 @@ def test_tensor_parallel_beyond_kv_heads(tiny_llama_dir: str) -> None:
 def test_tensor_and_pipeline_parallel(tiny_llama_dir: str) -> None:
     """World size 4 (tp 2 x pp 2): slow on a 2-core machine."""
     check_layout(tiny_llama_dir, tensor_parallel_size=2, pipeline_parallel_size=2)
+
+
+def run_with_aborts(path: str, **parallel: Any) -> tuple[dict[str, list[int]], int]:
+    """Eight requests in a 10-block KV pool (preempted and recomputed), stepped
+    synchronously; three aborted at fixed steps (one running since its resumption
+    after a preemption) and a finished request's id reused by a new request. Returns the finished requests' tokens and the number
+    of preemptions."""
+    llm = make_llm(
+        path, num_gpu_blocks_override=10, max_model_len=40, async_scheduling=False, **parallel
+    )
+    try:
+        engine = llm.llm_engine
+        for i in range(8):
+            engine.add_request(str(i), PROMPTS[i % 4], PARAMS[i % 4])
+        finished: dict[str, list[int]] = {}
+        aborts = {3: "2", 10: "4", 13: "5"}
+        step = 0
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    finished[out.request_id] = list(out.outputs[0].token_ids)
+            step += 1
+            if step in aborts:
+                engine.abort_request(aborts[step])
+            if step == 12:  # "3" has finished: its id comes back as another request
+                engine.add_request("3", PROMPTS[1], PARAMS[2])
+        engine.check_integrity()
+        assert engine.get_num_free_blocks() == engine.kv_cache_manager.num_blocks
+        return finished, engine.get_stats().num_preemptions
+    finally:
+        llm.llm_engine.shutdown()
+
+
+def test_tensor_parallel_2_preemption_and_aborts(tiny_llama_dir: str) -> None:
+    """The workers' request states (worker/request_state.py) follow preemption,
+    resumption with a new block table, aborts and a reused id: tokens of one process
+    (tests/worker/test_request_state.py checks the rows themselves)."""
+    expected, preemptions = run_with_aborts(tiny_llama_dir)
+    assert preemptions > 0 and not {"2", "4", "5"} & set(expected) and "3" in expected
+    assert run_with_aborts(tiny_llama_dir, tensor_parallel_size=2) == (expected, preemptions)
