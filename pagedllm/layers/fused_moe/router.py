@@ -4,6 +4,8 @@ and with `renormalize` the k weights rescaled to sum to one."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -13,9 +15,12 @@ def select_experts(
     renormalize: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(topk_weights [T, k] float32, topk_ids [T, k] int32), largest first; the weights
-    stay in float32 until the experts apply them. On CUDA one Triton launch
-    (kernels/triton_moe_router.py), elsewhere `select_experts_native`."""
-    if router_logits.is_cuda:
+    stay in float32 until the experts apply them. With PAGEDLLM_TRITON_MOE_ROUTER=1, on
+    CUDA one Triton launch (kernels/triton_moe_router.py); `select_experts_native`
+    otherwise. Off by default until its GPU test and L3 figure are in (written after the
+    seventh session's device time ran out: it passes the interpreter tests and compiles
+    for sm_90a, but has not run on a GPU)."""
+    if router_logits.is_cuda and os.environ.get("PAGEDLLM_TRITON_MOE_ROUTER") == "1":
         # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
         from pagedllm.layers.kernels import triton_moe_router
 
