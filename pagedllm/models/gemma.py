@@ -20,6 +20,7 @@ from pagedllm.layers.activation import get_act_and_mul_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.layers.qk_norm_rotary import QKNormRotary
 from pagedllm.layers.rotary import RotaryEmbedding, get_rope, get_rope_from_config
 from pagedllm.models.causal_lm import CausalLM, DecoderStack
 from pagedllm.models.pipeline import PPMissingLayer, make_layers
@@ -90,13 +91,13 @@ class GemmaAttention(nn.Module):
             sliding_window=window,
             logits_soft_cap=cap,
         )
-        self.qk_norm = qk_norm
-        if qk_norm:
+        self.qk_norm_rotary: QKNormRotary | None = None
+        if qk_norm:  # Gemma 3: per-head (1 + w) q/k RMSNorm before the rotary
             self.q_norm = _norm(config, self.head_dim)
             self.k_norm = _norm(config, self.head_dim)
-
-    def _norm_heads(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return norm(x.reshape(x.shape[0], -1, self.head_dim)).reshape(x.shape)
+            self.qk_norm_rotary = QKNormRotary(
+                self.q_norm, self.k_norm, self.rotary_emb, self.head_dim
+            )
 
     def forward(
         self,
@@ -107,9 +108,10 @@ class GemmaAttention(nn.Module):
     ) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:
-            q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
-        q, k = self.rotary_emb(positions, q, k)
+        if self.qk_norm_rotary is not None:
+            q, k = self.qk_norm_rotary(positions, q, k)
+        else:
+            q, k = self.rotary_emb(positions, q, k)
         return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
 
 

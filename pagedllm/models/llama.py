@@ -15,6 +15,7 @@ from pagedllm.layers.activation import get_act_and_mul_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.layers.qk_norm_rotary import QKNormRotary
 from pagedllm.layers.rotary import get_rope_from_config
 from pagedllm.models.causal_lm import STACKED_QKV_GATE_UP, CausalLM, DecoderStack
 from pagedllm.models.pipeline import PPMissingLayer, make_layers
@@ -75,13 +76,13 @@ class LlamaAttention(nn.Module):
             self.num_kv_heads,
             sliding_window=layer_sliding_window(config, layer_idx),
         )
-        self.qk_norm = qk_norm
-        if qk_norm:
+        self.qk_norm_rotary: QKNormRotary | None = None
+        if qk_norm:  # Qwen3: per-head q/k RMSNorm before the rotary
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-
-    def _norm_heads(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return norm(x.view(x.shape[0], -1, self.head_dim)).view(x.shape)
+            self.qk_norm_rotary = QKNormRotary(
+                self.q_norm, self.k_norm, self.rotary_emb, self.head_dim
+            )
 
     def forward(
         self,
@@ -92,34 +93,11 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm and self._fuse_qk_norm_rotary(qkv):
-            self._qk_norm_rotary(positions, q, k)
+        if self.qk_norm_rotary is not None:
+            q, k = self.qk_norm_rotary(positions, q, k)
         else:
-            if self.qk_norm:
-                q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
             q, k = self.rotary_emb(positions, q, k)
         return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
-
-    def _fuse_qk_norm_rotary(self, qkv: torch.Tensor) -> bool:
-        """The fused kernel's case: CUDA, neox rotation of the whole power-of-two head."""
-        rope, d = self.rotary_emb, self.head_dim
-        return qkv.is_cuda and rope.is_neox_style and rope.rotary_dim == d and d & (d - 1) == 0
-
-    def _qk_norm_rotary(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
-        """Qwen3 on CUDA: per-head q/k RMSNorm and rotary in one in-place Triton kernel."""
-        # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
-        from pagedllm.layers.kernels.triton_qk_norm_rotary import qk_norm_rotary
-
-        num_tokens = q.shape[0]
-        qk_norm_rotary(
-            positions.long(),  # no copy when already int64
-            q.view(num_tokens, -1, self.head_dim),
-            k.view(num_tokens, -1, self.head_dim),
-            self.q_norm.weight,
-            self.k_norm.weight,
-            self.q_norm.variance_epsilon,
-            self.rotary_emb.cos_sin_cache,
-        )
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -73,22 +73,23 @@ class CudaGraphRunner:
         )
 
     def _forward(self, bs: int) -> None:
-        model = self.runner.model
-        assert model is not None and self.hidden_out is not None and self.logits_out is not None
+        model = self.runner.lm
+        assert self.hidden_out is not None and self.logits_out is not None
         hidden = model(
             self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs)
         )
+        assert isinstance(hidden, torch.Tensor)
         self.hidden_out[:bs].copy_(hidden)
         model.compute_logits(hidden, out=self.logits_out[:bs])
 
     def _allocate_outputs(self) -> None:
         """The shared output buffers, shaped by one eager step of the largest batch."""
-        model = self.runner.model
-        assert model is not None
+        model = self.runner.lm
         bs = self.max_bs
         hidden = model(
             self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, self._metadata(bs)
         )
+        assert isinstance(hidden, torch.Tensor)
         logits = model.compute_logits(hidden)
         self.hidden_out = torch.empty_like(hidden)
         self.logits_out = torch.empty_like(logits)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
@@ -17,6 +18,13 @@ from pagedllm.layers.host_to_device import pack_to_device
 from pagedllm.layers.pooler import PoolingMetadata
 from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
+from pagedllm.models.interfaces import (
+    ModelForCausalLM,
+    SupportsForward,
+    check_model,
+    is_causal_lm,
+    supports_pp,
+)
 from pagedllm.models.pipeline import IntermediateTensors
 from pagedllm.scheduler_output import (
     ModelRunnerOutput,
@@ -37,7 +45,7 @@ class ModelRunner:
         self.config = config
         self.device = device or config.device_config.device
         self.block_size = config.cache_config.block_size
-        self.model: Any = None  # an nn.Module of the model contract (docs/architecture.md)
+        self.model: SupportsForward | None = None  # the model contract: models/interfaces.py
         self.kv_caches: list[torch.Tensor] = []
         self.kv_swapper: Any = None  # worker/kv_swap.py, with a CPU KV tier
         self.cpu_offloader: Any = None  # worker/cpu_offload.py, with cpu_offload_gb on CUDA
@@ -68,20 +76,26 @@ class ModelRunner:
         from pagedllm.model_loader.loader import get_model
 
         torch.manual_seed(self.config.model_config.seed)
-        self.model = get_model(self.config.model_config, self.device)
-        attach_attention_backend(self.model, self.device)
+        model = get_model(self.config.model_config, self.device)
+        self.model = check_model(model, not self.is_pooling, self.pp_size > 1)
+        attach_attention_backend(model, self.device)
         offload_gb = self.config.cache_config.cpu_offload_gb
         if offload_gb > 0 and self.device.type == "cuda":
             from pagedllm.worker.cpu_offload import CpuOffloader
 
-            self.cpu_offloader = CpuOffloader.apply(
-                self.model, int(offload_gb * (1 << 30)), self.device
-            )
+            self.cpu_offloader = CpuOffloader.apply(model, int(offload_gb * (1 << 30)), self.device)
         if self.is_pooling:
             from pagedllm.model_loader.sentence_transformers import pooler_for_model
 
             # The runner owns the pooler, so decoder models pool too (LAST by default).
             self.pooler = pooler_for_model(self.config.model_config)
+
+    @property
+    def lm(self) -> ModelForCausalLM:
+        """The model as a text generator (compute_logits; checked at load unless pooling)."""
+        model = self.model
+        assert model is not None and is_causal_lm(model)
+        return model
 
     @property
     def num_attention_layers(self) -> int:
@@ -142,7 +156,7 @@ class ModelRunner:
         torch and Triton backends both take them, so this is for other backends)."""
         from pagedllm.layers.attention.layer import needs_torch_attention
 
-        if self.model is None or not needs_torch_attention(self.model):
+        if self.model is None or not needs_torch_attention(cast(nn.Module, self.model)):
             return False
         logger.warning("Sliding-window/soft-capped attention runs the torch path: no CUDA graphs")
         return True
@@ -225,7 +239,7 @@ class ModelRunner:
         output = self._sample(
             scheduled, inputs, hidden, logits, grammar_bitmask, structured_output_request_ids
         )
-        add_prompt_logprobs(self.model, scheduled, inputs, hidden, output)
+        add_prompt_logprobs(self.lm, scheduled, inputs, hidden, output)
         return output
 
     def _logits_buckets(self) -> list[int] | None:
@@ -245,6 +259,7 @@ class ModelRunner:
         hidden = self.model(
             inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata
         )
+        assert isinstance(hidden, torch.Tensor)  # one pipeline stage: the hidden states
         return hidden, None
 
     def _forward_stage(self, inputs: StepInputs) -> torch.Tensor | None:
@@ -252,18 +267,21 @@ class ModelRunner:
         run this stage's layers, send them on (unless last) without waiting: with
         several batches in flight the stage takes the next batch while this one
         travels. Hidden states on the last stage, None elsewhere."""
-        assert self.model is not None
+        model = self.model
+        assert model is not None and supports_pp(model)
         received: IntermediateTensors | None = None
         if not self.is_first_stage:
-            received = self.model.make_empty_intermediate_tensors(
+            received = model.make_empty_intermediate_tensors(
                 inputs.num_tokens, self.config.model_config.dtype, self.device
             )
             ps.pipeline_recv(received.tensors())
-        out = self.model(
+        out = model(
             inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata, received
         )
         if self.is_last_stage:
+            assert isinstance(out, torch.Tensor)
             return out
+        assert isinstance(out, IntermediateTensors)
         self._send_to_next_stage(out.tensors())
         return None
 
@@ -342,14 +360,13 @@ class ModelRunner:
         self, inputs: StepInputs, hidden: torch.Tensor, all_logits: torch.Tensor | None
     ) -> torch.Tensor:
         """[S, V] logits of the sampled rows (S = len(inputs.sample_rows))."""
-        assert self.model is not None
         num_rows = len(inputs.sample_rows)
         if all_logits is not None and num_rows == all_logits.shape[0]:
             return all_logits
         if inputs.samples_every_token:
-            return self.model.compute_logits(hidden)
+            return self.lm.compute_logits(hidden)
         # Padded rows (bucketed shapes) are computed and dropped.
-        return self.model.compute_logits(hidden[inputs.logits_indices])[:num_rows]
+        return self.lm.compute_logits(hidden[inputs.logits_indices])[:num_rows]
 
     def _fill_placeholders(self, inputs: StepInputs) -> None:
         """Input tokens sampled by the previous step (still on the device) replace

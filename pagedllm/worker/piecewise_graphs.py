@@ -178,9 +178,8 @@ class PiecewiseGraphRunner:
     def _model_forward(self, size: int, metadata: AttentionMetadata) -> torch.Tensor:
         model = self.runner.model
         assert model is not None
-        out: torch.Tensor = model(
-            self.input_ids[:size], self.positions[:size], self.runner.kv_caches, metadata
-        )
+        out = model(self.input_ids[:size], self.positions[:size], self.runner.kv_caches, metadata)
+        assert isinstance(out, torch.Tensor)
         return out
 
     # ---- replay -------------------------------------------------------------------

@@ -4,18 +4,17 @@ step that prefills it (chunk by chunk with chunked prefill)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from pagedllm.layers.sampler import compute_prompt_logprobs
+from pagedllm.models.interfaces import ModelForCausalLM
 from pagedllm.scheduler_output import ScheduledRequest
 from pagedllm.worker.async_output import AsyncModelRunnerOutput, unpack_logprobs
 from pagedllm.worker.input_prep import StepInputs
 
 
 def add_prompt_logprobs(
-    model: Any,  # the model contract: compute_logits(hidden) -> [N, V] float32
+    model: ModelForCausalLM,  # compute_logits(hidden) -> [N, V] float32
     scheduled: list[ScheduledRequest],
     inputs: StepInputs,
     hidden: torch.Tensor,
