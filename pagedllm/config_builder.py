@@ -273,18 +273,12 @@ def _scheduler_config(
 
 
 def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:
-    """Several workers pipeline steps too (the mp executor's steps are futures). With
-    pipeline stages the engine keeps a batch per stage in flight instead (the first
-    stage cannot use the last one's tokens before they reach the engine)."""
-    world = args.tensor_parallel_size * args.pipeline_parallel_size
-    backend = args.distributed_executor_backend
-    possible = world == 1 or backend in (None, "mp")
+    """On by default on CUDA, with one worker or several (the mp and Ray executors'
+    steps are futures, sent to every rank in order). With pipeline stages the engine
+    keeps a batch per stage in flight instead (the first stage cannot use the last
+    one's tokens before they reach the engine)."""
     if args.async_scheduling is None:
-        return device.type == "cuda" and possible
-    if args.async_scheduling and not possible:
-        raise ValueError(
-            "async_scheduling with several workers needs distributed_executor_backend='mp'"
-        )
+        return device.type == "cuda"
     return args.async_scheduling
 
 

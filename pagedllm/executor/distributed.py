@@ -4,10 +4,14 @@ The driver (the engine's process) holds no model. Every rank runs a Worker in it
 own process (or Ray actor); each call is broadcast to all ranks, and every rank
 answers:
 
-    driver: execute_model(SchedulerOutput)
+    driver: execute_model(SchedulerOutput) -> a future, at once
       -> ranks 0 .. world-1 each run the step (tp all-reduces / pp send-recv among them)
-      <- each rank replies; only the output rank (tp rank 0 of the last pp stage)
-         replies with its ModelRunnerOutput, the others with None
+      <- the output rank (tp rank 0 of the last pp stage) replies with its
+         ModelRunnerOutput; future.get() waits for it
+
+Steps reach every rank in call order and are answered in call order, so the engine
+may launch step N+1 before it reads step N (async scheduling; with pipeline stages,
+a batch per stage in flight: max_concurrent_batches).
 
 Invariant: all ranks run the same sequence of calls, so their collectives match.
 A worker that dies or raises breaks that invariant for good: the executor turns
@@ -28,7 +32,7 @@ from typing import Any
 from pagedllm.config import EngineConfig
 from pagedllm.distributed.parallel_state import output_rank
 from pagedllm.executor.base import Executor, ExecutorDeadError
-from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.scheduler_output import ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,15 @@ def reraise_value_errors() -> Iterator[None]:
         if isinstance(exc.remote_error, ValueError):
             raise ValueError(str(exc.remote_error)) from exc
         raise
+
+
+def checked_output(output: Any, rank: int) -> ModelRunnerOutput:
+    """A step's reply from the output rank, which must be its ModelRunnerOutput."""
+    if not isinstance(output, ModelRunnerOutput):
+        raise ExecutorDeadError(
+            f"output rank {rank} returned {type(output).__name__}, not a ModelRunnerOutput"
+        )
+    return output
 
 
 class DistributedExecutorBase(Executor):
@@ -129,14 +142,14 @@ class DistributedExecutorBase(Executor):
         with reraise_value_errors():
             self.collective_rpc("initialize_kv_cache", num_blocks)
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        output = self.collective_rpc("execute_model", scheduler_output)[self.output_rank]
-        if not isinstance(output, ModelRunnerOutput):
-            raise RuntimeError(
-                f"output rank {self.output_rank} returned {type(output).__name__}, "
-                "not a ModelRunnerOutput"
-            )
-        return output
+    @property
+    def max_concurrent_batches(self) -> int:
+        """One batch per pipeline stage (PAGEDLLM_PP_BATCH_QUEUE=0: one batch at a time):
+        both transports' steps are futures, answered in call order."""
+        pp = self.config.parallel_config.pipeline_parallel_size
+        if pp > 1 and os.environ.get("PAGEDLLM_PP_BATCH_QUEUE", "1") != "0":
+            return pp
+        return 1
 
     def check_health(self) -> None:
         self._raise_if_unusable()

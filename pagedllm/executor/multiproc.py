@@ -37,7 +37,11 @@ from typing import Any
 from pagedllm.distributed.parallel_state import disable_nvlink_multicast
 from pagedllm.distributed.shm_broadcast import MessageQueue, QueueTimeoutError
 from pagedllm.executor.base import ExecutorDeadError
-from pagedllm.executor.distributed import DistributedExecutorBase, rpc_timeout_s
+from pagedllm.executor.distributed import (
+    DistributedExecutorBase,
+    checked_output,
+    rpc_timeout_s,
+)
 from pagedllm.executor.mp_start import (
     GUARD_HINT,
     in_spawn_bootstrap,
@@ -184,14 +188,6 @@ class MultiprocExecutor(DistributedExecutorBase):
 
     # ---- steps: launched at once, awaited later ------------------------------------------
 
-    @property
-    def max_concurrent_batches(self) -> int:
-        """One batch per pipeline stage (PAGEDLLM_PP_BATCH_QUEUE=0: one batch at a time)."""
-        pp = self.config.parallel_config.pipeline_parallel_size
-        if pp > 1 and os.environ.get("PAGEDLLM_PP_BATCH_QUEUE", "1") != "0":
-            return pp
-        return 1
-
     def execute_model(self, scheduler_output: SchedulerOutput) -> StepFuture:  # type: ignore[override]
         with self._lock:
             self._raise_if_unusable()
@@ -220,7 +216,7 @@ class MultiprocExecutor(DistributedExecutorBase):
                 except ExecutorDeadError as exc:
                     self._die(exc)
                     raise
-                self._futures.popleft().output = _checked(output, self.output_rank)
+                self._futures.popleft().output = checked_output(output, self.output_rank)
             return future.output
 
     def _is_done(self, future: StepFuture) -> bool:
@@ -229,7 +225,7 @@ class MultiprocExecutor(DistributedExecutorBase):
             while future.output is None and self._dead is None and self._response_mq.poll():
                 output = self._response_mq.dequeue()
                 try:
-                    self._futures.popleft().output = _checked(output, self.output_rank)
+                    self._futures.popleft().output = checked_output(output, self.output_rank)
                 except ExecutorDeadError as exc:
                     self._die(exc)
                     raise
@@ -326,11 +322,3 @@ class StepFuture:
     def done(self) -> bool:
         """Whether `get()` would return at once (an error shows only in `get()`)."""
         return self.output is not None or self._executor._is_done(self)
-
-
-def _checked(output: Any, rank: int) -> ModelRunnerOutput:
-    if not isinstance(output, ModelRunnerOutput):
-        raise ExecutorDeadError(
-            f"output rank {rank} returned {type(output).__name__}, not a ModelRunnerOutput"
-        )
-    return output

@@ -9,6 +9,15 @@ share a node where they fit. Rank 0's node hosts the torch.distributed rendezvou
 The driver logic (broadcast, output rank, failure handling) is DistributedExecutorBase's;
 this file is only the transport: a call becomes one actor method call per rank, the
 SchedulerOutput is put in the object store once and passed by reference.
+
+A step (`execute_model`) returns a `RayStepFuture` at once, holding the step's
+ObjectRefs (one per rank): the engine schedules and sends step N+1 while the actors
+run step N (async scheduling), or keeps a batch per pipeline stage in flight. The
+actors are plain (not threaded, not async) actors, so Ray runs the calls one driver
+makes on one actor one at a time, in the order they were made: every rank sees every
+SchedulerOutput, and so its deltas, in order. Each actor finishes a step (its tokens
+on the host) before it starts the next; `get()` fetches the output rank's result,
+after every rank's call is done, so a dead or failed rank ends the wait.
 """
 
 from __future__ import annotations
@@ -22,7 +31,12 @@ from typing import Any
 
 from pagedllm.config import EngineConfig
 from pagedllm.executor.base import ExecutorDeadError
-from pagedllm.executor.distributed import DistributedExecutorBase, rpc_timeout_s
+from pagedllm.executor.distributed import (
+    DistributedExecutorBase,
+    checked_output,
+    rpc_timeout_s,
+)
+from pagedllm.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +55,8 @@ def _import_ray() -> Any:
 
 
 class RayWorkerWrapper:
-    """The actor body: a Worker built once the rendezvous address is known."""
+    """The actor body: a Worker built once the rendezvous address is known. It must stay
+    a plain actor (no async methods, max_concurrency 1): the steps' order relies on it."""
 
     def __init__(self) -> None:
         self.worker: Any = None
@@ -147,14 +162,40 @@ class RayExecutor(DistributedExecutorBase):
         return list(self._pids)
 
     def _run_on_workers(self, method: str, args: tuple[Any, ...]) -> list[Any]:
+        return self._wait(self._submit(method, args), method)
+
+    def _submit(self, method: str, args: tuple[Any, ...]) -> list[Any]:
+        """Call `method` on every rank; the ObjectRefs of their results, in rank order."""
         ray = _import_ray()
         # Put big arguments (the SchedulerOutput) in the object store once, not per rank.
         shared = tuple(ray.put(a) if not isinstance(a, (int, str)) else a for a in args)
-        refs = [actor.execute_method.remote(method, *shared) for actor in self._actors]
-        return self._wait(refs, method)
+        return [actor.execute_method.remote(method, *shared) for actor in self._actors]
+
+    # ---- steps: sent at once, awaited later ----------------------------------------------
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> RayStepFuture:  # type: ignore[override]
+        with self._lock:  # steps are submitted in call order
+            self._raise_if_unusable()
+            return RayStepFuture(self, self._submit("execute_model", (scheduler_output,)))
+
+    def _wait_for_step(self, refs: list[Any]) -> ModelRunnerOutput:
+        self._raise_if_unusable()  # a later step's refs die with the executor
+        try:
+            results = self._wait(refs, "execute_model")
+            return checked_output(results[self.output_rank], self.output_rank)
+        except ExecutorDeadError as exc:
+            self._die(exc)
+            raise
+
+    def _all_ready(self, refs: list[Any]) -> bool:
+        if self._dead is not None or self._is_shut_down:
+            return True  # get() raises at once
+        ready, _ = _import_ray().wait(refs, num_returns=len(refs), timeout=0)
+        return len(ready) == len(refs)
 
     def _wait(self, refs: list[Any], method: str) -> list[Any]:
-        """Results in rank order; the first failed rank ends the wait."""
+        """Results in rank order (the others' are None for a step: only the output rank
+        ships its tokens); the first failed rank ends the wait."""
         ray = _import_ray()
         results: list[Any] = [None] * len(refs)
         pending = {ref: rank for rank, ref in enumerate(refs)}
@@ -191,3 +232,22 @@ class RayExecutor(DistributedExecutorBase):
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer()
+
+
+class RayStepFuture:
+    """A step sent to every rank's actor; `get()` waits for its ModelRunnerOutput."""
+
+    def __init__(self, executor: RayExecutor, refs: list[Any]) -> None:
+        self._executor = executor
+        self._refs = refs
+        self.output: ModelRunnerOutput | None = None
+
+    def get(self) -> ModelRunnerOutput:
+        if self.output is None:
+            self.output = self._executor._wait_for_step(self._refs)
+            self._refs = []
+        return self.output
+
+    def done(self) -> bool:
+        """Whether `get()` would return at once (an error shows only in `get()`)."""
+        return self.output is not None or self._executor._all_ready(self._refs)

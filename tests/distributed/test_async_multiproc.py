@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 from conftest import make_llm
 
-from pagedllm import SamplingParams
+from pagedllm import EngineArgs, SamplingParams
+from pagedllm.config_builder import _pick_async_scheduling
 from pagedllm.executor.multiproc import MultiprocExecutor, StepFuture
 
 PROMPTS = [
@@ -94,13 +96,19 @@ def test_steps_are_futures_launched_before_they_are_read(tiny_llama_dir: str) ->
         llm.llm_engine.shutdown()
 
 
-def test_async_scheduling_with_ray_is_refused(tiny_llama_dir: str) -> None:
-    # pipeline_parallel_size > 1 with mp takes it (a batch per stage in flight:
-    # tests/distributed/test_pp_batch_queue.py); Ray's steps are not futures.
-    with pytest.raises(ValueError, match="distributed_executor_backend='mp'"):
-        make_llm(
-            tiny_llama_dir,
-            pipeline_parallel_size=2,
-            async_scheduling=True,
-            distributed_executor_backend="ray",
-        )
+@pytest.mark.parametrize("backend", ["mp", "ray"])
+def test_async_scheduling_with_several_workers(tiny_llama_dir: str, backend: str) -> None:
+    """Both executors' steps are futures: async scheduling is taken (with pipeline
+    stages it becomes their batch queue: tests/distributed/test_pp_batch_queue.py) and,
+    as with one worker, on by default on CUDA only."""
+    args = EngineArgs(
+        model=tiny_llama_dir,
+        device="cpu",
+        skip_tokenizer_init=True,
+        tensor_parallel_size=2,
+        distributed_executor_backend=backend,
+    )
+    assert not args.create_engine_config().scheduler_config.async_scheduling
+    assert _pick_async_scheduling(args, torch.device("cuda"))
+    args.async_scheduling = True
+    assert args.create_engine_config().scheduler_config.async_scheduling
