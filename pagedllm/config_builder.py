@@ -273,12 +273,12 @@ def _scheduler_config(
 
 
 def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:
-    """On by default on CUDA, with one worker or several (the mp and Ray executors'
-    steps are futures, sent to every rank in order). With pipeline stages the engine
-    keeps a batch per stage in flight instead (the first stage cannot use the last
-    one's tokens before they reach the engine)."""
+    """On by default on CUDA with one worker or the mp executor; accepted with Ray too
+    (its steps are futures, sent to every rank in order) but opt-in there until Ray has
+    run on a GPU here. With pipeline stages the engine keeps a batch per stage in flight
+    instead (the first stage cannot use the last one's tokens before they reach it)."""
     if args.async_scheduling is None:
-        return device.type == "cuda"
+        return device.type == "cuda" and args.distributed_executor_backend != "ray"
     return args.async_scheduling
 
 

@@ -99,8 +99,8 @@ def test_steps_are_futures_launched_before_they_are_read(tiny_llama_dir: str) ->
 @pytest.mark.parametrize("backend", ["mp", "ray"])
 def test_async_scheduling_with_several_workers(tiny_llama_dir: str, backend: str) -> None:
     """Both executors' steps are futures: async scheduling is taken (with pipeline
-    stages it becomes their batch queue: tests/distributed/test_pp_batch_queue.py) and,
-    as with one worker, on by default on CUDA only."""
+    stages it becomes their batch queue: tests/distributed/test_pp_batch_queue.py). By
+    default it is on on CUDA only, and with Ray only when asked (not yet run on a GPU)."""
     args = EngineArgs(
         model=tiny_llama_dir,
         device="cpu",
@@ -109,6 +109,6 @@ def test_async_scheduling_with_several_workers(tiny_llama_dir: str, backend: str
         distributed_executor_backend=backend,
     )
     assert not args.create_engine_config().scheduler_config.async_scheduling
-    assert _pick_async_scheduling(args, torch.device("cuda"))
+    assert _pick_async_scheduling(args, torch.device("cuda")) == (backend == "mp")
     args.async_scheduling = True
     assert args.create_engine_config().scheduler_config.async_scheduling
