@@ -152,6 +152,7 @@ def _fp8_gemv_kernel(
     BIT_CONVERT: tl.constexpr,  # FMA path: e4m3 -> float32 by integer ops (w * 2^-120)
     PARTIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr,  # loads prefetched ahead (a loop without tl.dot needs tl.range's)
 ):
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -163,7 +164,7 @@ def _fp8_gemv_kernel(
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     else:
         acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for start in range(lo, hi, BLOCK_K):
+    for start in tl.range(lo, hi, BLOCK_K, num_stages=NUM_STAGES):
         k = start + tl.arange(0, BLOCK_K)
         k_mask = k < hi
         x = tl.load(
@@ -211,6 +212,7 @@ def fp8_gemv(
     per_sm: int | None = None,
     dot: bool | None = None,
     bit_convert: bool | None = None,
+    stages: int | None = None,
 ) -> torch.Tensor:  # [M, N] in x.dtype
     m, k = x.shape
     n = weight.shape[0]
@@ -252,7 +254,9 @@ def fp8_gemv(
         BIT_CONVERT=kernel_table.FP8_GEMV_BIT_CONVERT if bit_convert is None else bit_convert,
         PARTIAL=splits > 1,
         DOT_PRECISION=tu.dot_precision(x.dtype),
+        NUM_STAGES=stages or kernel_table.FP8_GEMV_STAGES,
         num_warps=warps,
+        num_stages=stages or kernel_table.FP8_GEMV_STAGES,
     )
     if splits > 1:
         sum_splits(target, out)

@@ -50,6 +50,7 @@ def _quant_gemv_kernel(
     BLOCK_K: tl.constexpr,
     ONE_GROUP: tl.constexpr,  # every tile lies in one group (group_size % BLOCK_K == 0)
     PARTIAL: tl.constexpr,
+    NUM_STAGES: tl.constexpr,  # loads prefetched ahead (a loop without tl.dot needs tl.range's)
 ):
     PACK: tl.constexpr = 32 // BITS
     KW: tl.constexpr = BLOCK_K // PACK
@@ -61,7 +62,7 @@ def _quant_gemv_kernel(
     lo = split * chunks_per_split * BLOCK_K
     hi = tl.minimum(lo + chunks_per_split * BLOCK_K, K)
     acc = tl.zeros([BLOCK_M, KW, BLOCK_N], dtype=tl.float32)
-    for start in range(lo, hi, BLOCK_K):
+    for start in tl.range(lo, hi, BLOCK_K, num_stages=NUM_STAGES):
         rows = start // PACK + offs_r
         r_mask = rows < hi // PACK
         words = tl.load(
@@ -147,6 +148,7 @@ def quant_gemv(
     num_splits: int | None = None,
     blocks: tuple[int, int, int, int] | None = None,
     per_sm: int | None = None,
+    stages: int | None = None,
 ) -> torch.Tensor:  # [M, N] in x.dtype
     m, k = x.shape
     n = qweight.shape[1]
@@ -188,7 +190,9 @@ def quant_gemv(
         BLOCK_K=block_k,
         ONE_GROUP=group_size % block_k == 0,
         PARTIAL=splits > 1,
+        NUM_STAGES=stages or kernel_table.INT_GEMV_STAGES,
         num_warps=warps,
+        num_stages=stages or kernel_table.INT_GEMV_STAGES,
     )
     if splits > 1:
         sum_splits(target, out)

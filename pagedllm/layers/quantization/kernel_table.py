@@ -19,6 +19,9 @@ INT_GEMV_TILES: dict[int, Tile] = {
     8: (8, 32, 128, 4, 4),
     16: (16, 32, 128, 8, 4),
 }
+# Loads in flight in the GEMV's K loop (tl.range num_stages: without it Triton prefetches
+# nothing in a loop without tl.dot). Not yet swept: the sweep above ran without prefetch.
+INT_GEMV_STAGES = 3
 INT_GEMM_TILES: dict[int, Tile] = {
     1: (16, 128, 128, 4, 8),
     4: (16, 128, 128, 4, 8),
@@ -42,6 +45,7 @@ FP8_GEMV_TILES: dict[int, Tile] = {
     8: (16, 64, 256, 4, 4),
     16: (16, 64, 256, 4, 4),
 }
+FP8_GEMV_STAGES = 3  # as INT_GEMV_STAGES
 FP8_GEMV_BIT_CONVERT = False  # FMA tiles: e4m3 -> float32 by integer ops, not cvt
 FP8_ACT_QUANT_TRITON = True  # triton_fp8.quantize_per_tensor, else its torch reference
 
