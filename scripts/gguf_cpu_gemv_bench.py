@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,18 @@ def _measure(cands: dict[str, Callable[[], object]], calls: int, repeats: int) -
     return best
 
 
+def _candidates(
+    x: torch.Tensor, w: torch.Tensor, packed: PackedGGUF, base: Any | None
+) -> dict[str, Callable[[], object]]:
+    cands: dict[str, Callable[[], object]] = {
+        "f32": partial(cpu_linear.linear, x, w),
+        "packed": partial(gguf_kernels.gguf_linear, x, packed),
+    }
+    if base is not None:
+        cands["base"] = partial(_with_ext(base), x, packed)
+    return cands
+
+
 def _calls(n: int, k: int, m: int, budget: int) -> int:
     return max(3, min(budget, int(2e8 // (n * k * max(m, 4)))))
 
@@ -108,8 +121,11 @@ def main() -> None:
     if args.baseline:
         from torch.utils.cpp_extension import load
 
-        base = load(name="pagedllm_gguf_cpu_baseline", sources=[args.baseline],
-                    extra_cflags=gguf_kernels._FLAGS)
+        base = load(
+            name="pagedllm_gguf_cpu_baseline",
+            sources=[args.baseline],
+            extra_cflags=gguf_kernels._FLAGS,
+        )
     head = f"{'layer':8} {'N':>6} {'K':>5} {'type':5} {'M':>3} {'thr':>3} {'f32 us':>9}"
     head += f" {'packed us':>10} {'x f32':>6}" + (f" {'base us':>9} {'x base':>6}" if base else "")
     print(head)
@@ -119,13 +135,7 @@ def main() -> None:
         packed, w = _weight(n, k, type_name)
         for m in (int(v) for v in args.rows.split(",")):
             x = torch.randn(m, k)
-            cands: dict[str, Callable[[], object]] = {
-                "f32": lambda: cpu_linear.linear(x, w),
-                "packed": lambda: gguf_kernels.gguf_linear(x, packed),
-            }
-            if base is not None:
-                old = _with_ext(base)
-                cands["base"] = lambda: old(x, packed)
+            cands = _candidates(x, w, packed, base)
             for threads in (int(v) for v in args.threads.split(",")):
                 torch.set_num_threads(threads)
                 t = _measure(cands, _calls(n, k, m, args.calls), args.repeats)

@@ -244,7 +244,7 @@ struct Kernel {
 template <int BITS, typename S, int G>
 void launch_group(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
                   const torch::Tensor& mins, const QuantizedX& qx, torch::Tensor& y) {
-  Kernel<BITS, S, G> k{qweight.data_ptr<uint8_t>(),
+  Kernel<BITS, S, G> k{static_cast<const uint8_t*>(qweight.data_ptr()),
                        scales.data_ptr<S>(),
                        mins.numel() ? mins.data_ptr<S>() : nullptr,
                        x.size(1),
@@ -272,22 +272,22 @@ torch::Tensor gguf_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor 
                           torch::Tensor mins, int64_t bits, int64_t group) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: [M, K] f32");
   TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && mins.is_contiguous());
+  TORCH_CHECK(qweight.element_size() == 1, "qweight: uint8 or int8");
   TORCH_CHECK(x.size(1) % kBlock == 0, "K must be a multiple of 32");
   TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8");
   TORCH_CHECK(group == kBlock || (group == 16 && bits == 8 && mins.numel() == 0), "bad group");
   const int64_t K = x.size(1);
   TORCH_CHECK(qweight.size(1) == (bits == 4 ? K / 2 : K), "qweight does not match K");
-  auto qw = qweight.view(at::kByte);
   const QuantizedX qx = quantize_x(x.data_ptr<float>(), x.size(0), K);
   auto y = torch::empty({x.size(0), qweight.size(0)}, x.options());
   const bool half = scales.scalar_type() == at::kHalf;
   TORCH_CHECK(half || scales.scalar_type() == at::kFloat, "scales must be float16 or float32");
   if (bits == 4)
-    half ? launch<4, at::Half>(x, qw, scales, mins, group, qx, y)
-         : launch<4, float>(x, qw, scales, mins, group, qx, y);
+    half ? launch<4, at::Half>(x, qweight, scales, mins, group, qx, y)
+         : launch<4, float>(x, qweight, scales, mins, group, qx, y);
   else
-    half ? launch<8, at::Half>(x, qw, scales, mins, group, qx, y)
-         : launch<8, float>(x, qw, scales, mins, group, qx, y);
+    half ? launch<8, at::Half>(x, qweight, scales, mins, group, qx, y)
+         : launch<8, float>(x, qweight, scales, mins, group, qx, y);
   return y;
 }
 
