@@ -69,10 +69,15 @@ def gguf_linear(
     x: torch.Tensor, weight: PackedGGUF, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """x [.., K] -> [.., N] through the packed kernel where it applies."""
-    ext = cpu_extension() if x.device.type == "cpu" else None
+    ext = cpu_extension() if x.is_cpu else None
     if ext is None or x.dtype != torch.float32 or x.numel() == 0:
         return reference_linear(x, weight, bias)
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    # Batch-1 decode spends a few microseconds per torch call: 2-D x (what the model
+    # passes) is not reshaped.
+    flat = x.dim() == 2
+    x2 = x if flat else x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
     mins = weight.mins if weight.mins is not None else _EMPTY
     args = (weight.qweight, weight.scales, mins, weight.bits, weight.group)
     if x2.shape[0] >= DEQUANT_MIN_ROWS:
@@ -81,7 +86,7 @@ def gguf_linear(
         y = ext.gguf_linear(x2, *args)
     if bias is not None:
         y += bias
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    return y if flat else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 # From this many rows of x (prefill), dequantizing the weight for the call and one

@@ -33,14 +33,14 @@ def _packed(name: str, seed: int = 0) -> tuple[PackedGGUF, torch.Tensor]:
     return packed, torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))
 
 
-def _on_int8_grid(m: int, seed: int) -> torch.Tensor:
+def _on_int8_grid(m: int, seed: int, k: int = K) -> torch.Tensor:
     """x whose per-32 int8 quantization is exact: integers in [-127, 127] (each
     block holding +-127) times a power-of-two scale per block."""
     g = torch.Generator().manual_seed(seed)
-    q = torch.randint(-127, 128, (m, K // 32, 32), generator=g).float()
+    q = torch.randint(-127, 128, (m, k // 32, 32), generator=g).float()
     q[:, :, 0] = 127.0
-    scale = 2.0 ** torch.randint(-8, -2, (m, K // 32, 1), generator=g).float()
-    return (q * scale).reshape(m, K)
+    scale = 2.0 ** torch.randint(-8, -2, (m, k // 32, 1), generator=g).float()
+    return (q * scale).reshape(m, k)
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -123,3 +123,27 @@ def test_many_rows_take_the_exact_dequantized_path(name: str) -> None:
     )
     x = torch.randn(gguf_kernels.DEQUANT_MIN_ROWS, K, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(gguf_linear(x, packed), x @ ref.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["Q4_1", "Q8_0", "Q4_0", "Q6_K"])
+@pytest.mark.parametrize("m", [1, 2, 5, 6])
+@pytest.mark.parametrize("n", [1, 7, 46])
+def test_kernel_row_tails(name: str, m: int, n: int) -> None:
+    """Weight row counts that the 4- and 2-row tiles do not divide, rows of x that the
+    4-row tile does not divide, and (legacy types) K = 576: 18 blocks, not a multiple
+    of the 8 scales converted at once."""
+    if gguf_kernels.cpu_extension() is None:
+        pytest.skip("the GGUF CPU kernel cannot be built here")
+    k = K if name in K_QUANT_BYTES else 576
+    rng = np.random.default_rng(n)
+    if name in K_QUANT_BYTES:
+        raw = _k_quant_blocks(rng, n, k, name)
+    else:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        raw = quants.quantize(w, GGMLQuantizationType[name])
+    packed = repack(torch.from_numpy(raw.copy()), int(GGMLQuantizationType[name]))
+    x = _on_int8_grid(m, seed=m, k=k)
+    expected = x.double() @ dequantize(packed).double().T
+    got = gguf_linear(x, packed)
+    assert got.shape == (m, n)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
