@@ -10,6 +10,8 @@ table): they depend on T only, so each CUDA graph (one per batch size) has fixed
 
 from __future__ import annotations
 
+from pagedllm.layers.quantization import kernel_table
+
 GateUpTile = tuple[int, int, int, int]  # BLOCK_N, BLOCK_K, num_warps, num_stages
 DownTile = tuple[int, int, int, int, int]  # BLOCK_N, BLOCK_K, num_warps, num_stages, splits
 SmallTiles = tuple[GateUpTile, DownTile]
@@ -31,7 +33,4 @@ def use_small_path(num_tokens: int, top_k: int) -> bool:
 
 def pick(num_tokens: int) -> SmallTiles:
     """The tiles of the smallest key >= num_tokens (the largest key beyond the table)."""
-    for key in sorted(SMALL_TILES):
-        if num_tokens <= key:
-            return SMALL_TILES[key]
-    return SMALL_TILES[max(SMALL_TILES)]
+    return kernel_table.pick(SMALL_TILES, num_tokens)

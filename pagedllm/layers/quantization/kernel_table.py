@@ -8,7 +8,10 @@ that split-K aims at; a row count m uses the entry of the smallest key >= m.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 Tile = tuple[int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, per_sm
+_Entry = TypeVar("_Entry")
 
 # Packed integer weights (K-packed int4/int8, triton_quant_gemv / triton_quant_gemm).
 # Values from `scripts/gpu_quant_sweep.py` on an H200, 2026-12-01 07:52 (docs/benchmarks.md).
@@ -50,8 +53,9 @@ FP8_GEMV_BIT_CONVERT = False  # FMA tiles: e4m3 -> float32 by integer ops, not c
 FP8_ACT_QUANT_TRITON = True  # triton_fp8.quantize_per_tensor, else its torch reference
 
 
-def pick(table: dict[int, Tile], m: int) -> Tile:
-    """The entry of the smallest key >= m (the largest key beyond the table)."""
+def pick(table: dict[int, _Entry], m: int) -> _Entry:
+    """The entry of the smallest key >= m (the largest key beyond the table); also the
+    fused MoE small path's tile table (fused_moe/small_tiles.py)."""
     for key in sorted(table):
         if m <= key:
             return table[key]
