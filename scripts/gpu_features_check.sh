@@ -8,13 +8,8 @@ OUT="${OUT:-$(mktemp -d)}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 STEPS="${STEPS:-quant moe structured}"
-step() {  # step NAME SECONDS CMD...: run with a time limit, keep the log, show its tail
-    local name="$1" limit="$2" t=$SECONDS
-    shift 2
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "== $name: exit $? [$((SECONDS - t)) s]"
-    grep -v "^INFO\|^DEBUG\|^WARNING\|preempted" "$OUT/$name.log" | tail -"${TAIL:-14}"
-}
+LOGS="$OUT" HIDE="${HIDE:-preempted}"
+source scripts/gpu_step.sh
 if [[ " $STEPS " == *" quant "* ]]; then
     step quant_tests 60 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_triton_quant_dequant.py
     step quant 200 "$PY" scripts/gpu_quant_check.py --skip-kernels

@@ -7,13 +7,8 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-step() {  # step NAME SECONDS CMD...: run with a time limit, keep the log, show its tail
-    local name="$1" limit="$2" t=$SECONDS
-    shift 2
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "== $name: exit $? [$((SECONDS - t)) s]"
-    grep -v "^INFO\|^DEBUG\|^WARNING" "$OUT/$name.log" | tail -"${TAIL:-25}"
-}
+LOGS="$OUT" TAIL="${TAIL:-25}"
+source scripts/gpu_step.sh
 step gpu_tests 170 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_triton_fused_moe.py \
     tests/worker/test_memory_tiers_gpu.py tests/models/test_fused_layers_gpu.py -k "moe or mixtral or tiers or offload or swap"
 step moe 240 "$PY" scripts/gpu_moe_check.py

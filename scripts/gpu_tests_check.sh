@@ -9,13 +9,8 @@ LOGS="${LOGS:-$(mktemp -d)}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 STEPS="${STEPS:-kernels models structured moe}"
-step() {  # step NAME SECONDS CMD...: run with a time limit, keep the log, show its tail
-    local name="$1" limit="$2" t=$SECONDS
-    shift 2
-    timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
-    echo "== $name: exit $? [$((SECONDS - t)) s]"
-    grep -E "${SHOW:-passed|failed|FAILED|^E |Error}" "$LOGS/$name.log" | grep -v "^INFO\|^WARNING" | tail -"${TAIL:-14}"
-}
+SHOW="${SHOW:-passed|failed|FAILED|^E |Error}"
+source scripts/gpu_step.sh
 PT=("$PY" -m pytest -m gpu -q -p no:cacheprovider -rf --tb=short)
 XD=()
 "$PY" -c "import xdist" 2>/dev/null && XD=(-n "${XDIST:-6}")
