@@ -8,6 +8,9 @@ import os
 
 import torch
 
+# Read once: the check sits on every MoE layer's forward.
+_TRITON_ROUTER = os.environ.get("PAGEDLLM_TRITON_MOE_ROUTER") == "1"
+
 
 def select_experts(
     router_logits: torch.Tensor,  # [T, E] model dtype
@@ -20,7 +23,7 @@ def select_experts(
     otherwise. Off by default until its GPU test and L3 figure are in (written after the
     seventh session's device time ran out: it passes the interpreter tests and compiles
     for sm_90a, but has not run on a GPU)."""
-    if router_logits.is_cuda and os.environ.get("PAGEDLLM_TRITON_MOE_ROUTER") == "1":
+    if _TRITON_ROUTER and router_logits.is_cuda:
         # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
         from pagedllm.layers.kernels import triton_moe_router
 
