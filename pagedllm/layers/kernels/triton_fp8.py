@@ -234,6 +234,7 @@ def fp8_gemv(
     chunks = tu.cdiv(k_chunks, num_splits)
     splits = tu.cdiv(k_chunks, chunks)
     target = split_target(out, splits)
+    stages = stages or kernel_table.FP8_GEMV_STAGES
     tu.launch(
         _fp8_gemv_kernel,
         (*grid_mn, splits),
@@ -254,9 +255,9 @@ def fp8_gemv(
         BIT_CONVERT=kernel_table.FP8_GEMV_BIT_CONVERT if bit_convert is None else bit_convert,
         PARTIAL=splits > 1,
         DOT_PRECISION=tu.dot_precision(x.dtype),
-        NUM_STAGES=stages or kernel_table.FP8_GEMV_STAGES,
+        NUM_STAGES=stages,
         num_warps=warps,
-        num_stages=stages or kernel_table.FP8_GEMV_STAGES,
+        num_stages=stages,
     )
     if splits > 1:
         sum_splits(target, out)

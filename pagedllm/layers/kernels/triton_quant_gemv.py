@@ -169,6 +169,7 @@ def quant_gemv(
     chunks = tu.cdiv(k_chunks, num_splits)
     splits = tu.cdiv(k_chunks, chunks)
     target = split_target(out, splits)
+    stages = stages or kernel_table.INT_GEMV_STAGES
     tu.launch(
         _quant_gemv_kernel,
         (*grid_mn, splits),
@@ -190,9 +191,9 @@ def quant_gemv(
         BLOCK_K=block_k,
         ONE_GROUP=group_size % block_k == 0,
         PARTIAL=splits > 1,
-        NUM_STAGES=stages or kernel_table.INT_GEMV_STAGES,
+        NUM_STAGES=stages,
         num_warps=warps,
-        num_stages=stages or kernel_table.INT_GEMV_STAGES,
+        num_stages=stages,
     )
     if splits > 1:
         sum_splits(target, out)
