@@ -73,3 +73,21 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ")[-1][:1] != "Z"
     except FileNotFoundError:
         return False
+
+
+def spy_in_flight(llm: LLM) -> list[int]:
+    """Wraps the executor's `execute_model` (mp and Ray both return step futures): for
+    each launched step, how many earlier steps were still unread."""
+    executor = llm.llm_engine.executor
+    launched: list[Any] = []
+    unread_at_launch: list[int] = []
+    original = executor.execute_model
+
+    def spy(scheduler_output: Any) -> Any:
+        unread_at_launch.append(sum(f.output is None for f in launched))
+        future = original(scheduler_output)
+        launched.append(future)
+        return future
+
+    executor.execute_model = spy  # type: ignore[method-assign]
+    return unread_at_launch

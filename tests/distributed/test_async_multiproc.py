@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_llm
+from conftest import make_llm, spy_in_flight
 
 from pagedllm import EngineArgs, SamplingParams
 from pagedllm.config_builder import _pick_async_scheduling
-from pagedllm.executor.multiproc import MultiprocExecutor, StepFuture
+from pagedllm.executor.multiproc import MultiprocExecutor
 
 PROMPTS = [
     {"prompt_token_ids": [(5 * i + 3 * j) % 500 + 1 for j in range(n)]}
@@ -77,19 +77,7 @@ def test_tp2_async_with_preemption_matches_one_process(tiny_llama_dir: str, expe
 def test_steps_are_futures_launched_before_they_are_read(tiny_llama_dir: str) -> None:
     llm = make_llm(tiny_llama_dir, tensor_parallel_size=2, async_scheduling=True)
     try:
-        engine = llm.llm_engine
-        executor = engine.executor
-        launched: list[StepFuture] = []
-        unread_at_launch: list[int] = []
-        original = executor.execute_model
-
-        def spy(scheduler_output: Any) -> StepFuture:
-            unread_at_launch.append(sum(f.output is None for f in launched))
-            future = original(scheduler_output)
-            launched.append(future)
-            return future
-
-        executor.execute_model = spy
+        unread_at_launch = spy_in_flight(llm)
         llm.generate(PROMPTS[:2], sampling_params()[:2], use_tqdm=False)
         assert max(unread_at_launch) == 1  # step N+1 went out while step N was unread
     finally:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_llm
+from conftest import make_llm, spy_in_flight
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.distributed import parallel_state as ps
-from pagedllm.executor.multiproc import StepFuture
 from pagedllm.models.llama import LlamaForCausalLM
 
 LENGTHS = (3, 11, 1, 23, 7, 2, 30, 5, 17, 9, 4, 13, 26, 6)
@@ -42,23 +41,6 @@ def sampling_params() -> list[SamplingParams]:
 
 
 Result = tuple[list[list[int]], list[str | None]]
-
-
-def spy_in_flight(llm: LLM) -> list[int]:
-    """For each launched step: how many earlier steps were still unread."""
-    executor = llm.llm_engine.executor
-    launched: list[StepFuture] = []
-    unread_at_launch: list[int] = []
-    original = executor.execute_model
-
-    def spy(scheduler_output: Any) -> StepFuture:
-        unread_at_launch.append(sum(f.output is None for f in launched))
-        future = original(scheduler_output)
-        launched.append(future)
-        return future
-
-    executor.execute_model = spy
-    return unread_at_launch
 
 
 def spy_preempted_in_flight(llm: LLM) -> list[int]:

@@ -13,10 +13,9 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from conftest import make_llm, pid_alive
+from conftest import make_llm, pid_alive, spy_in_flight
 from test_async_multiproc import PROMPTS, sampling_params
 
 from pagedllm import LLM
@@ -24,7 +23,7 @@ from pagedllm.executor.base import ExecutorDeadError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'pagedllm[ray]')")
 
-from pagedllm.executor.ray_executor import RayExecutor, RayStepFuture  # noqa: E402
+from pagedllm.executor.ray_executor import RayExecutor  # noqa: E402
 
 Result = tuple[list[list[int]], list[str | None]]
 
@@ -63,23 +62,6 @@ def ray_llm(ray_session: None, tiny_llama_dir: str) -> Iterator[LLM]:
     )
     yield llm
     llm.llm_engine.shutdown()
-
-
-def spy_in_flight(llm: LLM) -> list[int]:
-    """For each launched step: how many earlier steps were still unread."""
-    executor = llm.llm_engine.executor
-    launched: list[RayStepFuture] = []
-    unread_at_launch: list[int] = []
-    original = executor.execute_model
-
-    def spy(scheduler_output: Any) -> RayStepFuture:
-        unread_at_launch.append(sum(f.output is None for f in launched))
-        future = original(scheduler_output)
-        launched.append(future)
-        return future
-
-    executor.execute_model = spy  # type: ignore[method-assign]
-    return unread_at_launch
 
 
 def check_pool_is_whole(llm: LLM) -> None:
