@@ -38,7 +38,7 @@ def add_worker_delta(
             request.request_id,
             resumed,
             row.new_token_ids if skip <= 0 else row.new_token_ids[skip:],
-            block_ids[sent:] if sent < len(block_ids) else [],
+            block_ids[sent:],  # [] when nothing was appended
             row.num_computed_tokens,
             row.num_tokens - request.num_prompt_tokens,
         )
