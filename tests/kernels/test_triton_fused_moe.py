@@ -3,6 +3,11 @@ over experts, and moe_align_block_size's layout. Small shapes: the interpreter i
 
 from __future__ import annotations
 
+import importlib.util
+import types
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from kernel_cases import assert_close, gpu_test
@@ -104,3 +109,40 @@ def test_grouped_path_per_gemm_configs() -> None:
     act = grouped_gate_up(x, w13, align, 2, other)
     out = grouped_down(act, w2, weights, align, _SMALL).view(9, 2, -1).sum(dim=1)
     assert_close(out, fused_experts_torch(x, w13, w2, weights, ids), torch.float32)
+
+
+SWEEP = Path(__file__).resolve().parents[2] / "scripts" / "gpu_moe_grouped_sweep.py"
+
+
+def _sweep_script() -> Any:
+    spec = importlib.util.spec_from_file_location("gpu_moe_grouped_sweep", SWEEP)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_grouped_sweep_smoke_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    _sweep_script().main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "GROUPED_TILES: dict[Shape, dict[int, GroupedTiles]] = {" in out
+    assert "(4, 32, 32, 2): {" in out and "WRONG" not in out
+
+
+def test_grouped_sweep_writes_a_table_pick_reads(tmp_path: Path) -> None:
+    """--write's rewrite of grouped_tiles.py (twice: from `{}` and from a table)."""
+    from pagedllm.layers.fused_moe import grouped_tiles
+
+    script = _sweep_script()
+    copy = tmp_path / "grouped_tiles.py"
+    copy.write_text(Path(grouped_tiles.__file__).read_text())
+    script.gt = types.SimpleNamespace(__file__=str(copy))
+    tile = (32, 64, 64, 8, 4, 3)
+    for table in ({(8, 64, 32, 2): {4: (tile, tile)}}, {(8, 64, 32, 2): {64: (tile, tile)}}):
+        script.write_table(script.table_source(table))
+        spec = importlib.util.spec_from_file_location("written_tiles", copy)
+        assert spec is not None and spec.loader is not None
+        written = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(written)
+        assert written.GROUPED_TILES == table
+        assert written.pick(5, (8, 64, 32, 2)) == (tile, tile)
