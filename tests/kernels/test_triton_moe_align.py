@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_cases import gpu_test
 
 from pagedllm.layers.fused_moe.moe_align_block_size import (
     max_padded_len,
@@ -44,3 +45,17 @@ def test_triton_align_skewed_routing() -> None:
     ids[:, 1] = 5
     ids[17, 1] = 0
     _check(ids, 16, 8)
+
+
+@gpu_test
+@pytest.mark.parametrize("tokens,block_m", [(1, 16), (256, 16), (2048, 64), (8192, 128)])
+def test_triton_align_gpu_qwen3_moe_shape(tokens: int, block_m: int) -> None:
+    """128 experts, top 8: the dispatching entry point on CUDA against the torch ops."""
+    from pagedllm.layers.fused_moe.moe_align_block_size import moe_align_block_size
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    ids = torch.rand(tokens, 128, generator=gen, device="cuda").topk(8, dim=1).indices.int()
+    got = moe_align_block_size(ids, block_m, 128)
+    want = moe_align_block_size_torch(ids, block_m, 128)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
