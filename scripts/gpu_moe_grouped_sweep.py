@@ -453,7 +453,7 @@ def offline(workers: int) -> None:
     _log(f"{len(jobs)} kernels, {workers} processes")
     with ProcessPoolExecutor(workers) as pool:
         results = list(pool.map(_offline_one, jobs, chunksize=4))
-    print("\n| GEMM | tile (BM, BN, BK, GM, warps, stages) | shared bytes | estimate | registers |")
+    print("\n| GEMM | tile (BM, BN, BK, GM, warps, stages) | shared bytes | estimate | ptxas |")
     print("|---|---|---|---|---|")
     for (gemm, tile), (shared, regs) in zip(jobs, results, strict=True):
         print(f"| {gemm} | {tile} | {shared} | {smem_bytes(tile, gemm == GATE_UP)} | {regs} |")
@@ -502,8 +502,10 @@ def _offline_one(job: tuple[str, Tile]) -> tuple[int, str]:
         [ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True
     )
     os.unlink(f.name)
-    regs = ";".join(
-        line.split(":", 1)[-1].strip() for line in out.stderr.splitlines() if "registers" in line
+    regs = "; ".join(
+        line.split(":", 1)[-1].strip()
+        for line in out.stderr.splitlines()
+        if "registers" in line or "spill" in line
     )
     return int(compiled.metadata.shared), regs
 
