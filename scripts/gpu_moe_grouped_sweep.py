@@ -15,8 +15,8 @@ best tiles, their us, TFLOP/s and GB/s of distinct experts' weights, the default
 and the whole grouped path (align + 2 GEMMs + sum) with the old and the new tiles.
 
     PYTHONPATH=$PWD python3 scripts/gpu_moe_grouped_sweep.py [--write] [--json out.json]
-    PYTHONPATH=$PWD python3 scripts/gpu_moe_grouped_sweep.py --offline  # no GPU: sm_90a
-        compile of every candidate the sweep may time, with its shared memory and registers
+    PYTHONPATH=$PWD python3 scripts/kernel_resources.py --moe-grouped  # no GPU: sm_90a
+        compile of every candidate the sweep may time, its shared memory and registers
     PYTHONPATH=$PWD python3 scripts/gpu_moe_grouped_sweep.py --smoke    # CPU interpreter
 
 --write rewrites this shape's entry of GROUPED_TILES in fused_moe/grouped_tiles.py.
@@ -443,73 +443,6 @@ def report(rows: list[dict[str, Any]]) -> None:
         print(f"{r['tokens']:5d} | {r['path_old_us']:8.1f} -> {r['path_new_us']:8.1f}")
 
 
-# ---- offline compile (no GPU) ------------------------------------------------------
-
-
-def offline(workers: int) -> None:
-    """Compiles every candidate for sm_90a (Triton's bundled ptxas) and prints the
-    shared memory and registers of each; nothing over SMEM_LIMIT may be picked."""
-    jobs = [(g, t) for g in (GATE_UP, DOWN) for t in all_candidates(g)]
-    _log(f"{len(jobs)} kernels, {workers} processes")
-    with ProcessPoolExecutor(workers) as pool:
-        results = list(pool.map(_offline_one, jobs, chunksize=4))
-    print("\n| GEMM | tile (BM, BN, BK, GM, warps, stages) | shared bytes | estimate | ptxas |")
-    print("|---|---|---|---|---|")
-    for (gemm, tile), (shared, regs) in zip(jobs, results, strict=True):
-        print(f"| {gemm} | {tile} | {shared} | {smem_bytes(tile, gemm == GATE_UP)} | {regs} |")
-    over = [j for j, (shared, _) in zip(jobs, results, strict=True) if shared > SMEM_LIMIT]
-    worst = max(shared for shared, _ in results)
-    _log(f"compiled {len(jobs)}; largest shared {worst} bytes; over {SMEM_LIMIT}: {over}")
-
-
-def _offline_one(job: tuple[str, Tile]) -> tuple[int, str]:
-    import subprocess
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from pagedllm.layers.kernels.triton_fused_moe import _fused_moe_kernel as kernel
-
-    gemm, tile = job
-    gated = gemm == GATE_UP
-    ptrs = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16"}
-    ptrs["topk_weights_ptr"] = "*bf16" if gated else "*fp32"
-    ptrs |= {
-        n: "*i32" for n in ("sorted_token_ids_ptr", "expert_ids_ptr", "num_tokens_post_padded_ptr")
-    }
-    ints = ("N", "K", "P", "num_valid", "stride_am", "stride_be", "stride_bn", "stride_cm")
-    sig = ptrs | {n: "i32" for n in ints}
-    const = dict(A_ROW_DIV=TOP_K if gated else 1, MUL_ROUTED_WEIGHT=not gated, GATED=gated)
-    const |= dict(DOT_PRECISION="ieee") | {
-        k: v for k, v in gt.as_config(tile).items() if k.isupper()
-    }
-    attrs = {
-        (kernel.arg_names.index(n),): [["tt.divisibility", 16]]
-        for n in sig
-        if n not in ("P", "num_valid")
-    }
-    src = ASTSource(
-        fn=kernel, signature=sig | dict.fromkeys(const, "constexpr"), constexprs=const, attrs=attrs
-    )
-    options = {"num_warps": tile[4], "num_stages": tile[5]}
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(compiled.asm["ptx"])
-    out = subprocess.run(
-        [ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True
-    )
-    os.unlink(f.name)
-    regs = "; ".join(
-        line.split(":", 1)[-1].strip()
-        for line in out.stderr.splitlines()
-        if "registers" in line or "spill" in line
-    )
-    return int(compiled.metadata.shared), regs
-
-
 # ---- smoke and main ----------------------------------------------------------------
 
 
@@ -528,13 +461,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
     parser.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1")
-    parser.add_argument("--offline", action="store_true", help="sm_90a compiles, no GPU")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--write", action="store_true", help="rewrite GROUPED_TILES' entry")
     args = parser.parse_args(argv)
-    if args.offline:
-        offline(args.workers)
-        return
     if args.smoke:
         _smoke()
     else:
