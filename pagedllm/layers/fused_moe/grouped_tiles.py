@@ -1,0 +1,52 @@
+"""The tiles of the sorted grouped-GEMM experts path (kernels/triton_fused_moe.py) by
+expert shape and token count, like vLLM's per-(E, N, device) fused-MoE config files:
+measured on an H200 by `scripts/gpu_moe_grouped_sweep.py --write`, which rewrites
+GROUPED_TILES below for the shape it swept (other shapes' entries are kept).
+
+A batch of T tokens uses the entry of the smallest token key >= T (the largest key
+beyond the table): tiles depend on T only, so each CUDA graph has fixed ones. Shapes
+not in the table, and GPUs other than the one swept (compute capability), get
+`default_tiles`. Both GEMMs of an entry share BLOCK_M: one moe_align_block_size serves
+both.
+"""
+
+from __future__ import annotations
+
+from pagedllm.layers.quantization import kernel_table
+
+Tile = tuple[int, int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages
+GroupedTiles = tuple[Tile, Tile]  # gate/up (SiLU fused), down
+Shape = tuple[int, int, int, int]  # experts E, hidden H, intermediate I (per rank), top_k
+TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+# The compute capability the table was measured on (H100 / H200: sm_90).
+TUNED_CAPABILITY = (9, 0)
+GROUPED_TILES: dict[Shape, dict[int, GroupedTiles]] = {}
+
+
+def default_tiles(num_tokens: int, top_k: int, num_experts: int) -> GroupedTiles:
+    """By rows per expert: few rows (decode) read each expert's weights once with
+    16-row blocks; many rows (prefill) use big tiles for tensor-core throughput."""
+    rows_per_expert = num_tokens * top_k / max(num_experts, 1)
+    if rows_per_expert <= 16:
+        tile: Tile = (16, 64, 128, 1, 4, 4)
+    elif rows_per_expert <= 64:
+        tile = (32, 128, 64, 8, 4, 4)
+    else:
+        tile = (64, 128, 64, 8, 8, 4)
+    return tile, tile
+
+
+def pick(
+    num_tokens: int, shape: Shape, capability: tuple[int, int] | None = TUNED_CAPABILITY
+) -> GroupedTiles:
+    """The table's tiles for this shape and token count, else `default_tiles`."""
+    table = GROUPED_TILES.get(shape) if capability == TUNED_CAPABILITY else None
+    if not table:
+        return default_tiles(num_tokens, shape[3], shape[0])
+    return kernel_table.pick(table, num_tokens)
+
+
+def as_config(tile: Tile) -> dict[str, int]:
+    """The keyword arguments of invoke_fused_moe_kernel's `config`."""
+    return dict(zip(TILE_KEYS, tile, strict=True))
