@@ -21,7 +21,20 @@ TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stage
 
 # The compute capability the table was measured on (H100 / H200: sm_90).
 TUNED_CAPABILITY = (9, 0)
-GROUPED_TILES: dict[Shape, dict[int, GroupedTiles]] = {}
+GROUPED_TILES: dict[Shape, dict[int, GroupedTiles]] = {
+    (128, 2048, 768, 8): {
+        16: ((16, 64, 128, 8, 4, 5), (16, 64, 128, 8, 4, 3)),
+        32: ((16, 64, 128, 8, 4, 5), (16, 128, 128, 1, 4, 3)),
+        64: ((16, 128, 128, 8, 4, 3), (16, 128, 128, 8, 4, 3)),
+        128: ((16, 128, 128, 8, 4, 3), (16, 128, 128, 1, 4, 3)),
+        256: ((32, 64, 128, 8, 4, 3), (32, 128, 128, 1, 4, 3)),
+        512: ((64, 64, 64, 8, 4, 3), (64, 128, 64, 1, 4, 4)),
+        1024: ((128, 128, 64, 1, 8, 4), (128, 256, 64, 1, 8, 4)),
+        2048: ((128, 128, 64, 8, 8, 4), (128, 256, 64, 1, 8, 4)),
+        4096: ((128, 128, 64, 8, 8, 4), (128, 256, 64, 8, 8, 4)),
+        8192: ((128, 128, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4)),
+    },
+}
 
 
 def default_tiles(num_tokens: int, top_k: int, num_experts: int) -> GroupedTiles:
