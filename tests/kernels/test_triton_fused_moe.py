@@ -89,6 +89,28 @@ def test_grouped_tiles_table_and_default(monkeypatch: pytest.MonkeyPatch) -> Non
     assert gt.as_config(big)["BLOCK_N"] == 128 and gt.as_config(big)["num_stages"] == 4
 
 
+def test_tiles_fit_shared_memory_for_float32_and_keep_swept_ones() -> None:
+    """A float32 model's default tiles lose stages (then BLOCK_K) until their operand
+    buffers fit sm_90's 227 KB: the gated gate/up at 64-row blocks asked 240 KB on the
+    H200 before (OutOfResources); the swept bf16 entries are left as they are."""
+    from pagedllm.layers.fused_moe import grouped_tiles as gt
+
+    def need(tile: gt.Tile, size: int, gated: bool) -> int:
+        bm, bn, bk, _, _, stages = tile
+        return stages * (bm * bk + (2 if gated else 1) * bk * bn) * size
+
+    big = gt.default_tiles(8192, 8, 8)[0]
+    assert need(big, 4, True) > gt.SHARED_MEMORY_LIMIT
+    fitted = gt.fit_shared_memory(big, 4, gated=True)
+    assert need(fitted, 4, True) <= gt.SHARED_MEMORY_LIMIT and fitted[5] >= 2
+    assert fitted[:2] == big[:2] and fitted[3:5] == big[3:5]
+    assert need(gt.fit_shared_memory(big, 4, True, limit=50_000), 4, True) <= 50_000
+    for table in gt.GROUPED_TILES.values():
+        for gate_up, down in table.values():
+            assert gt.fit_shared_memory(gate_up, 2, gated=True) == gate_up
+            assert gt.fit_shared_memory(down, 2, gated=False) == down
+
+
 def test_grouped_tiles_entries_share_block_m() -> None:
     """One moe_align_block_size serves both GEMMs: every entry has one BLOCK_M."""
     from pagedllm.layers.fused_moe import grouped_tiles as gt

@@ -49,6 +49,12 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+@functools.cache
+def _shared_memory_limit(device: torch.device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", grouped_tiles.SHARED_MEMORY_LIMIT))
+
+
 def grouped_configs(
     hidden_states: torch.Tensor, w13: torch.Tensor, topk_ids: torch.Tensor
 ) -> tuple[dict[str, int], dict[str, int]]:
@@ -56,9 +62,14 @@ def grouped_configs(
     num_tokens, top_k = topk_ids.shape
     num_experts, two_inter, hidden = w13.shape
     device = hidden_states.device
-    capability = _capability(device) if device.type == "cuda" else None
+    on_cuda = device.type == "cuda"
+    capability = _capability(device) if on_cuda else None
+    limit = _shared_memory_limit(device) if on_cuda else grouped_tiles.SHARED_MEMORY_LIMIT
     shape = (num_experts, hidden, two_inter // 2, top_k)
     gate_up, down = grouped_tiles.pick(num_tokens, shape, capability)
+    size = hidden_states.element_size()
+    gate_up = grouped_tiles.fit_shared_memory(gate_up, size, gated=True, limit=limit)
+    down = grouped_tiles.fit_shared_memory(down, size, gated=False, limit=limit)
     return grouped_tiles.as_config(gate_up), grouped_tiles.as_config(down)
 
 

@@ -21,6 +21,7 @@ TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stage
 
 # The compute capability the table was measured on (H100 / H200: sm_90).
 TUNED_CAPABILITY = (9, 0)
+SHARED_MEMORY_LIMIT = 232_448  # sm_90's opt-in shared memory per block, bytes
 GROUPED_TILES: dict[Shape, dict[int, GroupedTiles]] = {
     (128, 2048, 768, 8): {
         16: ((16, 64, 128, 8, 4, 5), (16, 64, 128, 8, 4, 3)),
@@ -58,6 +59,25 @@ def pick(
     if not table:
         return default_tiles(num_tokens, shape[3], shape[0])
     return kernel_table.pick(table, num_tokens)
+
+
+def fit_shared_memory(
+    tile: Tile, elem_bytes: int, gated: bool, limit: int = SHARED_MEMORY_LIMIT
+) -> Tile:
+    """`tile` with fewer pipeline stages (down to 2), then a smaller BLOCK_K, until its
+    operand buffers fit in `limit`: stages x (A tile + B tile, B twice for the gated
+    gate/up GEMM) x element size, an upper bound of what Triton allocates. The table's
+    bf16 entries fit as swept; the defaults for a float32 model may not."""
+    bm, bn, bk, gm, warps, stages = tile
+
+    def need(bk: int, stages: int) -> int:
+        return stages * (bm * bk + (2 if gated else 1) * bk * bn) * elem_bytes
+
+    while need(bk, stages) > limit and stages > 2:
+        stages -= 1
+    while need(bk, stages) > limit and bk > 16:
+        bk //= 2
+    return bm, bn, bk, gm, warps, stages
 
 
 def as_config(tile: Tile) -> dict[str, int]:
