@@ -27,6 +27,16 @@ INT_GEMV_TILES: dict[int, Tile] = {
 # Loads in flight in the GEMV's K loop (tl.range num_stages: without it Triton prefetches
 # nothing in a loop without tl.dot); the 16:36 sweep ran with these.
 INT_GEMV_STAGES = 3
+# The bandwidth-shaped GEMV (triton_quant_gemv_wide: short split-K ranges, one-launch
+# deterministic split sum) runs for rows up to INT_GEMV_WIDE_MAX_ROWS, before the GEMV
+# above; 0 (off) until `scripts/gpu_quant_sweep.py --only int` has measured it on an H200.
+INT_GEMV_WIDE_MAX_ROWS = 0
+INT_GEMV_WIDE_TILES: dict[int, Tile] = {
+    1: (1, 128, 256, 4, 16),
+    2: (2, 128, 256, 4, 16),
+    4: (4, 64, 256, 4, 16),
+}
+INT_GEMV_WIDE_STAGES = 2
 INT_GEMM_TILES: dict[int, Tile] = {
     1: (16, 128, 128, 4, 8),
     4: (16, 128, 128, 4, 8),
