@@ -13,6 +13,7 @@ into [R, 32 * W] uint8 (a quarter of the memory an int32 unpack takes):
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -100,11 +101,17 @@ def apply_grammar_bitmask_(logits: torch.Tensor, mask: GrammarBitmask) -> None:
     logits.masked_fill_(banned, float("-inf"))
 
 
+# The one-pass Triton kernel is opt-in until its GPU test has run (it was written after
+# the eighth session's device time ran out; it passes the interpreter tests).
+_TRITON_BITMASK = os.environ.get("PAGEDLLM_TRITON_GRAMMAR_BITMASK") == "1"
+
+
 def grammar_masked_logits(logits: torch.Tensor, mask: GrammarBitmask) -> torch.Tensor:
     """A copy of logits [N, V] float with the tokens the rows' grammars do not allow at
-    -inf. On a GPU one Triton pass reads the packed words (triton_grammar_bitmask.py);
-    elsewhere a clone masked by `apply_grammar_bitmask_` (numpy's unpack)."""
-    if logits.is_cuda:
+    -inf. With PAGEDLLM_TRITON_GRAMMAR_BITMASK=1 on a GPU, one Triton pass reads the
+    packed words (triton_grammar_bitmask.py); otherwise a clone masked by
+    `apply_grammar_bitmask_`."""
+    if logits.is_cuda and _TRITON_BITMASK:
         from pagedllm.layers.kernels.triton_grammar_bitmask import masked_logits
 
         return masked_logits(logits, mask.bitmask, mask.rows)
