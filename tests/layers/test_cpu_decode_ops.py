@@ -103,7 +103,9 @@ def _reference_decode(query, cache, tables, seq_lens, scale):
 def test_decode_attention_over_a_paged_cache(threads: int) -> None:
     torch.manual_seed(0)
     cache = _cache(12, 4, 3, 16)
-    tables = torch.tensor([[5, 2, 9, 0], [1, 0, 0, 0], [3, 4, 6, 7], [0, 0, 0, 0]], dtype=torch.int32)
+    tables = torch.tensor(
+        [[5, 2, 9, 0], [1, 0, 0, 0], [3, 4, 6, 7], [0, 0, 0, 0]], dtype=torch.int32
+    )
     seq_lens = torch.tensor([11, 3, 16, 0], dtype=torch.int32)
     query = torch.randn(4, 9, 16)
     want = _reference_decode(query, cache, tables, seq_lens, 0.25)
@@ -116,7 +118,9 @@ def test_decode_attention_over_a_paged_cache(threads: int) -> None:
     torch.testing.assert_close(got, want, **TOL)
     assert not got[3].any()  # no keys: zeros
     with pytest.raises(RuntimeError, match="seq_len"):
-        ops.decode_attention(query[:1], cache, tables[:1], torch.tensor([17], dtype=torch.int32), 1.0)
+        ops.decode_attention(
+            query[:1], cache, tables[:1], torch.tensor([17], dtype=torch.int32), 1.0
+        )
 
 
 def test_layers_match_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.layers.attention.backend import AttentionBackend
-from pagedllm.layers.cpu import decode_ops
 from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.layers.cpu import decode_ops
 
 
 def _cache_slots(block_tables: torch.Tensor, block_size: int, max_k: int) -> torch.Tensor:
