@@ -14,6 +14,8 @@ few programs. Torch reference: int_packing.packed_matmul_ref.
       sum_j x_j (q_j - z) s = s 2^bits sum_j x_j f_j - (z + 2^bits) s sum_j x_j
 
   (triton_quant_gemv subtracts the 2^23 of its magic number once per code: four).
+  f is exact and the added 2^bits s sum_j x_j cancels once per word row: the float32
+  error matches triton_quant_gemv's (K=4096, 8-bit: <= 7e-5 on outputs up to 400).
 - Split-K partial sums [S, M, N] float32 are added in one launch: each program stores
   its partial, then bumps a per-tile counter (acq_rel, gpu scope, after a CTA barrier);
   the program that arrives last adds the S partials in split order (deterministic, the
