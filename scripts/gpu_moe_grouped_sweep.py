@@ -27,17 +27,26 @@ from __future__ import annotations
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sweep_common
 if "--smoke" in sys.argv:  # before triton is first imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from sweep_common import (  # noqa: E402
+    START,
+    Call,
+    graph_time_us,
+    log,
+    rel_err,
+    replace_literal,
+)
 
 from pagedllm.layers.fused_moe import grouped_tiles as gt  # noqa: E402
 from pagedllm.layers.fused_moe.fused_moe import (  # noqa: E402
@@ -54,14 +63,8 @@ DTYPE, DEVICE = torch.bfloat16, "cuda"
 REL_TOL = 2e-2
 SMEM_LIMIT = 227 * 1024  # sm_90's largest opt-in shared memory per block
 BUDGET_S = 200.0  # past this, the remaining T only retry earlier winners
-START = time.perf_counter()
 GATE_UP, DOWN = "gate_up", "down"
 Tile = gt.Tile
-Call = Callable[[int], Any]  # layer index -> launch
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.perf_counter() - START:6.1f}s] {msg}", flush=True)
 
 
 # ---- candidates --------------------------------------------------------------------
@@ -137,33 +140,10 @@ class Problem:
 
 
 def time_us(call: Call, tokens: int) -> float:
-    """Microseconds per call: a CUDA graph of calls cycling the copies, replayed,
-    timed by CUDA events (one plain call off CUDA: --smoke)."""
-    if DEVICE != "cuda":
-        start = time.perf_counter()
-        call(0)
-        return (time.perf_counter() - start) * 1e6
+    """Microseconds per call (sweep_common.graph_time_us): fewer calls for large T."""
     per_graph = LAYERS * (4 if tokens <= 512 else 2)
     replays = 8 if tokens <= 512 else 4 if tokens <= 2048 else 2
-    for layer in range(LAYERS):
-        call(layer)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(per_graph):
-            call(i % LAYERS)
-    graph.replay()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end) * 1e3 / (replays * per_graph)
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+    return graph_time_us(call, DEVICE, LAYERS, per_graph, replays)
 
 
 class Case:
@@ -217,7 +197,7 @@ class Case:
 
     def error(self, gemm: str, tile: Tile) -> float:
         ref = self.act_ref if gemm == GATE_UP else self.down_ref
-        return _rel_err(self.call(gemm, tile)(0), ref)
+        return rel_err(self.call(gemm, tile)(0), ref)
 
     def rates(self, gemm: str, us: float) -> tuple[float, float]:
         """(TFLOP/s, GB/s of the distinct experts' weights of this GEMM)."""
@@ -279,7 +259,7 @@ def precompile(jobs: list[tuple[str, Tile]]) -> set[tuple[str, Tile]]:
     """Compiles all jobs in parallel worker processes; the jobs that failed."""
     workers = max(1, min(len(jobs), (os.cpu_count() or 2) - 1))
     chunks = [jobs[i::workers] for i in range(workers)]
-    _log(f"compiling {len(jobs)} kernels in {workers} processes")
+    log(f"compiling {len(jobs)} kernels in {workers} processes")
     failed = set()
     ctx = torch.multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
@@ -288,7 +268,7 @@ def precompile(jobs: list[tuple[str, Tile]]) -> set[tuple[str, Tile]]:
                 if err:
                     failed.add((gemm, tile))
                     print(f"  skip {gemm} {tile}: {err}", flush=True)
-    _log(f"compiled: {len(jobs) - len(failed)} of {len(jobs)} usable")
+    log(f"compiled: {len(jobs) - len(failed)} of {len(jobs)} usable")
     return failed
 
 
@@ -327,7 +307,7 @@ class Sweep:
     def tiles_for(self, tokens: int, gemm: str) -> list[Tile]:
         if time.perf_counter() - START < BUDGET_S:
             return candidates(tokens, gemm)
-        _log(f"T={tokens}: past {BUDGET_S:.0f} s, earlier winners only")
+        log(f"T={tokens}: past {BUDGET_S:.0f} s, earlier winners only")
         return sorted({t for g, t in self.winners if g == gemm} | {_default(tokens, gemm)})
 
     def pick(self, case: Case) -> dict[str, Any]:
@@ -347,7 +327,7 @@ class Sweep:
                 "default_us": self.time(case, gemm, _default(t, gemm)),
             }
             self.winners.add((gemm, tile))
-        _log(
+        log(
             f"T={t:<5d} BLOCK_M {bm}: gate_up {row[GATE_UP]['tile']} {row[GATE_UP]['us']:.1f} us, "
             f"down {row[DOWN]['tile']} {row[DOWN]['us']:.1f} us (of {sum(len(candidates(t, g)) for g in (GATE_UP, DOWN))})"
         )
@@ -366,7 +346,7 @@ class Sweep:
         tiles = (row[GATE_UP]["tile"], row[DOWN]["tile"])
         row["path_old_us"] = time_us(case.grouped(None), case.tokens)
         row["path_new_us"] = time_us(case.grouped(tiles), case.tokens)
-        _log(
+        log(
             f"T={case.tokens:<5d} GROUP_M: {tiles}; path {row['path_old_us']:.1f} -> "
             f"{row['path_new_us']:.1f} us"
         )
@@ -414,16 +394,7 @@ def new_table(rows: list[dict[str, Any]]) -> dict[gt.Shape, dict[int, gt.Grouped
 
 def write_table(source: str) -> None:
     """Replaces the GROUPED_TILES assignment (to its closing brace) in grouped_tiles.py."""
-    path = gt.__file__
-    with open(path) as f:
-        text = f.read()
-    start = text.index("GROUPED_TILES: dict")
-    first_line = text[start : text.index("\n", start)]
-    end = start + len(first_line) + 1
-    if not first_line.endswith("{}"):  # a multi-line literal: to its closing brace
-        end = text.index("\n}\n", start) + 3
-    with open(path, "w") as f:
-        f.write(text[:start] + source + text[end:])
+    replace_literal(gt.__file__, "GROUPED_TILES: dict", source)
 
 
 def report(rows: list[dict[str, Any]]) -> None:
@@ -473,11 +444,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n---- grouped_tiles.py's table ----\n" + source, end="")
     if args.write and not args.smoke:
         write_table(source)
-        _log(f"wrote {gt.__file__}")
+        log(f"wrote {gt.__file__}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    _log("done")
+    log("done")
 
 
 if __name__ == "__main__":

@@ -20,17 +20,23 @@ from __future__ import annotations
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sweep_common
 if "--smoke" in sys.argv:  # before triton is first imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from sweep_common import (  # noqa: E402
+    Call,
+    graph_time_us,
+    log,
+    rel_err,
+    replace_literal,
+)
 
 from pagedllm.layers.fused_moe import small_tiles  # noqa: E402
 from pagedllm.layers.fused_moe.fused_moe import fused_experts_grouped  # noqa: E402
@@ -44,8 +50,6 @@ LAYERS = 4
 DTYPE, DEVICE = torch.bfloat16, "cuda"
 REL_TOL = 2e-2
 CALLS = 200  # timed calls per figure (graph replays x calls per graph)
-START = time.perf_counter()
-Call = Callable[[int], Any]  # layer index -> launch
 Args = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -97,36 +101,9 @@ class Problem:
 
 
 def time_us(call: Call) -> float:
-    """Microseconds per call: a CUDA graph of calls cycling the layers, replayed until
-    CALLS calls ran, timed by CUDA events (one plain call off CUDA: --smoke)."""
-    if DEVICE != "cuda":
-        start = time.perf_counter()
-        call(0)
-        return (time.perf_counter() - start) * 1e6
+    """Microseconds per call over CALLS calls (sweep_common.graph_time_us)."""
     per_graph = LAYERS * 5
-    for layer in range(LAYERS):
-        call(layer)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(per_graph):
-            call(i % LAYERS)
-    graph.replay()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(CALLS // per_graph):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end) * 1e3 / CALLS
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.perf_counter() - START:6.1f}s] {msg}", flush=True)
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+    return graph_time_us(call, DEVICE, LAYERS, per_graph, CALLS // per_graph)
 
 
 class Sweep:
@@ -136,7 +113,7 @@ class Sweep:
         self.max_err: dict[int, float] = {t: 0.0 for t in TOKENS}
 
     def correct(self, t: int, tiles: small_tiles.SmallTiles) -> bool:
-        err = _rel_err(small.fused_experts_small(*self.p.args(t, 0), tiles), self.ref[t])
+        err = rel_err(small.fused_experts_small(*self.p.args(t, 0), tiles), self.ref[t])
         self.max_err[t] = max(self.max_err[t], err)
         if err > REL_TOL:
             print(f"  T={t} {tiles}: WRONG (rel err {err:.2e})")
@@ -175,7 +152,7 @@ class Sweep:
         if not times:
             raise RuntimeError(f"T={t}: no candidate tile ran correctly")
         best = min(times, key=times.__getitem__)
-        _log(f"T={t:<3d} best {best}: {times[best]:.1f} us (of {len(times)})")
+        log(f"T={t:<3d} best {best}: {times[best]:.1f} us (of {len(times)})")
         return best
 
 
@@ -200,7 +177,7 @@ def run(p: Problem) -> tuple[list[list[Any]], dict[int, small_tiles.SmallTiles],
         old, new = time_us(_grouped(p, t)), time_us(_small(p, t, tiles[t]))
         gb_s = [p.weight_bytes(t) / us / 1e3 for us in (old, new)]
         rows.append([t, old, new, *gb_s, sweep.max_err[t], tiles[t]])
-        _log(f"T={t}: grouped {old:.1f} us, small {new:.1f} us")
+        log(f"T={t}: grouped {old:.1f} us, small {new:.1f} us")
     last = 0  # the largest T such that the small path wins at every T up to it
     for row in rows:
         if row[2] >= row[1]:
@@ -220,11 +197,7 @@ def table_source(table: dict[int, Any], crossover: int) -> str:
 def write_table(source: str) -> None:
     """Replaces the two assignments in small_tiles.py (from SMALL_MAX_PAIRS to the
     table's closing brace) with `source`."""
-    path = Path(small_tiles.__file__)
-    text = path.read_text()
-    start = text.index("SMALL_MAX_PAIRS = ")
-    end = text.index("\n}\n", start) + 3
-    path.write_text(text[:start] + source + text[end:])
+    replace_literal(small_tiles.__file__, "SMALL_MAX_PAIRS = ", source)
 
 
 def report(rows: list[list[Any]], table: dict[int, Any], crossover: int) -> None:
@@ -267,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "crossover_tokens": crossover}, f, indent=1)
-    _log("done")
+    log("done")
 
 
 if __name__ == "__main__":
