@@ -249,8 +249,9 @@ def write_kv_cache(
 
 def _fused_ops(x: torch.Tensor, kv_cache: torch.Tensor) -> Any | None:
     """The C++ CPU ops (layers/cpu/decode_ops.cpp) where x and the cache are float32 CPU."""
-    if x.dtype == torch.float32 and kv_cache.dtype == torch.float32 and kv_cache.is_cpu:
-        return decode_ops.decode_ops() if x.is_cpu and x.stride(-1) == 1 else None
+    on_cpu = x.is_cpu and kv_cache.is_cpu and x.stride(-1) == 1
+    if on_cpu and x.dtype == kv_cache.dtype == torch.float32:
+        return decode_ops.decode_ops()
     return None
 
 
