@@ -29,13 +29,10 @@ INT_GEMV_TILES: dict[int, Tile] = {
 INT_GEMV_STAGES = 3
 # The bandwidth-shaped GEMV (triton_quant_gemv_wide: short split-K ranges, one-launch
 # deterministic split sum) runs for rows up to INT_GEMV_WIDE_MAX_ROWS, before the GEMV
-# above; 0 (off) until `scripts/gpu_quant_sweep.py --only int` has measured it on an H200.
-INT_GEMV_WIDE_MAX_ROWS = 0
-# Swept on the H200 (the sweep at 17:05, 2026-12-01): 77.5 us over the four
-# Llama-3.1-8B shapes at one row against 120.8 for the GEMV above (1.50 TB/s of int4
-# weight), the sweep's float32 check passing. Still 0 above: its CUDA test failed against
-# a reference that rounds W to bf16 (the test now compares with the exact product, not yet
-# re-run on a GPU) and L1 with it has not been measured; set 1 once both are in.
+# above. Swept on the H200 (2026-12-01 17:05): 77.5 us over the four Llama-3.1-8B shapes
+# at one row against 120.8 for the GEMV above (1.50 TB/s of int4 weight); its CUDA test
+# passed and AWQ L1 with it gave 298.7 tok/s against 207.3 without (ninth session, 19:15).
+INT_GEMV_WIDE_MAX_ROWS = 1
 INT_GEMV_WIDE_TILES: dict[int, Tile] = {
     1: (1, 64, 256, 4, 32),
     4: (4, 64, 128, 4, 8),
