@@ -12,10 +12,14 @@ import collections
 import concurrent.futures
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
+
+import numpy as np
 
 from pagedllm.config import EngineConfig
 from pagedllm.core.dashboard import build_dashboard_snapshot
+from pagedllm.core.grammar_pipeline import GrammarPipeline, GrammarRow, PrefetchedOutput
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.core.request import Request, RequestStatus
@@ -24,7 +28,6 @@ from pagedllm.executor.base import ExecutorDeadError, get_executor_class
 from pagedllm.outputs import SchedulerStats
 from pagedllm.scheduler_output import SchedulerOutput
 from pagedllm.structured_output import StructuredOutputManager
-from pagedllm.structured_output.backend_types import StructuredOutputGrammar
 from pagedllm.worker.kv_cache import cpu_tier_num_blocks
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ class EngineCore:
         self.batch_queue: collections.deque[tuple[SchedulerOutput, Any]] = collections.deque()
         self.scheduler.set_max_batches_in_flight(self.max_batches)
         self.structured_output_manager = StructuredOutputManager(engine_config)
+        self.grammar_pipeline = GrammarPipeline(self.structured_output_manager)
         logger.info(
             "EngineCore ready: %s, %d KV blocks of %d tokens",
             engine_config.model_config.model,
@@ -118,16 +122,20 @@ class EngineCore:
         scheduling: the host prepares step N+1 while the device runs step N) or
         this one (synchronous); with pipeline stages, keep a batch per stage in flight.
         Under a grammar, where the executor can, step N+1 launches in two parts: its
-        forward pass, then, once step N's tokens have advanced the grammars (while
-        the device runs that forward pass), its sampling under the bitmask they
-        give. Raises ExecutorDeadError when no step can run again."""
+        forward pass, then its sampling under the bitmask that step N's tokens give;
+        the grammar thread (core/grammar_pipeline.py) advances the grammars by them
+        while this thread schedules N+1, and fills the bitmask while it launches N+1's
+        forward pass. Raises ExecutorDeadError when no step can run again."""
         if self.max_batches > 1:
             return self.make_outputs(self._step_with_batch_queue())
         updated: list[Request] = []
         if self._must_finish_first():
             updated += self._finish_pending()  # sampling needs the latest tokens first
-        scheduler_output = self.scheduler.schedule()
         deferred = self._pending is not None and self.scheduler.has_structured_requests()
+        if deferred:
+            self._advance_pending_grammars()
+        scheduler_output = self.scheduler.schedule()
+        bitmask = self._fill_bitmask_later(scheduler_output) if deferred else None
         if not deferred:
             self._add_grammar_bitmask(scheduler_output)
         if scheduler_output.is_empty and self._pending is None:
@@ -136,13 +144,13 @@ class EngineCore:
         ok, result = self._execute(lambda: launch(scheduler_output), scheduler_output, updated)
         if not ok:
             return self.make_outputs(updated)
-        updated += self._finish_pending()
-        if deferred and result is None:  # the grammars have step N's tokens now
+        if deferred and result is None:  # sample first: applying step N can wait
             ok, result = self._execute(
-                lambda: self._sample_tokens(scheduler_output), scheduler_output, updated
+                lambda: self._sample_tokens(scheduler_output, bitmask), scheduler_output, updated
             )
-            if not ok:
-                return self.make_outputs(updated)
+        updated += self._finish_pending()
+        if not ok:
+            return self.make_outputs(updated)
         self._pending = (scheduler_output, result)
         if not self.async_scheduling or scheduler_output.is_empty:
             # Nothing in flight to overlap with: finish now, so that an idle core
@@ -160,10 +168,32 @@ class EngineCore:
             return True
         return sched.has_structured_requests() and not self.executor.supports_deferred_sampling
 
-    def _sample_tokens(self, scheduler_output: SchedulerOutput) -> Any:
-        self._add_grammar_bitmask(scheduler_output)
+    def _sample_tokens(
+        self, scheduler_output: SchedulerOutput, bitmask: Future[np.ndarray] | None
+    ) -> Any:
         so = scheduler_output
+        if bitmask is not None:
+            so.grammar_bitmask = bitmask.result()
         return self.executor.sample_tokens(so.grammar_bitmask, so.structured_output_request_ids)
+
+    def _advance_pending_grammars(self) -> None:
+        """Hand the step in flight to the grammar thread, which waits for its tokens
+        and advances the grammars of its sampled rows by them."""
+        assert self._pending is not None
+        scheduler_output, result = self._pending
+        if isinstance(result, PrefetchedOutput):
+            return  # handed over already (its next launch failed): advanced once only
+        advancing = self.grammar_pipeline.advance(result, self._grammar_rows(scheduler_output))
+        self._pending = (scheduler_output, advancing)
+
+    def _fill_bitmask_later(self, scheduler_output: SchedulerOutput) -> Future[np.ndarray] | None:
+        """The grammar thread fills the bitmask of the step's grammar rows once it has
+        advanced them (their ids are set on the SchedulerOutput now)."""
+        rows = self._grammar_rows(scheduler_output)
+        if not rows:
+            return None
+        scheduler_output.structured_output_request_ids = [row.req_id for row in rows]
+        return self.grammar_pipeline.fill([row.grammar for row in rows])
 
     def _execute(
         self, call: Callable[[], Any], scheduler_output: SchedulerOutput, updated: list[Request]
@@ -218,25 +248,29 @@ class EngineCore:
         return result if ok else None
 
     def _add_grammar_bitmask(self, scheduler_output: SchedulerOutput) -> None:
-        """The bitmask rows of the scheduled requests that sample under a grammar.
-        Their grammars have taken every earlier token: step() finishes the step in
-        flight first (before it schedules, or, deferred, before it samples). A
-        request that finished meanwhile gets no row (its token will be dropped)."""
+        """The bitmask rows of the scheduled requests that sample under a grammar,
+        whose grammars have taken every earlier token (step() finished the step in
+        flight first)."""
+        rows = self._grammar_rows(scheduler_output)
+        if rows:
+            grammars = [row.grammar for row in rows]
+            scheduler_output.grammar_bitmask = self.structured_output_manager.grammar_bitmask(
+                grammars
+            )
+            scheduler_output.structured_output_request_ids = [row.req_id for row in rows]
+
+    def _grammar_rows(self, scheduler_output: SchedulerOutput) -> list[GrammarRow]:
+        """The scheduled requests that sample under a grammar (none that finished)."""
         if not self.scheduler.has_structured_requests():
-            return
-        req_ids: list[str] = []
-        grammars: list[StructuredOutputGrammar] = []
-        for sched in scheduler_output.scheduled:
+            return []
+        rows: list[GrammarRow] = []
+        for i, sched in enumerate(scheduler_output.scheduled):
             request = self.scheduler.requests.get(sched.req_id)
             sor = request.structured_output_request if request is not None else None
             grammar = sor.grammar if sor is not None else None
             if grammar is not None and sched.samples:
-                req_ids.append(sched.req_id)
-                grammars.append(grammar)
-        if grammars:
-            bitmask = self.structured_output_manager.grammar_bitmask(grammars)
-            scheduler_output.grammar_bitmask = bitmask
-            scheduler_output.structured_output_request_ids = req_ids
+                rows.append(GrammarRow(i, sched.req_id, grammar))
+        return rows
 
     def _wait_for_grammars(self) -> None:
         """Nothing to run but requests whose grammar compiles: wait a little for one
@@ -266,7 +300,8 @@ class EngineCore:
         except Exception:
             logger.exception("Model execution failed")
             return self._fail_step(scheduler_output)
-        return self.scheduler.update_from_output(scheduler_output, runner_output)
+        advanced = result.grammars_advanced if isinstance(result, PrefetchedOutput) else None
+        return self.scheduler.update_from_output(scheduler_output, runner_output, advanced)
 
     def _fail_step(self, scheduler_output: SchedulerOutput) -> list[Request]:
         """A step that gives no output: its requests finish with an error."""
@@ -334,6 +369,7 @@ class EngineCore:
         self.executor.check_health()
 
     def shutdown(self) -> None:
+        self.grammar_pipeline.shutdown()
         self.structured_output_manager.shutdown()
         self.executor.shutdown()
 

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from pagedllm.config import SchedulerConfig
 from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
@@ -291,10 +291,15 @@ class Scheduler:
 
     # ---- after the step -----------------------------------------------------
     def update_from_output(
-        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+        self,
+        scheduler_output: SchedulerOutput,
+        runner_output: ModelRunnerOutput,
+        grammars_advanced: Mapping[str, bool] | None = None,
     ) -> list[Request]:
         """Advance computed tokens, append sampled tokens, finish what stops.
-        Returns the requests that got a new token or finished this step."""
+        Returns the requests that got a new token or finished this step.
+        grammars_advanced: the requests whose grammar already took this step's token
+        (core/grammar_pipeline.py), and whether it could."""
         updated: list[Request] = self.finished_now
         self.finished_now = []
         grammar_tokens: list[tuple[Request, int]] = []  # advanced together, after the loop
@@ -310,7 +315,7 @@ class Scheduler:
             self.stats.prompt_tokens += max(0, prompt_end - sched.num_computed_tokens)
             if self._apply_result(request, sched, runner_output, i, grammar_tokens):
                 updated.append(request)
-        for request in check_grammar_stops(grammar_tokens):
+        for request in check_grammar_stops(grammar_tokens, grammars_advanced):
             self._finish_running(request)
         return updated
 

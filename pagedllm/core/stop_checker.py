@@ -4,6 +4,7 @@ the detokenizer's business (they need text)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.structured_output.backend_types import StructuredOutputGrammar
@@ -28,30 +29,43 @@ def check_stop(request: Request, max_model_len: int) -> bool:
     return False
 
 
-def check_grammar_stops(batch: list[tuple[Request, int]]) -> list[Request]:
-    """Structured outputs: advance each request's grammar by its new token (the
-    grammars of one backend in one call, which may spread them over threads); return
-    the requests (status set to stopped) whose grammar has terminated, or could not
-    take the token (logged: the bitmask allowed only tokens it can take, so a
-    backend bug)."""
-    by_class: dict[
-        type[StructuredOutputGrammar], list[tuple[Request, StructuredOutputGrammar, int]]
-    ]
-    by_class = {}
+def accept_grammar_tokens(batch: Sequence[tuple[StructuredOutputGrammar, int]]) -> list[bool]:
+    """Advance each grammar by its token, in order; the grammars of one backend in one
+    call (which may spread them over threads without the GIL). Whether each took it."""
+    by_class: dict[type[StructuredOutputGrammar], list[int]] = {}
+    for i, (grammar, _) in enumerate(batch):
+        by_class.setdefault(type(grammar), []).append(i)
+    accepted = [False] * len(batch)
+    for cls, rows in by_class.items():
+        for row, ok in zip(rows, cls.accept_tokens([batch[i] for i in rows])):
+            accepted[row] = ok
+    return accepted
+
+
+def check_grammar_stops(
+    batch: list[tuple[Request, int]], advanced: Mapping[str, bool] | None = None
+) -> list[Request]:
+    """Structured outputs: advance each request's grammar by its new token; return the
+    requests (status set to stopped) whose grammar has terminated, or could not take
+    the token (logged: the bitmask allowed only tokens it can take, so a backend bug).
+    `advanced`: request id -> whether its grammar took this token, for the requests
+    whose grammar the core's grammar thread already advanced (not advanced again)."""
+    advanced = advanced or {}
+    items: list[tuple[Request, StructuredOutputGrammar, int]] = []
     for request, token in batch:
         sor = request.structured_output_request
-        grammar = sor.grammar if sor is not None else None
-        if grammar is not None:
-            by_class.setdefault(type(grammar), []).append((request, grammar, token))
+        if sor is not None and sor.grammar is not None:
+            items.append((request, sor.grammar, token))
+    todo = [(g, t) for r, g, t in items if r.request_id not in advanced]
+    fresh = iter(accept_grammar_tokens(todo))
     stopped: list[Request] = []
-    for cls, items in by_class.items():
-        accepted = cls.accept_tokens([(g, t) for _, g, t in items])
-        for (request, grammar, token), ok in zip(items, accepted):
-            if not ok:
-                logger.error("Request %s: its grammar rejected token %d", request.request_id, token)
-            if not ok or grammar.is_terminated():
-                request.status = RequestStatus.FINISHED_STOPPED
-                stopped.append(request)
+    for request, grammar, token in items:
+        ok = advanced[request.request_id] if request.request_id in advanced else next(fresh)
+        if not ok:
+            logger.error("Request %s: its grammar rejected token %d", request.request_id, token)
+        if not ok or grammar.is_terminated():
+            request.status = RequestStatus.FINISHED_STOPPED
+            stopped.append(request)
     return stopped
 
 

@@ -101,15 +101,16 @@ def apply_grammar_bitmask_(logits: torch.Tensor, mask: GrammarBitmask) -> None:
     logits.masked_fill_(banned, float("-inf"))
 
 
-# The one-pass Triton kernel is opt-in until its GPU test has run (it was written after
-# the eighth session's device time ran out; it passes the interpreter tests).
-_TRITON_BITMASK = os.environ.get("PAGEDLLM_TRITON_GRAMMAR_BITMASK") == "1"
+# The one-pass Triton kernel: its GPU test passed and it took T1's constrained loss from
+# 17% to 1% on the H200 (ninth session, docs/benchmarks.md). PAGEDLLM_TRITON_GRAMMAR_BITMASK=0
+# turns it off (the torch unpack and masked fill run instead).
+_TRITON_BITMASK = os.environ.get("PAGEDLLM_TRITON_GRAMMAR_BITMASK", "1") != "0"
 
 
 def grammar_masked_logits(logits: torch.Tensor, mask: GrammarBitmask) -> torch.Tensor:
     """A copy of logits [N, V] float with the tokens the rows' grammars do not allow at
-    -inf. With PAGEDLLM_TRITON_GRAMMAR_BITMASK=1 on a GPU, one Triton pass reads the
-    packed words (triton_grammar_bitmask.py); otherwise a clone masked by
+    -inf. On a GPU one Triton pass reads the packed words (triton_grammar_bitmask.py;
+    PAGEDLLM_TRITON_GRAMMAR_BITMASK=0: off); otherwise a clone masked by
     `apply_grammar_bitmask_`."""
     if logits.is_cuda and _TRITON_BITMASK:
         from pagedllm.layers.kernels.triton_grammar_bitmask import masked_logits

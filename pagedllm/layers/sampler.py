@@ -152,11 +152,15 @@ def apply_logits_processing(logits: torch.Tensor, metadata: SamplingMetadata) ->
         logits = grammar_masked_logits(logits, md.grammar_bitmask)
     else:
         logits = logits.clone()
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
     if md.allowed_token_mask is not None:
         rows, mask = md.allowed_token_mask.rows, md.allowed_token_mask.mask
-        logits.index_copy_(0, rows, logits.index_select(0, rows).masked_fill_(mask, neg_inf))
+        masked = logits.index_select(0, rows).masked_fill_(mask, float("-inf"))
+        logits.index_copy_(0, rows, masked)
     if md.banned_tokens is not None:
+        # Made on the device: torch.tensor(value, device=cuda) copies from pageable
+        # memory and so waits for the stream (it cost every constrained step the wait
+        # for its forward pass).
+        neg_inf = torch.full((), float("-inf"), dtype=logits.dtype, device=logits.device)
         logits.index_put_((md.banned_tokens.rows, md.banned_tokens.token_ids), neg_inf)
     if md.logit_bias is not None:
         bias = md.logit_bias

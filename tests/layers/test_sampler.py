@@ -424,3 +424,41 @@ def test_large_batch_builds_and_samples(device: str) -> None:
     assert all(t not in (3, EOS) for t in tokens[4 :: len(kinds)])  # min_tokens
     assert out.logprobs is not None and out.logprobs.shape == (n, 6)
     assert not math.isnan(float(out.logprobs.sum()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_logits_processing_never_waits_for_the_device() -> None:
+    """Masks, bias, banned ids and a grammar bitmask on CUDA launch without a host
+    sync: under async scheduling the sampler is launched while the forward pass still
+    runs, and a sync there made the host wait for it every constrained step."""
+    import dataclasses
+
+    import numpy as np
+
+    from pagedllm.layers.grammar_bitmask import GrammarBitmask
+
+    params = [
+        SamplingParams(allowed_token_ids=[1, 2]),
+        SamplingParams(logit_bias={3: 2.0}),
+        SamplingParams(min_tokens=4, stop_token_ids=[5]),
+        SamplingParams(),
+    ]
+    md = build(params, outputs=[[], [], [1], []], vocab_size=40, device="cuda")
+    assert md.banned_tokens is not None and md.allowed_token_mask is not None
+    words = np.zeros((1, 2), dtype=np.int32)
+    words[0, 0] = 0b1010  # row 3 may take tokens 1 and 3 only
+    md = dataclasses.replace(
+        md, grammar_bitmask=GrammarBitmask.build([3], words, torch.device("cuda"), 4)
+    )
+    logits = torch.randn(4, 40, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = apply_logits_processing(logits, md)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got = got.cpu()
+    assert torch.isinf(got[0, 3:]).all() and torch.isfinite(got[0, 1:3]).all()
+    assert torch.isinf(got[2, 5]) and torch.isfinite(got[3, [1, 3]]).all()
+    assert torch.isinf(got[3]).sum() == 38

@@ -106,10 +106,11 @@ def test_mixed_batch_free_requests_unchanged(smol_llm: Any) -> None:
 
 def test_async_scheduling_gives_the_same_constrained_tokens(smol_llm: Any) -> None:
     """With async scheduling on, a constrained step launches its forward pass, then
-    finishes the step before it (whose token the bitmask needs) and samples under
-    the mask (EngineCore's deferred sampling): the same tokens as the synchronous
-    engine, and the free request beside it too."""
+    samples under the mask once the grammar thread has advanced the grammars by the
+    step before's tokens (EngineCore's deferred sampling, core/grammar_pipeline.py):
+    the same tokens as the synchronous engine, and the free request beside it too."""
     from pagedllm import LLM
+    from pagedllm.core.grammar_pipeline import PrefetchedOutput
 
     prompts = [_chat(smol_llm, "Describe a person as JSON."), _chat(smol_llm, "Say hello.")]
     params = [
@@ -120,10 +121,14 @@ def test_async_scheduling_gives_the_same_constrained_tokens(smol_llm: Any) -> No
     llm = LLM(max_model_len=1024, kv_cache_memory_bytes=64 << 20, async_scheduling=True)
     core = llm.llm_engine.core_client.core
     deferred: list[int] = []
+    advanced: list[dict[str, bool]] = []
     sample_tokens = core.executor.sample_tokens
 
     def counted(bitmask: Any, req_ids: list[str]) -> Any:
-        assert core._pending is None  # the step before was finished first
+        # The step before is still to be applied, but its tokens are in the grammars.
+        result = core._pending[1]
+        assert isinstance(result, PrefetchedOutput) and result.done()
+        advanced.append(result.grammars_advanced)
         deferred.append(len(req_ids))
         return sample_tokens(bitmask, req_ids)
 
@@ -136,3 +141,6 @@ def test_async_scheduling_gives_the_same_constrained_tokens(smol_llm: Any) -> No
     # Every decode step of the constrained request sampled deferred (its first token
     # comes from the prefill step, launched with nothing in flight), one row each.
     assert len(deferred) >= len(got[0]) - 1 and max(deferred) == 1
+    # Those steps advanced the constrained request's grammar (only), on the thread: all
+    # but the first (whose step before may not have sampled it).
+    assert all(set(a.values()) == {True} and len(a) == 1 for a in advanced[1:])
