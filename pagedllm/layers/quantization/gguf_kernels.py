@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import platform
+import zlib
 from typing import Any
 
 import torch
@@ -26,8 +27,17 @@ from pagedllm.layers.quantization.gguf_repack import PackedGGUF, dequantize
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "gguf_cpu_kernel.cpp")
+_HERE = os.path.dirname(__file__)
+_SOURCES = [os.path.join(_HERE, f) for f in ("gguf_cpu_kernel.cpp", "gguf_cpu_panel.cpp")]
+_HEADER = os.path.join(_HERE, "gguf_cpu_common.h")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c"]
+
+
+def _header_flag() -> str:
+    """torch rebuilds an extension when its sources change, not its headers: the
+    header's hash goes into the flags."""
+    with open(_HEADER, "rb") as f:
+        return f"-DPAGEDLLM_GGUF_HEADER={zlib.crc32(f.read())}"
 
 
 def _supported_cpu() -> bool:
@@ -49,8 +59,8 @@ def cpu_extension() -> Any | None:
 
         return load(
             name="pagedllm_gguf_cpu",
-            sources=[_SOURCE],
-            extra_cflags=_FLAGS,
+            sources=_SOURCES,
+            extra_cflags=[*_FLAGS, _header_flag()],
             verbose=False,
         )
     except Exception as exc:  # no compiler, missing headers, ...
