@@ -13,9 +13,11 @@
 // (vpmaddubsw + vpmaddwd), scaled by scale * sx in float; the min term is
 // mins . (sx * sum(qx)), one vector dot product per row. A tile is R weight rows by
 // T rows of x: each weight block is unpacked once per T rows of x, each x block loaded
-// once per R weight rows (batch-1 decode: R = 4, T = 1, four independent sums).
-// Before a tile, scale * sx is computed for all its blocks (F16C for float16 scales).
-// Tiles of weight rows are split across threads.
+// once per R weight rows (batch-1 decode: R = 4, T = 1, four independent sums; two
+// rows: R = 2, T = 2). Before a tile, scale * sx is computed for all its blocks (F16C
+// for float16 scales). Tiles of weight rows are split across threads. From
+// kPanelMinRows rows of x, gguf_cpu_panel.cpp runs instead (same numerics, each
+// weight block unpacked once for all rows of x).
 #include <ATen/Parallel.h>
 
 #include "gguf_cpu_common.h"
@@ -125,7 +127,8 @@ struct Kernel {
       for (int t = 0; t < T; ++t) y[(m0 + t) * N + n0 + r] = sums[r * T + t];
   }
 
-  // Weight rows n0..n0+R-1 (R = 4, 2 or 1: the row tile) against every row of x.
+  // Weight rows n0..n0+R-1 (R = 4, 2 or 1: the row tile) against every row of x
+  // (1 or 2 rows; more go to the panel kernel).
   template <int R>
   void rows(int64_t n0, int64_t M, float* comb) const {
     int64_t m0 = 0;
@@ -135,11 +138,8 @@ struct Kernel {
       for (; m0 + 2 <= M; m0 += 2) tile<2, 2>(n0, m0, comb);
       if (m0 < M) tile<2, 1>(n0, m0, comb);
     } else {
-      for (; m0 + 4 <= M; m0 += 4) tile<1, 4>(n0, m0, comb);
-      const int64_t rest = M - m0;
-      if (rest == 3) tile<1, 3>(n0, m0, comb);
-      if (rest == 2) tile<1, 2>(n0, m0, comb);
-      if (rest == 1) tile<1, 1>(n0, m0, comb);
+      for (; m0 + 2 <= M; m0 += 2) tile<1, 2>(n0, m0, comb);
+      if (m0 < M) tile<1, 1>(n0, m0, comb);
     }
   }
 

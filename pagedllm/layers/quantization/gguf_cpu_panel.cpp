@@ -83,10 +83,16 @@ struct Panel {
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(wk.sign.data() + (b * kR + r) * kBlock), v);
         }
       }
-      for (int64_t g = 0; g < ng; ++g) s[g] = to_float(scales[n * ng + g]);
-      if (mins)
-        for (int64_t b = 0; b < nb; ++b) mn[b] = to_float(mins[n * nb + b]);
+      widen(scales + n * ng, ng, s);
+      if (mins) widen(mins + n * nb, nb, mn);
     }
+  }
+
+  // count scales or mins as float (F16C 8 at a time for float16).
+  static void widen(const S* from, int64_t count, float* to) {
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(to + i, load8(from + i));
+    for (; i < count; ++i) to[i] = to_float(from[i]);
   }
 
   static __m256 block_scale(const float* comb, int64_t b) {
