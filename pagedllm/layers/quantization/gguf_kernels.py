@@ -99,8 +99,11 @@ def gguf_linear(
     return y if flat else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-# From this many rows of x (prefill), dequantizing the weight for the call and one
-# float GEMM beat the kernel, whose integer dot products re-read x for every weight
-# row (32 prefilled chats: 9.6 against 79.6 tok/s without this switch).
-DEQUANT_MIN_ROWS = 64
+# From this many rows of x (prefill, big decode batches), dequantizing the weight for
+# the call and one float GEMM match the kernel. The batch-1 tiles re-read x for every
+# weight row (32 prefilled chats: 9.6 against 79.6 tok/s without a switch, at 64); the
+# panel kernel (3+ rows) beat dequantization + F.linear at 64 rows on every SmolLM2
+# shape and tied at 128-256, one thread (docs/benchmarks.md, "Packed GGUF kernel at
+# 8-64 rows").
+DEQUANT_MIN_ROWS = 128
 _EMPTY = torch.empty(0, dtype=torch.float16)

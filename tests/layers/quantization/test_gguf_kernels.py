@@ -164,4 +164,6 @@ def test_panel_kernel_matches_one_row_at_a_time(name: str) -> None:
     packed, _ = _packed(name, seed=3)
     x = torch.randn(11, K, generator=torch.Generator().manual_seed(3))
     rows = torch.cat([gguf_linear(x[i : i + 1], packed) for i in range(x.shape[0])])
-    torch.testing.assert_close(gguf_linear(x, packed), rows, rtol=1e-5, atol=1e-5 * rows.abs().max())
+    torch.testing.assert_close(
+        gguf_linear(x, packed), rows, rtol=1e-5, atol=1e-5 * rows.abs().max()
+    )
