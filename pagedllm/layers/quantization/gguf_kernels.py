@@ -1,7 +1,8 @@
 """y = x W^T with W a PackedGGUF, on the CPU.
 
 The fast path is gguf_cpu_kernel.cpp (x86 AVX2, llama.cpp's scheme: x quantized per
-32 columns to int8, integer dot products with the packed weight), built once per
+32 columns to int8, integer dot products with the packed weight; from 3 rows of x
+gguf_cpu_panel.cpp, the same numerics with each weight block unpacked once), built once per
 machine with torch's C++ extension builder and cached by torch
 ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). Torch's own int4 CPU op
 (`_weight_int4pack_mm_for_cpu`) was measured slower than float32 oneDNN on this AVX2
