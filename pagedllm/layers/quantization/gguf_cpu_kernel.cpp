@@ -13,12 +13,14 @@
 // (vpmaddubsw + vpmaddwd), scaled by scale * sx in float; the min term is
 // mins . (sx * sum(qx)), one vector dot product per row. A tile is R weight rows by
 // T rows of x: each weight block is unpacked once per T rows of x, each x block loaded
-// once per R weight rows (batch-1 decode: R = 4, T = 1, four independent sums).
-// Before a tile, scale * sx is computed for all its blocks (F16C for float16 scales).
-// Tiles of weight rows are split across threads.
-#include <torch/extension.h>
+// once per R weight rows (batch-1 decode: R = 4, T = 1, four independent sums; two
+// rows: R = 2, T = 2). Before a tile, scale * sx is computed for all its blocks (F16C
+// for float16 scales). Tiles of weight rows are split across threads. From
+// kPanelMinRows rows of x, gguf_cpu_panel.cpp runs instead (same numerics, each
+// weight block unpacked once for all rows of x).
 #include <ATen/Parallel.h>
-#include <immintrin.h>
+
+#include "gguf_cpu_common.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,84 +28,8 @@
 
 namespace {
 
-constexpr int64_t kBlock = 32;
+using namespace pagedllm_gguf;
 constexpr int64_t kAhead = 4;  // prefetch the weight rows this many tiles ahead
-
-struct QuantizedX {
-  const int8_t* q;     // [M, K]
-  const float* scale;  // [M, K/32]
-  const float* sum;    // [M, K/32]: scale * sum(q) of the block
-};
-
-inline int32_t hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
-}
-
-// One 32-float block -> int8, rounding to nearest even as std::nearbyint does.
-void quantize_block(const float* src, int8_t* q, float* scale, float* sum) {
-  const __m256 sign = _mm256_set1_ps(-0.f);
-  __m256 v[4];
-  __m256 amax = _mm256_setzero_ps();
-  for (int i = 0; i < 4; ++i) {
-    v[i] = _mm256_loadu_ps(src + 8 * i);
-    amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
-  }
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  const float d = _mm_cvtss_f32(m) / 127.f;
-  const __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
-  __m256i r[4];
-  for (int i = 0; i < 4; ++i) r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
-  const __m256i total = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
-  const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(packed, order));
-  *scale = d;
-  *sum = d * static_cast<float>(hsum_i32(total));
-}
-
-// Per calling thread, reused across calls: no allocation per decode step.
-QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
-  thread_local std::vector<int8_t> q;
-  thread_local std::vector<float> scale, sum;
-  const int64_t nb = M * (K / kBlock);
-  if (static_cast<int64_t>(q.size()) < M * K) q.resize(M * K);
-  if (static_cast<int64_t>(scale.size()) < nb) scale.resize(nb), sum.resize(nb);
-  for (int64_t i = 0; i < nb; ++i)
-    quantize_block(x + i * kBlock, q.data() + i * kBlock, scale.data() + i, sum.data() + i);
-  return {q.data(), scale.data(), sum.data()};
-}
-
-inline float to_float(float v) { return v; }
-inline float to_float(at::Half v) { return _cvtsh_ss(v.x); }
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-// 16 bytes -> 32 values: low nibbles (bytes 0..15), then high nibbles (16..31).
-inline __m256i unpack_u4(const uint8_t* p) {
-  const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m256i shifted = _mm256_srlv_epi64(raw, _mm256_setr_epi64x(0, 0, 4, 4));
-  return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
-}
-
-// 8 int32 lanes; lane i sums the products of bytes 4i..4i+3.
-template <int BITS>
-inline __m256i dot32(__m256i w, __m256i qx) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  if constexpr (BITS == 4) {  // w unsigned (0..15)
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, qx), ones);
-  } else {  // w signed: |w| * (x with w's sign)
-    const __m256i aw = _mm256_sign_epi8(w, w);
-    const __m256i sx = _mm256_sign_epi8(qx, w);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-  }
-}
 
 // out[g] = s[g] * sx[g * group / 32] for the ng scales of one weight row.
 template <typename S>
@@ -126,12 +52,6 @@ __m256 min_term(const S* mins, const float* xsum, int64_t nb) {
     acc = _mm256_fmadd_ps(_mm256_load_ps(m), _mm256_load_ps(xs), acc);
   }
   return acc;
-}
-
-// The sums of a, b, c, d's lanes.
-inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
 template <int BITS, typename S, int G>
@@ -207,7 +127,8 @@ struct Kernel {
       for (int t = 0; t < T; ++t) y[(m0 + t) * N + n0 + r] = sums[r * T + t];
   }
 
-  // Weight rows n0..n0+R-1 (R = 4, 2 or 1: the row tile) against every row of x.
+  // Weight rows n0..n0+R-1 (R = 4, 2 or 1: the row tile) against every row of x
+  // (1 or 2 rows; more go to the panel kernel).
   template <int R>
   void rows(int64_t n0, int64_t M, float* comb) const {
     int64_t m0 = 0;
@@ -217,11 +138,8 @@ struct Kernel {
       for (; m0 + 2 <= M; m0 += 2) tile<2, 2>(n0, m0, comb);
       if (m0 < M) tile<2, 1>(n0, m0, comb);
     } else {
-      for (; m0 + 4 <= M; m0 += 4) tile<1, 4>(n0, m0, comb);
-      const int64_t rest = M - m0;
-      if (rest == 3) tile<1, 3>(n0, m0, comb);
-      if (rest == 2) tile<1, 2>(n0, m0, comb);
-      if (rest == 1) tile<1, 1>(n0, m0, comb);
+      for (; m0 + 2 <= M; m0 += 2) tile<1, 2>(n0, m0, comb);
+      if (m0 < M) tile<1, 1>(n0, m0, comb);
     }
   }
 
@@ -282,6 +200,10 @@ torch::Tensor gguf_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor 
   auto y = torch::empty({x.size(0), qweight.size(0)}, x.options());
   const bool half = scales.scalar_type() == at::kHalf;
   TORCH_CHECK(half || scales.scalar_type() == at::kFloat, "scales must be float16 or float32");
+  if (x.size(0) >= kPanelMinRows) {
+    panel_linear(qx, x.size(0), K, qweight, scales, mins, bits, group, y.data_ptr<float>());
+    return y;
+  }
   if (bits == 4)
     half ? launch<4, at::Half>(x, qweight, scales, mins, group, qx, y)
          : launch<4, float>(x, qweight, scales, mins, group, qx, y);

@@ -1,7 +1,8 @@
 """y = x W^T with W a PackedGGUF, on the CPU.
 
 The fast path is gguf_cpu_kernel.cpp (x86 AVX2, llama.cpp's scheme: x quantized per
-32 columns to int8, integer dot products with the packed weight), built once per
+32 columns to int8, integer dot products with the packed weight; from 3 rows of x
+gguf_cpu_panel.cpp, the same numerics with each weight block unpacked once), built once per
 machine with torch's C++ extension builder and cached by torch
 ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). Torch's own int4 CPU op
 (`_weight_int4pack_mm_for_cpu`) was measured slower than float32 oneDNN on this AVX2
@@ -17,6 +18,7 @@ import functools
 import logging
 import os
 import platform
+import zlib
 from typing import Any
 
 import torch
@@ -26,8 +28,17 @@ from pagedllm.layers.quantization.gguf_repack import PackedGGUF, dequantize
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "gguf_cpu_kernel.cpp")
+_HERE = os.path.dirname(__file__)
+_SOURCES = [os.path.join(_HERE, f) for f in ("gguf_cpu_kernel.cpp", "gguf_cpu_panel.cpp")]
+_HEADER = os.path.join(_HERE, "gguf_cpu_common.h")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c"]
+
+
+def _header_flag() -> str:
+    """torch rebuilds an extension when its sources change, not its headers: the
+    header's hash goes into the flags."""
+    with open(_HEADER, "rb") as f:
+        return f"-DPAGEDLLM_GGUF_HEADER={zlib.crc32(f.read())}"
 
 
 def _supported_cpu() -> bool:
@@ -49,8 +60,8 @@ def cpu_extension() -> Any | None:
 
         return load(
             name="pagedllm_gguf_cpu",
-            sources=[_SOURCE],
-            extra_cflags=_FLAGS,
+            sources=_SOURCES,
+            extra_cflags=[*_FLAGS, _header_flag()],
             verbose=False,
         )
     except Exception as exc:  # no compiler, missing headers, ...
@@ -89,8 +100,11 @@ def gguf_linear(
     return y if flat else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-# From this many rows of x (prefill), dequantizing the weight for the call and one
-# float GEMM beat the kernel, whose integer dot products re-read x for every weight
-# row (32 prefilled chats: 9.6 against 79.6 tok/s without this switch).
-DEQUANT_MIN_ROWS = 64
+# From this many rows of x (prefill, big decode batches), dequantizing the weight for
+# the call and one float GEMM match the kernel. The batch-1 tiles re-read x for every
+# weight row (32 prefilled chats: 9.6 against 79.6 tok/s without a switch, at 64); the
+# panel kernel (3+ rows) beat dequantization + F.linear at 64 rows on every SmolLM2
+# shape and tied at 128-256, one thread (docs/benchmarks.md, "Packed GGUF kernel at
+# 8-64 rows").
+DEQUANT_MIN_ROWS = 128
 _EMPTY = torch.empty(0, dtype=torch.float16)

@@ -125,13 +125,19 @@ def test_many_rows_take_the_exact_dequantized_path(name: str) -> None:
     torch.testing.assert_close(gguf_linear(x, packed), x @ ref.T, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["Q4_1", "Q8_0", "Q4_0", "Q6_K"])
-@pytest.mark.parametrize("m", [1, 2, 5, 6])
+# 4 bits with float16 scales and mins (Q4_1, Q4_0), 8 bits without mins (Q8_0), 8 bits
+# in groups of 16 (Q6_K), float32 scales with mins at 4 and 8 bits (Q4_K, Q5_K).
+TAIL_TYPES = ["Q4_1", "Q8_0", "Q4_0", "Q6_K", "Q4_K", "Q5_K"]
+
+
+@pytest.mark.parametrize("name", TAIL_TYPES)
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 6, 7, 33])
 @pytest.mark.parametrize("n", [1, 7, 46])
 def test_kernel_row_tails(name: str, m: int, n: int) -> None:
-    """Weight row counts that the 4- and 2-row tiles do not divide, rows of x that the
-    4-row tile does not divide, and (legacy types) K = 576: 18 blocks, not a multiple
-    of the 8 scales converted at once."""
+    """Weight row counts that the 4- and 2-row tiles and the 4-row panels do not
+    divide, rows of x that the 2-row tiles do not divide (from 3 rows the panel
+    kernel runs), and (legacy types) K = 576: 18 blocks, not a multiple of the 8
+    scales converted at once."""
     if gguf_kernels.cpu_extension() is None:
         pytest.skip("the GGUF CPU kernel cannot be built here")
     k = K if name in K_QUANT_BYTES else 576
@@ -147,3 +153,17 @@ def test_kernel_row_tails(name: str, m: int, n: int) -> None:
     got = gguf_linear(x, packed)
     assert got.shape == (m, n)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_panel_kernel_matches_one_row_at_a_time(name: str) -> None:
+    """From 3 rows of x the panel kernel runs: the same int8 x and integer dot
+    products as the batch-1 tiles, so only the float summation order differs."""
+    if gguf_kernels.cpu_extension() is None:
+        pytest.skip("the GGUF CPU kernel cannot be built here")
+    packed, _ = _packed(name, seed=3)
+    x = torch.randn(11, K, generator=torch.Generator().manual_seed(3))
+    rows = torch.cat([gguf_linear(x[i : i + 1], packed) for i in range(x.shape[0])])
+    torch.testing.assert_close(
+        gguf_linear(x, packed), rows, rtol=1e-5, atol=1e-5 * rows.abs().max()
+    )
