@@ -223,6 +223,8 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor kv_cache,
   return out;
 }
 
+// Compiled into decode_stack.cpp's extension too: there that file defines the module.
+#ifndef PAGEDLLM_NO_PYBIND_MODULE
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "rms_norm(x) * w, float32 rows");
   m.def("add_rms_norm", &add_rms_norm, "(rms_norm(x + r) * w, x + r)");
@@ -231,3 +233,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_kv", &write_kv, "keys/values into the paged cache");
   m.def("decode_attention", &decode_attention, "one query token per sequence, paged cache");
 }
+#endif
