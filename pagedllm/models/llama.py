@@ -13,12 +13,13 @@ from transformers import PretrainedConfig
 
 from pagedllm.layers.activation import get_act_and_mul_fn
 from pagedllm.layers.attention import Attention, AttentionMetadata
+from pagedllm.layers.cpu import decode_stack
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.layers.qk_norm_rotary import QKNormRotary
 from pagedllm.layers.rotary import get_rope_from_config
 from pagedllm.models.causal_lm import STACKED_QKV_GATE_UP, CausalLM, DecoderStack
-from pagedllm.models.pipeline import PPMissingLayer, make_layers
+from pagedllm.models.pipeline import IntermediateTensors, PPMissingLayer, make_layers
 from pagedllm.models.utils import config_head_dim, layer_sliding_window
 
 _STACKED = STACKED_QKV_GATE_UP  # the MoE models load their dense weights with it
@@ -155,6 +156,21 @@ class LlamaModel(DecoderStack):
             self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         else:
             self.norm = PPMissingLayer()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+        intermediate_tensors: IntermediateTensors | None = None,
+    ) -> torch.Tensor | IntermediateTensors:
+        """CPU decode steps run as one C++ call where they can (layers/cpu/decode_stack.py)."""
+        if intermediate_tensors is None:
+            hidden = decode_stack.decode_step(self, input_ids, positions, kv_caches, attn_metadata)
+            if hidden is not None:
+                return hidden
+        return super().forward(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
 
 
 class LlamaForCausalLM(CausalLM):

@@ -123,6 +123,45 @@ def test_decode_attention_over_a_paged_cache(threads: int) -> None:
         )
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefill_attention_matches_the_torch_backend(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """A chunk of a prompt, a decode, a whole prompt and a padding entry in one step,
+    against the torch backend's SDPA path (the fused ops off)."""
+    from pagedllm.layers.attention import AttentionMetadata, torch_backend
+
+    torch.manual_seed(0)
+    cache = _cache(12, 4, 3, 16)
+    tables = torch.tensor(
+        [[5, 2, 9, 0], [1, 0, 0, 0], [3, 4, 6, 7], [0, 0, 0, 0]], dtype=torch.int32
+    )
+    seq_lens = torch.tensor([11, 3, 16, 0], dtype=torch.int32)
+    qsl = torch.tensor([0, 3, 4, 20, 20], dtype=torch.int32)
+    meta = AttentionMetadata(
+        num_actual_tokens=20,
+        max_query_len=16,
+        max_seq_len=16,
+        query_start_loc=qsl,
+        seq_lens=seq_lens,
+        block_tables=tables,
+        slot_mapping=torch.zeros(20, dtype=torch.int64),
+        query_start_loc_cpu=qsl,
+        seq_lens_cpu=seq_lens,
+    )
+    query = torch.randn(20, 9, 16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = ops.prefill_attention(query, cache, tables, seq_lens, qsl, 0.25)
+    finally:
+        torch.set_num_threads(before)
+    backend = torch_backend.TorchAttentionBackend()
+    torch.testing.assert_close(backend.forward(query, cache, meta, 0.25), got, atol=0, rtol=0)
+    monkeypatch.setattr(torch_backend, "_fused_ops", lambda x, cache: None)
+    torch.testing.assert_close(got, backend.forward(query, cache, meta, 0.25), **TOL)
+
+
 def test_layers_match_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """RMSNorm, SiluAndMul and the rotary module give the torch ops' results with the
     fused ops on and off."""

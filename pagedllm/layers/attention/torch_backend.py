@@ -268,6 +268,12 @@ def _all_decode(query: torch.Tensor, metadata: AttentionMetadata) -> bool:
     )
 
 
+def _cpu_tables(metadata: AttentionMetadata) -> bool:
+    """int32 contiguous CPU lengths, tables and query starts (as input_prep makes)."""
+    tensors = (metadata.seq_lens, metadata.block_tables, metadata.query_start_loc)
+    return all(t.is_cpu and t.dtype == torch.int32 and t.is_contiguous() for t in tensors)
+
+
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     supports_window_and_soft_cap = True
@@ -301,6 +307,15 @@ class TorchAttentionBackend(AttentionBackend):
             # One C++ call reads the keys in place through the block table.
             return ops.decode_attention(  # type: ignore[no-any-return]
                 query.contiguous(), kv_cache, metadata.block_tables, metadata.seq_lens, scale
+            )
+        if ops is not None and plain and causal and _cpu_tables(metadata):
+            return ops.prefill_attention(  # type: ignore[no-any-return]
+                query.contiguous(),
+                kv_cache,
+                metadata.block_tables,
+                metadata.seq_lens,
+                metadata.query_start_loc,
+                scale,
             )
         block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
         key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)

@@ -9,7 +9,8 @@
 //   rotary_neox_:    q, k rotated in place (neox layout: halves of each head)
 //   silu_and_mul:    [T, 2d] -> silu(x[:, :d]) * x[:, d:]
 //   write_kv:        keys/values into their paged cache slots
-//   decode_attention: one query token per sequence against all of its cached keys.
+//   decode_attention: one query token per sequence against all of its cached keys;
+//   prefill_attention: causal, any number of query tokens per sequence.
 // Sums run in 8 float lanes (torch also sums in vector lanes): results agree with the
 // torch ops to float32 rounding, not bit for bit.
 #include <torch/extension.h>
@@ -17,6 +18,7 @@
 #include <immintrin.h>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 namespace {
@@ -223,6 +225,55 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor kv_cache,
   return out;
 }
 
+// Causal attention of any number of query tokens per sequence (prefill, chunked
+// prefill, mixed steps) over the paged cache, whose keys/values of this step are
+// written already: query [T, H, D] contiguous, query_start_loc [B + 1] int32; query
+// token j of sequence b sits at position seq_lens[b] - q_len_b + j and sees the keys at
+// positions up to its own. One task per (token, kv head), split across threads from
+// ~64K multiply-adds per task group. Returns [T, H, D].
+torch::Tensor prefill_attention(torch::Tensor query, torch::Tensor kv_cache,
+                                torch::Tensor block_tables, torch::Tensor seq_lens,
+                                torch::Tensor query_start_loc, double scale) {
+  TORCH_CHECK(query.dim() == 3 && query.is_contiguous() && query.scalar_type() == at::kFloat);
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous() && kv_cache.scalar_type() == at::kFloat);
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.is_contiguous());
+  TORCH_CHECK(seq_lens.scalar_type() == at::kInt && seq_lens.is_contiguous());
+  TORCH_CHECK(query_start_loc.scalar_type() == at::kInt && query_start_loc.is_contiguous());
+  const int64_t T = query.size(0), H = query.size(1), D = query.size(2);
+  const int64_t B = query_start_loc.size(0) - 1, block_size = kv_cache.size(2), KH = kv_cache.size(3);
+  TORCH_CHECK(kv_cache.size(4) == D && H % KH == 0 && seq_lens.size(0) >= B && block_tables.size(0) >= B);
+  const int32_t* qsl = query_start_loc.data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  const int64_t width = block_tables.size(1);
+  std::vector<int64_t> seq_of(T, -1), keys(T, 0);  // per token: its sequence, its key count
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t start = qsl[b], q_len = qsl[b + 1] - qsl[b];
+    TORCH_CHECK(start >= 0 && q_len >= 0 && start + q_len <= T, "query_start_loc out of range");
+    TORCH_CHECK(lens[b] >= q_len && (lens[b] + block_size - 1) / block_size <= width, "bad seq_len");
+    for (int64_t j = 0; j < q_len; ++j) seq_of[start + j] = b, keys[start + j] = lens[b] - q_len + j + 1;
+  }
+  const int64_t slot_stride = KH * D, half = kv_cache.size(1) * block_size * slot_stride;
+  const int64_t G = H / KH, mean_keys = T ? (std::accumulate(keys.begin(), keys.end(), int64_t{0}) / T) : 0;
+  float* kc = kv_cache.data_ptr<float>();
+  auto out = torch::zeros({T, H, D}, query.options());
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 2 * mean_keys * G * D));
+  at::parallel_for(0, T * KH, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t t = i / KH, h = i % KH, b = seq_of[t], L = keys[t];
+      if (b < 0 || L == 0) continue;
+      scores.resize(G * L);
+      attend_kv_head(query.data_ptr<float>() + (t * H + h * G) * D, G, D, kc + h * D,
+                     kc + half + h * D, block_tables.data_ptr<int32_t>() + b * width, L,
+                     block_size, slot_stride, static_cast<float>(scale),
+                     out.data_ptr<float>() + (t * H + h * G) * D, scores.data());
+    }
+  });
+  return out;
+}
+
+// Compiled into decode_stack.cpp's extension too: there that file defines the module.
+#ifndef PAGEDLLM_NO_PYBIND_MODULE
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "rms_norm(x) * w, float32 rows");
   m.def("add_rms_norm", &add_rms_norm, "(rms_norm(x + r) * w, x + r)");
@@ -230,4 +281,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul", &silu_and_mul, "silu(x[:, :d]) * x[:, d:]");
   m.def("write_kv", &write_kv, "keys/values into the paged cache");
   m.def("decode_attention", &decode_attention, "one query token per sequence, paged cache");
+  m.def("prefill_attention", &prefill_attention, "causal attention of many tokens, paged cache");
 }
+#endif

@@ -270,7 +270,10 @@ torch::Tensor gguf_dequantize(torch::Tensor qweight, torch::Tensor scales, torch
   return out;
 }
 
+// Compiled into decode_stack.cpp's extension too: there that file defines the module.
+#ifndef PAGEDLLM_NO_PYBIND_MODULE
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_linear", &gguf_linear, "y = x W^T with W packed (see gguf_repack.py)");
   m.def("gguf_dequantize", &gguf_dequantize, "the packed weight as float32 [N, K]");
 }
+#endif

@@ -29,12 +29,15 @@ from pagedllm.layers.quantization.gguf_repack import PackedGGUF, dequantize
 logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(__file__)
-_SOURCES = [os.path.join(_HERE, f) for f in ("gguf_cpu_kernel.cpp", "gguf_cpu_panel.cpp")]
+SOURCES = [os.path.join(_HERE, f) for f in ("gguf_cpu_kernel.cpp", "gguf_cpu_panel.cpp")]
 _HEADER = os.path.join(_HERE, "gguf_cpu_common.h")
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c"]
+# No FMA contraction of scalar code: the CPU decode stack (layers/cpu/decode_stack.py)
+# compiles these sources again beside decode_ops.cpp, which needs it, and must round
+# as this build does (its hidden states equal the Python layers' bit for bit).
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
 
 
-def _header_flag() -> str:
+def header_flag() -> str:
     """torch rebuilds an extension when its sources change, not its headers: the
     header's hash goes into the flags."""
     with open(_HEADER, "rb") as f:
@@ -60,8 +63,8 @@ def cpu_extension() -> Any | None:
 
         return load(
             name="pagedllm_gguf_cpu",
-            sources=_SOURCES,
-            extra_cflags=[*_FLAGS, _header_flag()],
+            sources=SOURCES,
+            extra_cflags=[*_FLAGS, header_flag()],
             verbose=False,
         )
     except Exception as exc:  # no compiler, missing headers, ...
