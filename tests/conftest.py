@@ -45,15 +45,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under xdist (`--dist loadgroup`) a file's tests run on one worker, so that
     module-scoped fixtures (servers, checkpoints) start once; the tests of the shared
     entrypoint servers (tests/entrypoints/conftest.py, session-scoped) share one group,
-    so that their four servers start once, not once a worker."""
+    so that their four servers start once, not once a worker. That group, the longest,
+    goes first (a long group handed out last would leave the other worker idle)."""
     if config.getoption("dist", "no") == "no":
         return
+    first = []
     for item in items:
         path = Path(str(item.path))
         group = _SHARED_GROUPS.get(path.name, str(path))
         if "servers" in getattr(item, "fixturenames", ()):
             group = "entrypoint-servers"
+            first.append(item)
         item.add_marker(pytest.mark.xdist_group(group))
+    firsts = set(first)
+    items[:] = first + [item for item in items if item not in firsts]
 
 
 def save_tiny_llama(path: Path, vocab_size: int = 512, seed: int = 0) -> str:
