@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny random Llama saved with save_pretrained (fast engine
-tests) and the real embedded SmolLM2 model (loaded once per session); the grouping
-of tests for pytest-xdist (`-n 2` in pyproject's addopts)."""
+tests) and the real embedded SmolLM2 model (loaded once per session); how
+pytest-xdist (`-n auto` in pyproject's addopts) shares the tests between workers."""
 
 from __future__ import annotations
 
@@ -23,15 +23,17 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
 # Test files whose processes see each other: the Ray tests would share (or race to
 # start) one local Ray cluster.
-_SHARED_GROUPS = {"test_ray_async.py": "ray", "test_ray_executor.py": "ray"}
+_SHARED_SCOPES = {"test_ray_async.py": "ray", "test_ray_executor.py": "ray"}
+# The entrypoint tests run as one unit: their shared servers (session-scoped, started
+# once) stop when the run leaves the folder (tests/entrypoints/conftest.py).
+_ENTRYPOINTS = "tests/entrypoints/"
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto` (pyproject's addopts): two workers for the CPU suite (most of its time
-    is one core's Python or a wait on a server's start-up); none (no xdist) for `-m gpu`
-    runs, which share one accelerator and time their steps. PYTEST_XDIST_AUTO_NUM_WORKERS
-    overrides, as in xdist."""
+    """`-n auto` (pyproject's addopts): two workers for the CPU suite; none (no xdist)
+    for `-m gpu` runs, which share one accelerator and time their steps.
+    PYTEST_XDIST_AUTO_NUM_WORKERS overrides, as in xdist."""
     if "PYTEST_XDIST_AUTO_NUM_WORKERS" in os.environ:
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     markexpr = str(config.getoption("markexpr", ""))
@@ -41,24 +43,28 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 2 if cpus >= 2 else 0
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist (`--dist loadgroup`) a file's tests run on one worker, so that
-    module-scoped fixtures (servers, checkpoints) start once; the tests of the shared
-    entrypoint servers (tests/entrypoints/conftest.py, session-scoped) share one group,
-    so that their four servers start once, not once a worker. That group, the longest,
-    goes first (a long group handed out last would leave the other worker idle)."""
-    if config.getoption("dist", "no") == "no":
-        return
-    first = []
-    for item in items:
-        path = Path(str(item.path))
-        group = _SHARED_GROUPS.get(path.name, str(path))
-        if "servers" in getattr(item, "fixturenames", ()):
-            group = "entrypoint-servers"
-            first.append(item)
-        item.add_marker(pytest.mark.xdist_group(group))
-    firsts = set(first)
-    items[:] = first + [item for item in items if item not in firsts]
+def _xdist_scope(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    if path.startswith(_ENTRYPOINTS):
+        return _ENTRYPOINTS
+    return _SHARED_SCOPES.get(Path(path).name, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, with tests/entrypoints and the Ray files each one unit: a
+    unit's tests run on one worker, in order, so module- and session-scoped fixtures
+    start once; xdist hands out the units with the most tests first (tests/entrypoints).
+    (xdist's own `loadgroup` marks do not reach pytest 9's node ids.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _xdist_scope(nodeid)
+
+    return UnitScheduling(config, log)
 
 
 def save_tiny_llama(path: Path, vocab_size: int = 512, seed: int = 0) -> str:
