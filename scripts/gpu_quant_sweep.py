@@ -1,11 +1,14 @@
 """Sweep of the quantized-matmul kernels on CUDA at the Llama-3.1-8B linear shapes (bf16
 activations): int4 g128 GEMV and tensor-core GEMM tiles, FP8 weight-only GEMV tiles
 (FMA and tensor cores), FP8 activation quantization + tensor-wise torch._scaled_mm, and
-bf16 F.linear. For each row count M the tile with the least time summed over the four
+bf16 F.linear; for 1 and 4 rows also the bandwidth-shaped int4 GEMV (triton_quant_gemv_wide,
+tiles with a 6th entry: prefetch stages). For each row count M the tile with the least time summed over the four
 shapes (one of each per decoder layer) wins; the script prints the winners and the
 pagedllm/layers/quantization/kernel_table.py values that dispatch to them.
 
     PYTHONPATH=$PWD python scripts/gpu_quant_sweep.py [--only int|fp8] [--json out.json]
+    PYTHONPATH=$PWD python scripts/gpu_quant_sweep.py --resources   # no GPU: registers,
+        spills and shared memory of every swept wide-GEMV config compiled for sm_90a
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pagedllm.layers.kernels.triton_fp8 import (
 )
 from pagedllm.layers.kernels.triton_quant_gemm import quant_gemm
 from pagedllm.layers.kernels.triton_quant_gemv import quant_gemv
+from pagedllm.layers.kernels.triton_quant_gemv_wide import quant_gemv_wide
 from pagedllm.layers.quantization import kernel_table
 from pagedllm.layers.quantization.int_packing import dequantize_ref, pack_rows
 
@@ -47,6 +51,23 @@ INT_GEMV = {
     4: [(4, 64, 128, 4, ps) for ps in (2, 4)] + [(4, 128, 128, 8, 4), (2, 128, 128, 4, 4)],
     8: [(8, 64, 128, 8, 4), (8, 32, 128, 4, 4), (4, 64, 128, 4, 4)],
     16: [(16, 32, 128, 8, 4), (8, 64, 128, 8, 4)],
+}
+# The wide GEMV: (BLOCK_M, BLOCK_N, BLOCK_K, warps, per_sm, stages); per_sm is a run-time
+# choice (no compile), so it is swept widely.
+WIDE = {
+    1: [
+        (1, bn, bk, w, ps, st)
+        for bn, bk, w in ((64, 256, 4), (128, 128, 4), (128, 256, 4), (256, 256, 8), (128, 512, 8))
+        for st in (1, 2)
+        for ps in (8, 16, 32)
+    ]
+    + [(1, 256, 128, 4, ps, 1) for ps in (8, 16)],
+    4: [
+        (4, bn, bk, w, ps, st)
+        for bn, bk, w in ((64, 128, 4), (64, 256, 4), (128, 128, 8))
+        for st in (1, 2)
+        for ps in (8, 16)
+    ],
 }
 _GEMM_SMALL = [(16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (16, 128, 256, 8, 4)]
 _GEMM_SMALL += [(16, 256, 128, 8, 2), (16, 128, 128, 4, 8)]
@@ -142,6 +163,14 @@ def _int_gemv(w: Weights, tile: Tile, m: int, name: str) -> Call:
     )  # fmt: skip
 
 
+def _int_wide(w: Weights, tile: tuple[int, ...], m: int, name: str) -> Call:
+    p = w.int4[name]
+    return functools.partial(
+        quant_gemv_wide, w.x[m, name], p["qweight"], 4, 128, p["scales"], p["zeros"],
+        blocks=tile[:4], per_sm=tile[4], stages=tile[5],
+    )  # fmt: skip
+
+
 def _int_gemm(w: Weights, tile: Tile, m: int, name: str, half_magic: bool = True) -> Call:
     p = w.int4[name]
     return functools.partial(
@@ -179,13 +208,13 @@ def _dense_call(w: Weights, m: int, name: str) -> Call:
 def sweep(
     w: Weights,
     label: str,
-    tiles: dict[int, list[Tile]],
-    make: Callable[[Weights, Tile, int, str], Call],
+    tiles: dict[int, list[Any]],
+    make: Callable[[Weights, Any, int, str], Call],
     ref: Callable[[str, int], torch.Tensor],
     tol: float,
-) -> dict[int, tuple[float, Tile, dict[str, float]]]:
+) -> dict[int, tuple[float, Any, dict[str, float]]]:
     """{M: (summed us, best tile, us by shape)} over the candidate tiles."""
-    best: dict[int, tuple[float, Tile, dict[str, float]]] = {}
+    best: dict[int, tuple[float, Any, dict[str, float]]] = {}
     for m, candidates in tiles.items():
         refs = {"o": ref("o", m)}
         for tile in candidates:
@@ -224,6 +253,7 @@ def baseline(w: Weights, label: str, make: Callable[[int, str], Call]) -> dict[i
 def run_int(w: Weights, dense: dict[int, float]) -> dict[str, object]:
     gemv = sweep(w, "int4 gemv", INT_GEMV, _int_gemv, w.int_ref, 2e-2)
     gemm = sweep(w, "int4 gemm", INT_GEMM, _int_gemm, w.int_ref, 2e-2)
+    wide = sweep(w, "int4 wide", WIDE, _int_wide, w.int_ref, 2e-2)
     for m in [r for r in MS if r in (1, 16, 512)]:  # codes through float32, not bf16 bits
         if m in gemm:
             tile = gemm[m][1]
@@ -238,6 +268,37 @@ def run_int(w: Weights, dense: dict[int, float]) -> dict[str, object]:
         "INT_GEMV_MAX_ROWS": gemv_max,
         "INT_GEMV_TILES": {m: gemv[m][1] for m in sorted(gemv)},
         "INT_GEMM_TILES": _open_ended({m: gemm[m][1] for m in sorted(gemm)}),
+        **_wide_values(w, wide, gemv, gemm, dense),
+    }
+
+
+def _wide_values(
+    w: Weights,
+    wide: dict[int, tuple[float, Any, dict[str, float]]],
+    gemv: dict[int, tuple[float, Any, dict[str, float]]],
+    gemm: dict[int, tuple[float, Any, dict[str, float]]],
+    dense: dict[int, float],
+) -> dict[str, object]:
+    """The wide GEMV against the others (and int4 bytes per second), its table values."""
+    weight_bytes = sum(
+        sum(t.numel() * t.element_size() for t in p.values()) for p in w.int4.values()
+    )
+    print(
+        "\nint4 wide GEMV (sum over the 4 shapes, us):   M   bf16   gemv   gemm   wide  int4 TB/s"
+    )
+    others = {}
+    for m in sorted(wide):
+        tv, tm = (t.get(m, (float("inf"),))[0] for t in (gemv, gemm))
+        others[m] = min(tv, tm)
+        tw = wide[m][0]
+        print(
+            f"{'':45s}{m:4d} {dense[m]:7.1f} {tv:7.1f} {tm:7.1f} {tw:7.1f} {weight_bytes / tw / 1e6:6.2f}"
+        )
+    best = wide[min(wide)][1] if wide else kernel_table.INT_GEMV_WIDE_TILES[1] + (1,)
+    return {
+        "INT_GEMV_WIDE_MAX_ROWS": _contiguous_wins({m: e[0] for m, e in wide.items()}, others),
+        "INT_GEMV_WIDE_TILES": {m: tuple(e[1][:5]) for m, e in sorted(wide.items())},
+        "INT_GEMV_WIDE_STAGES": best[5],
     }
 
 
@@ -325,6 +386,8 @@ def _smoke() -> None:
     for table in (INT_GEMV, INT_GEMM, FP8_FMA, FP8_DOT):
         table.clear()
         table.update(small)
+    WIDE.clear()
+    WIDE.update({1: [(1, 32, 128, 4, 2, 1)], 4: [(4, 32, 64, 4, 2, 1)]})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -332,7 +395,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", choices=("int", "fp8"))
     parser.add_argument("--json")
     parser.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1")
+    parser.add_argument("--resources", action="store_true", help="no GPU: sm_90a compile report")
     args = parser.parse_args(argv)
+    if args.resources:
+        from scripts.wide_gemv_resources import report
+
+        report(WIDE)
+        return
     if args.smoke:
         _smoke()
     else:

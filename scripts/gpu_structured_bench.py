@@ -12,6 +12,7 @@ tokens actually produced.
     python scripts/gpu_structured_bench.py                       # llguidance (default)
     python scripts/gpu_structured_bench.py --backend xgrammar    # needs xgrammar
     python scripts/gpu_structured_bench.py --num-prompts 8 --device cpu --shape tiny --max-len 32  # a CPU smoke run
+    python scripts/gpu_structured_bench.py --profile             # + a profile of 20 constrained steps
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def model_dir(shape: str) -> str:
     return path
 
 
-def run(llm: Any, requests: list[Any], constrained: bool) -> dict[str, Any]:
+def inputs(requests: list[Any], constrained: bool) -> tuple[list[Any], list[Any]]:
     from pagedllm import SamplingParams
     from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -100,6 +101,11 @@ def run(llm: Any, requests: list[Any], constrained: bool) -> dict[str, Any]:
                        ignore_eos=not constrained, structured_outputs=so)
         for r in requests
     ]  # fmt: skip
+    return prompts, params
+
+
+def run(llm: Any, requests: list[Any], constrained: bool) -> dict[str, Any]:
+    prompts, params = inputs(requests, constrained)
     llm.generate(prompts[:8], params[:8], use_tqdm=False)  # warm-up (grammar backend too)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -118,6 +124,12 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-len", type=int, default=None, help="cap prompt/output lengths (smoke)")
     p.add_argument("--output-json", default=None)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile constrained decode steps (structured_profile.py; CUDA)",
+    )
+    p.add_argument("--profile-steps", type=int, default=20)
     args = p.parse_args()
     from pagedllm import LLM
     from pagedllm.benchmarks.workload import WORKLOADS, make_requests
@@ -136,6 +148,10 @@ def main() -> None:
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(summary, f, indent=2)
+    if args.profile:
+        from structured_profile import profile_constrained
+
+        profile_constrained(llm, *inputs(requests, constrained=True), args.profile_steps)
 
 
 if __name__ == "__main__":

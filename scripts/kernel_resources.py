@@ -6,6 +6,11 @@ compiled a second time with that argument known divisible by 16, and the PTX
 instruction counts are compared: equal counts mean the mark costs nothing.
 
     python scripts/kernel_resources.py
+    python scripts/kernel_resources.py --moe-grouped [--workers N]
+
+--moe-grouped: every tile scripts/gpu_moe_grouped_sweep.py may time for the fused MoE
+grouped GEMM (both projections, Qwen3-30B-A3B shape) compiled for sm_90a, with its
+shared memory against the 227 KB limit, registers and spills.
 
 Pointers and the model-fixed strides are given as divisible by 16, as they are at
 run time (that is what makes 16-byte vector loads possible).
@@ -13,9 +18,11 @@ run time (that is what makes 16-byte vector loads possible).
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import triton
@@ -124,21 +131,80 @@ def compile_report(
     count = sum(
         1 for line in text.splitlines() if line.startswith("\t") and line.strip()[:1].isalpha()
     )
+    return count, ptxas_info(text)
+
+
+def ptxas_info(ptx: str) -> str:
+    """ptxas's register and spill lines for this PTX (sm_90a)."""
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(text)
+        f.write(ptx)
     out = subprocess.run(
         [PTXAS, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True
     )
     os.unlink(f.name)
-    info = "; ".join(
+    return "; ".join(
         line.split(":", 1)[-1].strip()
         for line in out.stderr.splitlines()
         if "registers" in line or "spill" in line
     )
-    return count, info
+
+
+def moe_grouped_one(job: tuple[str, tuple[int, ...]]) -> tuple[int, str]:
+    """(shared bytes, ptxas info) of the grouped MoE GEMM at one sweep tile."""
+    import gpu_moe_grouped_sweep as sweep
+
+    from pagedllm.layers.kernels.triton_fused_moe import _fused_moe_kernel as kernel
+
+    gemm, tile = job
+    gated = gemm == sweep.GATE_UP
+    sig = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16"}
+    sig["topk_weights_ptr"] = "*bf16" if gated else "*fp32"  # gate/up: unread (act)
+    sig |= dict.fromkeys(("sorted_token_ids_ptr", "expert_ids_ptr"), "*i32")
+    sig["num_tokens_post_padded_ptr"] = "*i32"
+    ints = ("N", "K", "P", "num_valid", "stride_am", "stride_be", "stride_bn", "stride_cm")
+    sig |= dict.fromkeys(ints, "i32")
+    const: dict[str, Any] = dict(A_ROW_DIV=sweep.TOP_K if gated else 1, GATED=gated)
+    const |= dict(MUL_ROUTED_WEIGHT=not gated, DOT_PRECISION="ieee")
+    const |= dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), tile[:4], strict=True))
+    attrs = {
+        (kernel.arg_names.index(n),): [["tt.divisibility", 16]]
+        for n in sig
+        if n not in ("P", "num_valid")
+    }
+    signature = sig | dict.fromkeys(const, "constexpr")
+    src = ASTSource(fn=kernel, signature=signature, constexprs=const, attrs=attrs)
+    options = {"num_warps": tile[4], "num_stages": tile[5]}
+    compiled = triton.compile(src, target=TARGET, options=options)
+    return int(compiled.metadata.shared), ptxas_info(compiled.asm["ptx"])
+
+
+def moe_grouped(workers: int) -> None:
+    import gpu_moe_grouped_sweep as sweep
+
+    jobs = [(g, t) for g in (sweep.GATE_UP, sweep.DOWN) for t in sweep.all_candidates(g)]
+    print(f"{len(jobs)} kernels in {workers} processes", flush=True)
+    with ProcessPoolExecutor(workers) as pool:
+        results = list(pool.map(moe_grouped_one, jobs, chunksize=4))
+    print("| GEMM | tile (BM, BN, BK, GM, warps, stages) | shared bytes | estimate | ptxas |")
+    print("|---|---|---|---|---|")
+    for (gemm, tile), (shared, info) in zip(jobs, results, strict=True):
+        estimate = sweep.smem_bytes(tile, gemm == sweep.GATE_UP)
+        print(f"| {gemm} | {tile} | {shared} | {estimate} | {info} |")
+    over = [
+        job for job, (shared, _) in zip(jobs, results, strict=True) if shared > sweep.SMEM_LIMIT
+    ]
+    worst = max(shared for shared, _ in results)
+    print(f"largest shared memory {worst} bytes; over {sweep.SMEM_LIMIT}: {over or 'none'}")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--moe-grouped", action="store_true")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    if args.moe_grouped:
+        moe_grouped(args.workers)
+        return
     print("| kernel | PTX instructions | ptxas | unspecialized args: instructions if divisible |")
     print("|---|---|---|---|")
     for name, kernel, sig, const, warps, stages in CASES:

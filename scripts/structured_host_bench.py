@@ -11,7 +11,9 @@ varied states with random allowed tokens, and times each phase:
     advance     accept_token + is_terminated per request (the engine's loop before
                 issue #17), llguidance's consume_token_par (LLExecutor, GIL released)
                 with 1, 2, ... threads, and the engine's call now (accept_tokens)
-    alloc       the [256, 4748] int32 bitmask (np.full) against a reused buffer
+    alloc       the [256, 4748] int32 bitmask (np.full) against a reused buffer and
+                np.empty (the manager's now; pinned where the process drives a GPU)
+    lookup      the 256 grammars read through their Futures against the cached reads
     fill        one row at a time from Python, fill_next_token_bitmask_par with
                 1, 2, ... threads (1 thread / rows = the per-thread cost per row), and
                 the engine's call (GuidanceBackend.fill_bitmask)
@@ -102,6 +104,8 @@ def bench_step(backend: Any, grammars: list[Any], args: argparse.Namespace) -> d
     res: dict[str, Any] = {}
     res["alloc_np_full_ms"] = timed(lambda: np.full((rows, words), -1, np.int32), 20) * 1e3
     res["refill_reused_ms"] = timed(lambda: mask.fill(-1), 20) * 1e3
+    res["alloc_np_empty_ms"] = timed(lambda: np.empty((rows, words), np.int32), 20) * 1e3
+    res.update(bench_lookup(grammars))
     pairs = [(g.matcher, i) for i, g in enumerate(grammars)]
 
     def serial_fill() -> None:
@@ -125,6 +129,32 @@ def bench_step(backend: Any, grammars: list[Any], args: argparse.Namespace) -> d
     res["apply_cpu_ms"] = timed(lambda: apply_grammar_bitmask_(logits.clone(), gm), 5) * 1e3
     res["clone_logits_ms"] = timed(lambda: logits.clone(), 5) * 1e3
     return res
+
+
+def bench_lookup(grammars: list[Any]) -> dict[str, float]:
+    """The engine reads each request's grammar twice a step (the bitmask rows, the
+    advance): through its Future (a lock per call) against the cached attribute."""
+    from concurrent.futures import Future
+
+    from pagedllm.sampling_params import StructuredOutputsParams
+    from pagedllm.structured_output.request import StructuredOutputRequest
+
+    sors = []
+    for g in grammars:
+        future: Future[Any] = Future()
+        future.set_result(g)
+        sors.append(StructuredOutputRequest(StructuredOutputsParams(json_object=True), future))
+
+    def via_future() -> None:
+        for sor in sors:
+            f = sor.future
+            if f.done() and f.exception() is None:
+                f.result()
+
+    return {
+        "grammar_lookup_future_ms": timed(via_future, 20) * 1e3,
+        "grammar_lookup_cached_ms": timed(lambda: [sor.grammar for sor in sors], 20) * 1e3,
+    }
 
 
 def bench_advance(grammars: list[Any], mask: np.ndarray, args: argparse.Namespace) -> dict:

@@ -28,6 +28,7 @@ import logging
 import os
 import pickle
 import queue
+import select
 import signal
 import sys
 import threading
@@ -79,12 +80,21 @@ def run_engine_core(
 ) -> None:
     """Build the core, report ready (or the error that stopped it), then serve."""
     assert len(input_addresses) == len(output_addresses), "one of each per front end"
+    started = threading.Event()
+    threading.Thread(
+        target=_exit_if_orphaned_while_starting,
+        args=(sys.stdin.fileno(), started),
+        name="core-start-watch",
+        daemon=True,
+    ).start()
     try:
         core = EngineCore(engine_config)
     except BaseException as exc:
         logger.debug("The engine core failed to start", exc_info=True)
         _report(status, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
         sys.exit(1)
+    finally:
+        started.set()
     input_queue: queue.Queue[InputItem | None] = queue.Queue()
     output_queue: queue.Queue[EngineCoreOutputs | None] = queue.Queue()
     _stop_on_sigterm(input_queue)
@@ -112,6 +122,20 @@ def run_engine_core(
         output_queue.put(None)  # the output thread sends what is queued, then ends
         threads[1].join(timeout=5)
         core.shutdown()
+
+
+def _exit_if_orphaned_while_starting(parent_fd: int, started: threading.Event) -> None:
+    """Start-up (loading weights, compiling, capturing graphs) can take minutes and
+    cannot be interrupted from inside: if the front end's process dies meanwhile (its
+    end of our stdin closes), leave at once instead of finishing a start nobody awaits.
+    Once started, the input thread watches the same pipe."""
+    poller = select.poll()
+    poller.register(parent_fd, select.POLLIN | select.POLLHUP)
+    while not started.is_set():
+        if poller.poll(200) and not started.is_set():
+            logger.warning("The front end exited while the engine core was starting: exiting")
+            logging.shutdown()
+            os._exit(1)
 
 
 def _close_quietly(fd: int) -> None:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.layers.cpu import decode_ops
+
 
 def silu_and_mul_native(x: torch.Tensor) -> torch.Tensor:  # [..., 2d] -> [..., d]
     """silu(x[..., :d]) * x[..., d:] in torch ops (HF's `act_fn(gate) * up`): the CPU path
@@ -24,6 +26,9 @@ class SiluAndMul(nn.Module):
             from pagedllm.layers.kernels.triton_activation import silu_and_mul
 
             return silu_and_mul(x)
+        ops = decode_ops.usable(x)
+        if ops is not None:
+            return ops.silu_and_mul(x)  # type: ignore[no-any-return]
         return silu_and_mul_native(x)
 
 

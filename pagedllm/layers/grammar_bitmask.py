@@ -13,6 +13,7 @@ into [R, 32 * W] uint8 (a quarter of the memory an int32 unpack takes):
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -41,11 +42,25 @@ class GrammarBitmask:
     ) -> GrammarBitmask:
         """Host rows and bitmask -> device tensors (pinned, non-blocking to a GPU).
         num_logits_rows: N, when known (lets a mask over every row skip the gather)."""
-        mask_tensor = torch.from_numpy(np.ascontiguousarray(bitmask, dtype=np.int32))
-        on_device = tensor_to_device(mask_tensor, device)
+        on_device = tensor_to_device(host_tensor(bitmask), device)
         if num_logits_rows == len(rows) and rows == list(range(len(rows))):
             return cls(None, on_device)
         return cls(tensor_to_device(torch.tensor(rows, dtype=torch.int64), device), on_device)
+
+
+def host_tensor(bitmask: np.ndarray) -> torch.Tensor:
+    """The bitmask as an int32 tensor: the pinned torch tensor it is a view of when the
+    engine filled one (StructuredOutputManager's new_bitmask; copied to a GPU as it is,
+    its storage known to the caching host allocator), else a tensor sharing its memory."""
+    base = bitmask.base
+    if (
+        isinstance(base, torch.Tensor)
+        and base.dtype == torch.int32
+        and tuple(base.shape) == bitmask.shape
+        and base.data_ptr() == bitmask.ctypes.data
+    ):
+        return base
+    return torch.from_numpy(np.ascontiguousarray(bitmask, dtype=np.int32))
 
 
 def _disallowed(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -84,3 +99,22 @@ def apply_grammar_bitmask_(logits: torch.Tensor, mask: GrammarBitmask) -> None:
         full = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
         banned = full.index_copy_(0, mask.rows, banned)
     logits.masked_fill_(banned, float("-inf"))
+
+
+# The one-pass Triton kernel is opt-in until its GPU test has run (it was written after
+# the eighth session's device time ran out; it passes the interpreter tests).
+_TRITON_BITMASK = os.environ.get("PAGEDLLM_TRITON_GRAMMAR_BITMASK") == "1"
+
+
+def grammar_masked_logits(logits: torch.Tensor, mask: GrammarBitmask) -> torch.Tensor:
+    """A copy of logits [N, V] float with the tokens the rows' grammars do not allow at
+    -inf. With PAGEDLLM_TRITON_GRAMMAR_BITMASK=1 on a GPU, one Triton pass reads the
+    packed words (triton_grammar_bitmask.py); otherwise a clone masked by
+    `apply_grammar_bitmask_`."""
+    if logits.is_cuda and _TRITON_BITMASK:
+        from pagedllm.layers.kernels.triton_grammar_bitmask import masked_logits
+
+        return masked_logits(logits, mask.bitmask, mask.rows)
+    out = logits.clone()
+    apply_grammar_bitmask_(out, mask)
+    return out

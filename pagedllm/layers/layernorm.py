@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.layers.cpu import decode_ops
+
 
 def rms_norm_native(
     x: torch.Tensor,  # [..., hidden]
@@ -53,6 +55,11 @@ class RMSNorm(nn.Module):
             and self.weight.dtype == torch.float32
             and not self.weight_offset
         ):
+            ops = decode_ops.usable(x)
+            if ops is not None and (residual is None or residual.shape == x.shape):
+                if residual is None:
+                    return ops.rms_norm(x, self.weight, self.variance_epsilon)
+                return tuple(ops.add_rms_norm(x, residual, self.weight, self.variance_epsilon))
             # float32: torch's one-kernel rms_norm is the same arithmetic as _norm.
             if residual is not None:
                 x = x + residual

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pagedllm.layers.cpu import decode_ops
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -127,9 +129,12 @@ class RotaryEmbedding(nn.Module):
         (copies on the torch path; on CUDA the inputs themselves, rotated in place)."""
         if query.is_cuda and query.stride(-1) == 1 and key.stride(-1) == 1:
             return self._forward_triton(positions, query, key)
-        cos, sin = self._step_cos_sin(positions)
         num_tokens = positions.shape[0]
-        if self._rotates_in_place(query, key):
+        in_place = self._rotates_in_place(query, key)
+        if in_place and self._rotate_fused(positions, query, key):
+            return query, key
+        cos, sin = self._step_cos_sin(positions)
+        if in_place:
             for x in (query, key):
                 self._rotate_in_place(x.view(num_tokens, -1, self.head_size), cos, sin)
             return query, key
@@ -151,6 +156,19 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
         self._step = (positions, version, (cos, sin))
         return cos, sin
+
+    def _rotate_fused(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> bool:
+        """On the CPU, both rotated in place by one C++ call (layers/cpu/decode_ops.cpp)
+        where it applies; returns whether it did."""
+        ops = decode_ops.usable(query) if key.dim() == 2 and key.stride(-1) == 1 else None
+        if ops is None or self.cos_sin_cache.dtype != torch.float32:
+            return False
+        if positions.dtype != torch.int64 or not positions.is_contiguous():
+            return False
+        ops.rotary_neox_(positions, query, key, self.cos_sin_cache, self.head_size)
+        return True
 
     def _rotates_in_place(self, query: torch.Tensor, key: torch.Tensor) -> bool:
         """float32 neox rotation of whole heads: the same arithmetic written back into

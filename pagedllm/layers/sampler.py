@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pagedllm.layers.grammar_bitmask import apply_grammar_bitmask_
+from pagedllm.layers.grammar_bitmask import grammar_masked_logits
 from pagedllm.layers.sampling_metadata import PenaltyState, SamplingMetadata
 
 _SAMPLING_EPS = 1e-5
@@ -147,9 +147,11 @@ def apply_logits_processing(logits: torch.Tensor, metadata: SamplingMetadata) ->
     if md.allowed_token_mask is None and md.banned_tokens is None and md.logit_bias is None:
         if md.penalties is None and md.grammar_bitmask is None:
             return logits
-    logits = logits.clone()  # everything below works in place on our own copy
+    # Everything below works in place on our own copy (under a grammar, the masked one).
     if md.grammar_bitmask is not None:
-        apply_grammar_bitmask_(logits, md.grammar_bitmask)
+        logits = grammar_masked_logits(logits, md.grammar_bitmask)
+    else:
+        logits = logits.clone()
     neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
     if md.allowed_token_mask is not None:
         rows, mask = md.allowed_token_mask.rows, md.allowed_token_mask.mask

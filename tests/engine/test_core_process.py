@@ -164,6 +164,42 @@ def test_core_exits_when_the_front_end_dies(tiny_llama_dir: str) -> None:
         front.kill()
 
 
+def test_core_still_starting_exits_when_the_front_end_dies(
+    tiny_llama_dir: str, tmp_path: Path
+) -> None:
+    """A core stuck in its start-up (here: its weights file is a FIFO nobody writes, so
+    opening it blocks) leaves as soon as the front end's process is gone, not when the
+    start finishes (which here would be never)."""
+    (tmp_path / "config.json").write_text((Path(tiny_llama_dir) / "config.json").read_text())
+    os.mkfifo(tmp_path / "model.safetensors")
+    front = subprocess.Popen([sys.executable, "-c", FRONT_END, str(tmp_path)])
+    try:
+        core_pid = _wait_child_core(front.pid)
+        time.sleep(1.0)  # into the blocking open
+        assert _alive(core_pid), "the core should still be starting"
+        front.kill()
+        front.wait(timeout=10)
+        assert _wait_gone(core_pid, timeout_s=10), "a starting core outlived its front end"
+    finally:
+        front.kill()
+
+
+def _wait_child_core(parent: int, timeout_s: float = 60.0) -> int:
+    """The pid of `parent`'s engine-core child process, once it has started."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"engine_core_proc" in cmdline:
+                return int(pid)
+        time.sleep(0.1)
+    raise AssertionError("no engine core process started")
+
+
 def test_start_up_error_reaches_the_caller_and_leaves_no_process(
     tiny_llama_dir: str, tmp_path: Path
 ) -> None:

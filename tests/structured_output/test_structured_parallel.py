@@ -105,12 +105,35 @@ def test_parallel_fill_and_advance_are_bit_identical_to_serial(smol_llm: Any, ba
         # Rows handed over out of order land where they belong too.
         order = list(np.random.default_rng(1).permutation(len(grammars)))
         shuffled = _fill(manager, [grammars[i] for i in order], 1)
+        prefilled = [
+            _fill_over(manager, grammars, fill, rows) for fill in (0, -1) for rows in (1, 1 << 30)
+        ]
     finally:
         manager.shutdown()
     assert len({row.tobytes() for row in serial}) > 8  # the rows really differ
     assert np.array_equal(serial, parallel)
     assert np.array_equal(serial, twins_parallel)  # batch-advanced twins: same states
     assert np.array_equal(serial[order], shuffled)
+    # The backends write every word of a row: the manager's uninitialised buffer is safe.
+    assert all(np.array_equal(serial, p) for p in prefilled)
+
+
+def _fill_over(
+    manager: StructuredOutputManager,
+    grammars: list[StructuredOutputGrammar],
+    word: int,
+    min_rows: int,
+) -> np.ndarray:
+    """The backend's fill into a buffer whose words were all `word` before."""
+    bitmask = np.full((len(grammars), manager.num_words), word, dtype=np.int32)
+    old = tuning.PARALLEL_FILL_MIN_ROWS
+    tuning.PARALLEL_FILL_MIN_ROWS = min_rows
+    try:
+        backend = manager._get_backend()
+        backend.fill_bitmask([(g, i) for i, g in enumerate(grammars)], bitmask)
+    finally:
+        tuning.PARALLEL_FILL_MIN_ROWS = old
+    return bitmask
 
 
 def test_constrained_tokens_same_with_serial_and_parallel_fill(

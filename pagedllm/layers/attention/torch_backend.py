@@ -18,12 +18,14 @@ softmax); with a soft-cap the softmax is written out (SDPA has no such hook).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pagedllm.layers.attention.backend import AttentionBackend
 from pagedllm.layers.attention.metadata import AttentionMetadata
+from pagedllm.layers.cpu import decode_ops
 
 
 def _cache_slots(block_tables: torch.Tensor, block_size: int, max_k: int) -> torch.Tensor:
@@ -245,6 +247,26 @@ def write_kv_cache(
     value_cache.index_copy_(0, slots, value[:num_tokens][valid].to(value_cache.dtype))
 
 
+def _fused_ops(x: torch.Tensor, kv_cache: torch.Tensor) -> Any | None:
+    """The C++ CPU ops (layers/cpu/decode_ops.cpp) where x and the cache are float32 CPU."""
+    if x.dtype == torch.float32 and kv_cache.dtype == torch.float32 and kv_cache.is_cpu:
+        return decode_ops.decode_ops() if x.is_cpu and x.stride(-1) == 1 else None
+    return None
+
+
+def _all_decode(query: torch.Tensor, metadata: AttentionMetadata) -> bool:
+    """One new token per sequence (and int32 tables on the CPU, as input_prep makes)."""
+    return (
+        metadata.max_query_len == 1
+        and query.shape[0] == metadata.seq_lens.shape[0]
+        and metadata.seq_lens.dtype == torch.int32
+        and metadata.block_tables.dtype == torch.int32
+        and metadata.seq_lens.is_cpu
+        and metadata.seq_lens.is_contiguous()
+        and metadata.block_tables.is_contiguous()
+    )
+
+
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     supports_window_and_soft_cap = True
@@ -256,6 +278,10 @@ class TorchAttentionBackend(AttentionBackend):
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
         slot_mapping: torch.Tensor,  # [T] int64
     ) -> None:
+        ops = _fused_ops(key, kv_cache)
+        if ops is not None and slot_mapping.is_contiguous():
+            ops.write_kv(key, value, kv_cache, slot_mapping.long())
+            return
         write_kv_cache(key, value, kv_cache, slot_mapping)
 
     def forward(
@@ -268,6 +294,13 @@ class TorchAttentionBackend(AttentionBackend):
         sliding_window: int | None = None,
         soft_cap: float | None = None,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
+        ops = _fused_ops(query, kv_cache)
+        plain = sliding_window is None and soft_cap is None
+        if ops is not None and plain and _all_decode(query, metadata):
+            # One C++ call reads the keys in place through the block table.
+            return ops.decode_attention(  # type: ignore[no-any-return]
+                query.contiguous(), kv_cache, metadata.block_tables, metadata.seq_lens, scale
+            )
         block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
         key_cache = kv_cache[0].view(-1, num_kv_heads, head_dim)
         value_cache = kv_cache[1].view(-1, num_kv_heads, head_dim)

@@ -11,6 +11,9 @@ The pairs are the T*k flat indices i = t*k + j of topk_ids (token t's j-th exper
 
 Padding entries hold T*k (no pair): the kernel masks them. Blocks past
 num_tokens_post_padded hold expert E and are skipped by the kernel.
+
+On CUDA three Triton launches compute it (kernels/triton_moe_align.py); the torch ops
+below (about 25 launches, a stable sort among them) are its reference and CPU path.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ def moe_align_block_size(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sorted_token_ids [P] int32, expert_ids [cdiv(P, block_m)] int32,
     num_tokens_post_padded [1] int32), P = max_padded_len(T*k, E, block_m)."""
+    if topk_ids.is_cuda:
+        # Imported here: triton must not be imported before TRITON_INTERPRET is settled.
+        from pagedllm.layers.kernels.triton_moe_align import moe_align_block_size_triton
+
+        total = max_padded_len(topk_ids.numel(), num_experts, block_m)
+        return moe_align_block_size_triton(topk_ids, block_m, num_experts, total)
+    return moe_align_block_size_torch(topk_ids, block_m, num_experts)
+
+
+def moe_align_block_size_torch(
+    topk_ids: torch.Tensor,  # [T, k] int
+    block_m: int,
+    num_experts: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The torch ops (the reference of the Triton kernels)."""
     flat = topk_ids.reshape(-1).long()
     num_pairs, device = flat.numel(), flat.device
     counts = torch.zeros(num_experts, dtype=torch.long, device=device)

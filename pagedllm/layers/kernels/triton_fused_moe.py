@@ -10,6 +10,11 @@ A's row of pair i is i // A_ROW_DIV: the token (A = hidden states [T, K], A_ROW_
 top_k) for the gate/up GEMM, the pair itself (A = activations [T*k, K], A_ROW_DIV = 1)
 for the down GEMM, which also multiplies row i by topk_weights[i] (MUL_ROUTED_WEIGHT).
 C is [T*k, N], row i = pair i; padded rows are never stored.
+
+GATED (the gate/up GEMM): B is w13 [E, 2N, K] and each program multiplies its A tile by
+the gate rows n.. and the up rows N + n.. of its expert (two accumulators), then stores
+silu(gate) * up, rounded as gate_up in the model dtype followed by silu_and_mul
+(kernels/triton_activation.py): no [T*k, 2N] gate_up buffer, no separate launch.
 Torch reference: fused_moe/moe_torch.fused_experts_torch (the CPU path of the experts).
 """
 
@@ -34,7 +39,7 @@ from pagedllm.triton_utils import (
 @triton.jit(do_not_specialize=["P", "num_valid"])
 def _fused_moe_kernel(
     a_ptr,  # [M_a, K] strides (stride_am, 1)
-    b_ptr,  # [E, N, K] strides (stride_be, stride_bn, 1)
+    b_ptr,  # [E, N, K] (GATED: [E, 2N, K]) strides (stride_be, stride_bn, 1)
     c_ptr,  # [T*k, N] strides (stride_cm, 1)
     topk_weights_ptr,  # [T*k] float32 (read with MUL_ROUTED_WEIGHT)
     sorted_token_ids_ptr,  # [P] int32, flat pair index or num_valid (padding)
@@ -50,6 +55,7 @@ def _fused_moe_kernel(
     stride_cm,
     A_ROW_DIV: tl.constexpr,
     MUL_ROUTED_WEIGHT: tl.constexpr,
+    GATED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -75,24 +81,34 @@ def _fused_moe_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + (pair // A_ROW_DIV)[:, None] * stride_am + offs_k[None, :]
     b_ptrs = b_ptr + expert * stride_be + offs_bn[None, :] * stride_bn + offs_k[:, None]
+    up_off = N * stride_bn  # GATED: the up rows follow the N gate rows
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         k_ok = offs_k < K - k0 * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        if GATED:
+            b_up = tl.load(b_ptrs + up_off, mask=k_ok[:, None], other=0.0)
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
+    dtype = c_ptr.dtype.element_ty
+    if GATED:  # rounded as gate_up in `dtype`, then silu_and_mul
+        gate = acc.to(dtype).to(tl.float32)
+        silu = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
+        acc = silu * acc_up.to(dtype).to(tl.float32)
     if MUL_ROUTED_WEIGHT:
         weight = tl.load(topk_weights_ptr + pair, mask=row_ok, other=0.0)
         acc = acc * weight[:, None]
     c_ptrs = c_ptr + pair[:, None] * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
+    tl.store(c_ptrs, acc.to(dtype), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
 
 def invoke_fused_moe_kernel(
     a: torch.Tensor,  # [M_a, K]
-    b: torch.Tensor,  # [E, N, K]
+    b: torch.Tensor,  # [E, N, K]; gated: [E, 2N, K]
     c: torch.Tensor,  # [T*k, N] written
     topk_weights: torch.Tensor,  # [T*k] float32
     sorted_token_ids: torch.Tensor,  # [P] int32
@@ -101,15 +117,19 @@ def invoke_fused_moe_kernel(
     a_row_div: int,
     mul_routed_weight: bool,
     config: dict[str, int],
+    gated: bool = False,
 ) -> None:
-    """One grouped GEMM; `config` holds BLOCK_M/N/K, GROUP_M, num_warps, num_stages."""
+    """One grouped GEMM; `config` holds BLOCK_M/N/K, GROUP_M, num_warps, num_stages.
+    `gated`: c = silu(gate) * up of b's two row halves (the gate/up GEMM)."""
     check_dtype("a", a, FLOAT_DTYPES)
     check_last_dim_contiguous("a", a)
     check_contiguous("b", b)
     check_last_dim_contiguous("c", c)
-    if b.shape[2] != a.shape[1] or c.shape[1] != b.shape[1]:
-        raise ValueError(f"shapes a {tuple(a.shape)} b {tuple(b.shape)} c {tuple(c.shape)}")
-    num_pairs, (_, n, k) = c.shape[0], b.shape
+    if b.shape[2] != a.shape[1] or b.shape[1] != c.shape[1] * (2 if gated else 1):
+        raise ValueError(
+            f"shapes a {tuple(a.shape)} b {tuple(b.shape)} c {tuple(c.shape)} (gated={gated})"
+        )
+    num_pairs, n, k = c.shape[0], c.shape[1], b.shape[2]
     p = sorted_token_ids.numel()
     grid = (cdiv(p, config["BLOCK_M"]) * cdiv(n, config["BLOCK_N"]),)
     launch(
@@ -133,6 +153,7 @@ def invoke_fused_moe_kernel(
         c.stride(0),
         A_ROW_DIV=a_row_div,
         MUL_ROUTED_WEIGHT=mul_routed_weight,
+        GATED=gated,
         DOT_PRECISION=dot_precision(a.dtype),
         **config,
     )

@@ -14,17 +14,33 @@ Tile = tuple[int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, p
 _Entry = TypeVar("_Entry")
 
 # Packed integer weights (K-packed int4/int8, triton_quant_gemv / triton_quant_gemm).
-# Values from `scripts/gpu_quant_sweep.py` on an H200, 2026-12-01 07:52 (docs/benchmarks.md).
-INT_GEMV_MAX_ROWS = 0  # rows up to which the FMA GEMV beats the tensor-core kernel
+# Values from `scripts/gpu_quant_sweep.py` on an H200, 2026-12-01 07:52; the GEMV rows
+# re-swept with prefetch (3 stages) at 16:36 (docs/benchmarks.md): at one row the GEMV
+# (119.9 us over the four Llama-3.1-8B shapes) now beats the tensor-core kernel (130.1).
+INT_GEMV_MAX_ROWS = 1  # rows up to which the FMA GEMV beats the tensor-core kernel
 INT_GEMV_TILES: dict[int, Tile] = {
-    1: (1, 64, 128, 4, 8),
+    1: (1, 64, 128, 4, 4),
     4: (2, 128, 128, 4, 4),
     8: (8, 32, 128, 4, 4),
     16: (16, 32, 128, 8, 4),
 }
 # Loads in flight in the GEMV's K loop (tl.range num_stages: without it Triton prefetches
-# nothing in a loop without tl.dot). Not yet swept: the sweep above ran without prefetch.
+# nothing in a loop without tl.dot); the 16:36 sweep ran with these.
 INT_GEMV_STAGES = 3
+# The bandwidth-shaped GEMV (triton_quant_gemv_wide: short split-K ranges, one-launch
+# deterministic split sum) runs for rows up to INT_GEMV_WIDE_MAX_ROWS, before the GEMV
+# above; 0 (off) until `scripts/gpu_quant_sweep.py --only int` has measured it on an H200.
+INT_GEMV_WIDE_MAX_ROWS = 0
+# Swept on the H200 (the sweep at 17:05, 2026-12-01): 77.5 us over the four
+# Llama-3.1-8B shapes at one row against 120.8 for the GEMV above (1.50 TB/s of int4
+# weight), the sweep's float32 check passing. Still 0 above: its CUDA test failed against
+# a reference that rounds W to bf16 (the test now compares with the exact product, not yet
+# re-run on a GPU) and L1 with it has not been measured; set 1 once both are in.
+INT_GEMV_WIDE_TILES: dict[int, Tile] = {
+    1: (1, 64, 256, 4, 32),
+    4: (4, 64, 128, 4, 8),
+}
+INT_GEMV_WIDE_STAGES = 1
 INT_GEMM_TILES: dict[int, Tile] = {
     1: (16, 128, 128, 4, 8),
     4: (16, 128, 128, 4, 8),

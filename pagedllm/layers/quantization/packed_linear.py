@@ -90,7 +90,6 @@ class PackedLinearMethod(LinearMethodBase):
         group = int(layer.quant_group_size)
         if x.is_cuda:
             from pagedllm.layers.kernels.triton_quant_gemm import quant_gemm
-            from pagedllm.layers.kernels.triton_quant_gemv import quant_gemv
             from pagedllm.layers.quantization import kernel_table
 
             x = x.contiguous()
@@ -104,12 +103,37 @@ class PackedLinearMethod(LinearMethodBase):
                     layer.qweight, self.bits, group, scales, zeros, x.dtype, g_idx
                 )
                 return x @ w
-            if affine and g_idx is None and rows <= kernel_table.INT_GEMV_MAX_ROWS:
+            if affine and g_idx is None:
                 assert scales is not None and zeros is not None
-                return quant_gemv(x, layer.qweight, self.bits, group, scales, zeros)
+                y = decode_gemv(x, layer.qweight, self.bits, group, scales, zeros)
+                if y is not None:
+                    return y
             return quant_gemm(x, layer.qweight, self.bits, group, scales, zeros, g_idx, lut)
         weight = dequantize_ref(layer.qweight, self.bits, scales, zeros, g_idx, group, lut)
         return x @ weight.to(x.dtype)
+
+
+def decode_gemv(
+    x: torch.Tensor,  # [M, K] on CUDA (or CPU under TRITON_INTERPRET=1)
+    qweight: torch.Tensor,
+    bits: int,
+    group: int,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+) -> torch.Tensor | None:
+    """The few-row GEMV that kernel_table picks for x's row count: the wide one
+    (triton_quant_gemv_wide) up to INT_GEMV_WIDE_MAX_ROWS, then triton_quant_gemv up to
+    INT_GEMV_MAX_ROWS; None above both (the caller's tensor-core kernel)."""
+    from pagedllm.layers.kernels import triton_quant_gemv_wide as wide
+    from pagedllm.layers.kernels.triton_quant_gemv import quant_gemv
+    from pagedllm.layers.quantization import kernel_table
+
+    rows = x.shape[0]
+    if rows <= kernel_table.INT_GEMV_WIDE_MAX_ROWS and wide.supports(group, bits):
+        return wide.quant_gemv_wide(x, qweight, bits, group, scales, zeros)
+    if rows <= kernel_table.INT_GEMV_MAX_ROWS:
+        return quant_gemv(x, qweight, bits, group, scales, zeros)
+    return None
 
 
 def sort_act_order(

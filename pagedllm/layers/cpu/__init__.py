@@ -1,0 +1,1 @@
+"""Fused CPU ops (C++ extensions built on first use)."""
