@@ -33,9 +33,9 @@ def decode_ops() -> Any | None:
     if os.environ.get("PAGEDLLM_CPU_DECODE_OPS", "1") == "0" or not _supported_cpu():
         return None
     try:
-        from torch.utils.cpp_extension import load
+        from pagedllm.layers.cpu.extension import load_extension
 
-        return load(name="pagedllm_cpu_decode_ops", sources=[_SOURCE], extra_cflags=_FLAGS)
+        return load_extension("pagedllm_cpu_decode_ops", [_SOURCE], _FLAGS)
     except Exception as exc:  # no compiler, missing headers, ...
         logger.warning("cannot build the CPU decode ops (%s); using torch ops", exc)
         return None

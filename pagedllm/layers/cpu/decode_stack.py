@@ -40,6 +40,7 @@ _SOURCES = [
     os.path.join(_HERE, "decode_ops.cpp"),
     *gguf_kernels.SOURCES,
 ]
+_HEADERS = [os.path.join(_HERE, "cpu_kernels.h"), gguf_kernels.HEADER]
 # The union of the kernels' flags (no FMA contraction: decode_ops' rotary rounding).
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-DPAGEDLLM_NO_PYBIND_MODULE"]
 _EMPTY_MINS = torch.empty(0, dtype=torch.float16)
@@ -56,14 +57,10 @@ def decode_stack_extension() -> Any | None:
     if decode_ops.decode_ops() is None or cpu_extension() is None:
         return None  # no AVX2 or compiler, or those kernels turned off
     try:
-        from torch.utils.cpp_extension import load
+        from pagedllm.layers.cpu.extension import load_extension
 
-        return load(
-            name="pagedllm_cpu_decode_stack",
-            sources=_SOURCES,
-            extra_cflags=[*_FLAGS, gguf_kernels.header_flag()],
-            extra_include_paths=[_HERE],
-        )
+        flags = [*_FLAGS, gguf_kernels.header_flag()]
+        return load_extension("pagedllm_cpu_decode_stack", _SOURCES, flags, _HEADERS, [_HERE])
     except Exception as exc:  # no compiler, missing headers, ...
         logger.warning("cannot build the CPU decode stack (%s); using the Python layers", exc)
         return None

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(__file__)
 SOURCES = [os.path.join(_HERE, f) for f in ("gguf_cpu_kernel.cpp", "gguf_cpu_panel.cpp")]
-_HEADER = os.path.join(_HERE, "gguf_cpu_common.h")
+HEADER = os.path.join(_HERE, "gguf_cpu_common.h")
 # No FMA contraction of scalar code: the CPU decode stack (layers/cpu/decode_stack.py)
 # compiles these sources again beside decode_ops.cpp, which needs it, and must round
 # as this build does (its hidden states equal the Python layers' bit for bit).
@@ -40,7 +40,7 @@ _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
 def header_flag() -> str:
     """torch rebuilds an extension when its sources change, not its headers: the
     header's hash goes into the flags."""
-    with open(_HEADER, "rb") as f:
+    with open(HEADER, "rb") as f:
         return f"-DPAGEDLLM_GGUF_HEADER={zlib.crc32(f.read())}"
 
 
@@ -59,14 +59,9 @@ def cpu_extension() -> Any | None:
         logger.warning("no AVX2 CPU: GGUF weights are dequantized per call (slow)")
         return None
     try:
-        from torch.utils.cpp_extension import load
+        from pagedllm.layers.cpu.extension import load_extension
 
-        return load(
-            name="pagedllm_gguf_cpu",
-            sources=SOURCES,
-            extra_cflags=[*_FLAGS, header_flag()],
-            verbose=False,
-        )
+        return load_extension("pagedllm_gguf_cpu", SOURCES, [*_FLAGS, header_flag()], [HEADER])
     except Exception as exc:  # no compiler, missing headers, ...
         logger.warning("cannot build the GGUF CPU kernel (%s); dequantizing per call", exc)
         return None
