@@ -138,6 +138,9 @@ class LlamaModel(DecoderStack):
     """Only this pipeline stage's layers are built (see models/pipeline.py); with pp = 1
     that is all of them."""
 
+    # The layer and MLP types the CPU decode stack (layers/cpu/decode_stack.py) runs.
+    decode_stack_types = (LlamaDecoderLayer, LlamaMLP)
+
     def __init__(
         self,
         config: PretrainedConfig,

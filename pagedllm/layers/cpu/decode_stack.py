@@ -179,15 +179,15 @@ def _static_reason(model: Any) -> str | None:
     """Why the model's layers cannot run as the stack (None: they can)."""
     from pagedllm.layers.activation import SiluAndMul
     from pagedllm.layers.attention.torch_backend import TorchAttentionBackend
-    from pagedllm.models.llama import LlamaDecoderLayer, LlamaMLP
 
+    layer_type, mlp_type = model.decode_stack_types  # models/llama.py's, not imported here
     if model.start_layer != 0 or model.end_layer != len(model.layers):
         return "pipeline stages"
     if not model.is_last_stage or not model.layers:
         return "not the last pipeline stage"
     eps = model.norm.variance_epsilon
     for layer in model.layers:
-        if not isinstance(layer, LlamaDecoderLayer) or type(layer.mlp) is not LlamaMLP:
+        if not isinstance(layer, layer_type) or type(layer.mlp) is not mlp_type:
             return f"layer type {type(layer).__name__} / {type(layer.mlp).__name__}"
         a, mlp = layer.self_attn, layer.mlp
         if not isinstance(mlp.act_fn, SiluAndMul):
