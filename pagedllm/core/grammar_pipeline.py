@@ -84,8 +84,7 @@ def _wait_and_advance(
     result: Any, rows: list[GrammarRow]
 ) -> tuple[ModelRunnerOutput, dict[str, bool]]:
     output: ModelRunnerOutput = result.get()
-    taken = [(row, output.sampled_token_ids[row.index]) for row in rows]
-    batch = [(row.grammar, token) for row, token in taken if token is not None]
-    accepted = accept_grammar_tokens(batch)
-    req_ids = [row.req_id for row, token in taken if token is not None]
-    return output, dict(zip(req_ids, accepted))
+    tokens = output.sampled_token_ids
+    sampled = [(row, token) for row in rows if (token := tokens[row.index]) is not None]
+    accepted = accept_grammar_tokens([(row.grammar, token) for row, token in sampled])
+    return output, {row.req_id: ok for (row, _), ok in zip(sampled, accepted)}

@@ -19,7 +19,7 @@ NAME = "pagedllm_cpu_decode_ops"
 LOAD = (
     "from pagedllm.layers.cpu import decode_ops as d\n"
     "from pagedllm.layers.cpu.extension import load_extension\n"
-    f"m = load_extension({NAME!r}, [d._SOURCE], d._FLAGS)\n"
+    f"m = load_extension({NAME!r}, [d.SOURCE], d.FLAGS)\n"
     "print(m.__file__, hasattr(m, 'rms_norm'))\n"
 )
 
@@ -46,7 +46,7 @@ def _load_in_child(root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_built_extension_loads_despite_a_stale_lock(tmp_path: Path) -> None:
-    build = _built_copy(tmp_path, _digest([decode_ops._SOURCE], decode_ops._FLAGS))
+    build = _built_copy(tmp_path, _digest([decode_ops.SOURCE], decode_ops.FLAGS))
     done = _load_in_child(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(build / f"{NAME}.so"), "True"]

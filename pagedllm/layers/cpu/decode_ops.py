@@ -22,9 +22,9 @@ from pagedllm.layers.quantization.gguf_kernels import _supported_cpu
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "decode_ops.cpp")
+SOURCE = os.path.join(os.path.dirname(__file__), "decode_ops.cpp")
 # No contraction into FMA: the rotary then rounds as the torch ops do (bit for bit).
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,7 +35,7 @@ def decode_ops() -> Any | None:
     try:
         from pagedllm.layers.cpu.extension import load_extension
 
-        return load_extension("pagedllm_cpu_decode_ops", [_SOURCE], _FLAGS)
+        return load_extension("pagedllm_cpu_decode_ops", [SOURCE], FLAGS)
     except Exception as exc:  # no compiler, missing headers, ...
         logger.warning("cannot build the CPU decode ops (%s); using torch ops", exc)
         return None

@@ -29,7 +29,6 @@ from pagedllm.layers import cpu_linear
 from pagedllm.layers.attention.metadata import AttentionMetadata
 from pagedllm.layers.cpu import decode_ops
 from pagedllm.layers.quantization import gguf_kernels
-from pagedllm.layers.quantization.gguf_kernels import DEQUANT_MIN_ROWS, cpu_extension
 from pagedllm.layers.quantization.gguf_repack import PackedGGUF
 
 logger = logging.getLogger(__name__)
@@ -41,8 +40,8 @@ _SOURCES = [
     *gguf_kernels.SOURCES,
 ]
 _HEADERS = [os.path.join(_HERE, "cpu_kernels.h"), gguf_kernels.HEADER]
-# The union of the kernels' flags (no FMA contraction: decode_ops' rotary rounding).
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-DPAGEDLLM_NO_PYBIND_MODULE"]
+# The union of the two kernels' own flags, so that their code here rounds as there.
+_FLAGS = [*dict.fromkeys([*decode_ops.FLAGS, *gguf_kernels.FLAGS]), "-DPAGEDLLM_NO_PYBIND_MODULE"]
 _EMPTY_MINS = torch.empty(0, dtype=torch.float16)
 _ATTR = "_cpu_decode_stack"  # on the model: the DecodeStack, or False where it cannot apply
 
@@ -54,7 +53,7 @@ def enabled() -> bool:
 @functools.lru_cache(maxsize=1)
 def decode_stack_extension() -> Any | None:
     """The compiled module, or None (logged once) where it cannot be had."""
-    if decode_ops.decode_ops() is None or cpu_extension() is None:
+    if decode_ops.decode_ops() is None or gguf_kernels.cpu_extension() is None:
         return None  # no AVX2 or compiler, or those kernels turned off
     try:
         from pagedllm.layers.cpu.extension import load_extension
@@ -102,7 +101,7 @@ def _step_applies(
     """The per-step conditions (cheap: this runs every step)."""
     n = input_ids.shape[0]
     return (
-        0 < n < DEQUANT_MIN_ROWS
+        0 < n < gguf_kernels.DEQUANT_MIN_ROWS
         and input_ids.is_cpu
         and md.max_query_len == 1
         and md.seq_lens.shape[0] == n

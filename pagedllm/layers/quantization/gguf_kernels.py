@@ -34,7 +34,7 @@ HEADER = os.path.join(_HERE, "gguf_cpu_common.h")
 # No FMA contraction of scalar code: the CPU decode stack (layers/cpu/decode_stack.py)
 # compiles these sources again beside decode_ops.cpp, which needs it, and must round
 # as this build does (its hidden states equal the Python layers' bit for bit).
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
 
 
 def header_flag() -> str:
@@ -61,7 +61,7 @@ def cpu_extension() -> Any | None:
     try:
         from pagedllm.layers.cpu.extension import load_extension
 
-        return load_extension("pagedllm_gguf_cpu", SOURCES, [*_FLAGS, header_flag()], [HEADER])
+        return load_extension("pagedllm_gguf_cpu", SOURCES, [*FLAGS, header_flag()], [HEADER])
     except Exception as exc:  # no compiler, missing headers, ...
         logger.warning("cannot build the GGUF CPU kernel (%s); dequantizing per call", exc)
         return None
