@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineArgs
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.gc_utils import frozen_heap
 from pagedllm.outputs import PoolingRequestOutput, RequestOutput
 from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
 
@@ -63,8 +64,7 @@ class LLM:
         final = [p.clone() for p in params]
         for p in final:
             p.output_kind = RequestOutputKind.FINAL_ONLY
-        ids = self._add_requests(prompt_list, final)
-        return self._run_to_completion(ids, use_tqdm)  # type: ignore[return-value]
+        return self._run_all(prompt_list, final, use_tqdm)  # type: ignore[return-value]
 
     def stream(
         self,
@@ -119,8 +119,7 @@ class LLM:
     ) -> list[PoolingRequestOutput]:
         prompt_list = _as_prompt_list(prompts)
         params = [pooling_params or PoolingParams()] * len(prompt_list)
-        ids = self._add_requests(prompt_list, params)
-        return self._run_to_completion(ids, use_tqdm)  # type: ignore[return-value]
+        return self._run_all(prompt_list, params, use_tqdm)  # type: ignore[return-value]
 
     encode = embed
 
@@ -154,6 +153,14 @@ class LLM:
             engine.abort_request(ids)
             raise
         return ids
+
+    def _run_all(
+        self, prompts: list[Any], params: Sequence[SamplingParams | PoolingParams], use_tqdm: bool
+    ) -> list[RequestOutput | PoolingRequestOutput]:
+        """Add every request and run them to the end, the heap frozen meanwhile (the full
+        collections of a long call then skip the model, torch and the user's objects)."""
+        with frozen_heap():
+            return self._run_to_completion(self._add_requests(prompts, params), use_tqdm)
 
     def _run_to_completion(
         self, ids: list[str], use_tqdm: bool

@@ -92,6 +92,7 @@ def s1_requests(model_dir: str, args: argparse.Namespace) -> list[Any]:
 def offline_child(args: argparse.Namespace) -> None:
     """Runs in the child process: the timed LLM.generate, its result written as JSON."""
     from pagedllm import LLM, SamplingParams
+    from pagedllm.gc_utils import maybe_attach_gc_debug_callback
 
     requests = s1_requests(args.model_dir, args)
     llm = LLM(model=args.model_dir, **(TINY_KWARGS if args.tiny else ENGINE_KWARGS))
@@ -100,12 +101,18 @@ def offline_child(args: argparse.Namespace) -> None:
         temperature=1.0, ignore_eos=True, max_tokens=args.output_len, detokenize=False
     )
     llm.generate(prompts[:8], params, use_tqdm=False)  # warm-up
+    gc_debug = maybe_attach_gc_debug_callback("offline")  # PAGEDLLM_GC_DEBUG=1: GC counted
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
+    gc_totals = gc_debug.totals() if gc_debug is not None else None  # the timed call's
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
     llm.shutdown()
-    result = dict(elapsed_s=elapsed, output_tokens=produced, output_throughput=produced / elapsed)
+    result: dict[str, Any] = dict(
+        elapsed_s=elapsed, output_tokens=produced, output_throughput=produced / elapsed
+    )
+    if gc_totals is not None:  # [count, ms] by generation over the timed run
+        result["gc_by_generation"] = gc_totals
     Path(args.offline_child).write_text(json.dumps(result))
 
 
@@ -135,6 +142,8 @@ def run_offline(model_dir: str, args: argparse.Namespace, out: Path) -> dict[str
         return None
     result: dict[str, Any] = json.loads(path.read_text())
     print(f"offline: {result['output_throughput']:,.1f} output tok/s", flush=True)
+    if "gc_by_generation" in result:
+        print(f"offline GC [count, ms] by generation: {result['gc_by_generation']}", flush=True)
     return result
 
 

@@ -1,7 +1,7 @@
 """The package's imports flow one way: entrypoints -> engine (front end) -> core ->
 executor -> worker -> models and model_loader -> layers -> distributed. A module may
 import its own layer and the layers below it, and the leaf modules every layer shares
-(config, sampling_params, outputs, scheduler_output, exceptions, triton_utils); lazy imports inside functions
+(config, sampling_params, outputs, scheduler_output, exceptions, triton_utils, gc_utils); lazy imports inside functions
 count too."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ LEAVES = {
     "scheduler_output",
     "exceptions",  # InvalidRequestError (a ValueError naming the request field)
     "triton_utils",  # the Triton launch helpers of every kernel (layers' and distributed's)
+    "gc_utils",  # the serving processes' garbage-collector set-up (core, servers, workers)
 }
 
 

@@ -221,3 +221,33 @@ def test_n_samples_share_prompt_blocks_copy_free(tiny_llama_dir: str) -> None:
     while engine.has_unfinished_requests():
         engine.step()
     engine.check_integrity()
+
+
+def test_generate_freezes_the_heap_for_the_call_only(
+    tiny_llama_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Collections during generate skip the objects from before it (the model, torch),
+    and after it (also after a failed call) nothing stays frozen in the user's process."""
+    import gc
+
+    llm = tiny_llm(tiny_llama_dir)
+    prompts, params = mixed_requests(8)
+    seen: list[int] = []
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(gc.get_freeze_count())
+
+    old = gc.get_threshold()
+    monkeypatch.setenv("PAGEDLLM_GC_THRESHOLD", "50,10,10")  # collections every few allocations
+    gc.callbacks.append(record)
+    try:
+        llm.generate(prompts, params, use_tqdm=False)
+        frozen = [n for n in seen if n > 10_000]  # the model and torch, frozen in the call
+        assert len(frozen) > len(seen) // 2, seen
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == old
+        with pytest.raises(ValueError):
+            llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(max_tokens=-1))
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.callbacks.remove(record)

@@ -41,6 +41,7 @@ from pagedllm.core.busy_loop import SHUTDOWN, EngineCoreBusyLoop, InputItem
 from pagedllm.core.engine_core import EngineCore
 from pagedllm.core.messages import EngineCoreOutputs, RequestType, make_encoder, request_decoder
 from pagedllm.core.output_router import OutputRouter
+from pagedllm.gc_utils import prepare_serving_process
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def run_engine_core(
         sys.exit(1)
     finally:
         started.set()
+    prepare_serving_process("engine core")
     input_queue: queue.Queue[InputItem | None] = queue.Queue()
     output_queue: queue.Queue[EngineCoreOutputs | None] = queue.Queue()
     _stop_on_sigterm(input_queue)

@@ -25,6 +25,7 @@ from typing import Any
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed.shm_broadcast import Handle, MessageQueue
+from pagedllm.gc_utils import prepare_serving_process
 
 REPLY_ALL, REPLY_OUTPUT = 0, 1  # every rank answers on its pipe / the output rank on the queue
 SHUTDOWN = "__shutdown__"
@@ -158,6 +159,7 @@ def worker_main(
     except BaseException as exc:
         conn.send(("error", error_payload(exc)))
         return
+    prepare_serving_process(f"worker {rank}")
     conn.send(("ok", None))
     try:
         WorkerServer(worker, conn, broadcast, response).run()

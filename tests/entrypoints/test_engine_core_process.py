@@ -68,3 +68,13 @@ def test_a_killed_core_is_errors_not_a_hang() -> None:
         assert server.proc.wait(timeout=30) == 0
     finally:
         server.stop()
+
+
+def test_the_core_and_the_server_freeze_their_start_up_heaps(server: RemoteServer) -> None:
+    """Both processes move their start-up objects out of the collector's scans (a full
+    collection of them paused serving for 60-150 ms)."""
+    log = server.log_path.read_text(errors="replace")
+    for process in ("engine core", "API server"):
+        frozen = [line for line in log.splitlines() if f"{process}: " in line and "frozen" in line]
+        assert frozen, f"no freeze logged by the {process}:\n{server.log_tail()}"
+        assert int(frozen[0].split(f"{process}: ")[1].split()[0]) > 10_000

@@ -42,6 +42,7 @@ from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from pagedllm.entrypoints.shutdown import InflightRequests
+from pagedllm.gc_utils import prepare_serving_process
 
 __all__ = [
     "API_KEY_ENV_VARS",
@@ -225,7 +226,9 @@ def run_server(args: argparse.Namespace) -> None:
         return
 
     def make_app() -> FastAPI:
-        return build_app(engine_args_from_namespace(args), **app_kwargs(args))
+        app = build_app(engine_args_from_namespace(args), **app_kwargs(args))
+        prepare_serving_process("API server")
+        return app
 
     start_or_exit(args, make_app, timeout_keep_alive=5)
 

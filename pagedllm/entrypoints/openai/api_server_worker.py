@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.core_launch import CoreEndpoints
+from pagedllm.gc_utils import prepare_serving_process
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
 
@@ -60,6 +61,7 @@ def serve(spec: WorkerSpec) -> None:
     log_stats = spec.endpoints.client_index == 0 and not engine_args.disable_log_stats
     engine = AsyncLLM(config, tokenizer, client, log_stats)
     app = build_app(engine_args, engine=engine, **app_kwargs(args))
+    prepare_serving_process(f"API server {spec.endpoints.client_index}")
     sock = socket.socket(fileno=spec.listen_fd)
     logger.info("API server %d (pid %d) ready", spec.endpoints.client_index, os.getpid())
     serve_http(
