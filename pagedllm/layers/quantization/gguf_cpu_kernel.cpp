@@ -22,6 +22,7 @@
 
 #include "gguf_cpu_common.h"
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -283,10 +284,24 @@ torch::Tensor gguf_dequantize(torch::Tensor qweight, torch::Tensor scales, torch
   return out;
 }
 
+// How many threads at::parallel_for spreads n items over: 1 when the module is built
+// without -fopenmp (then at::parallel_for's pragma is ignored), whatever torch's count.
+int64_t parallel_threads(int64_t n) {
+  std::atomic<int64_t> most{0};
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const int64_t id = at::get_thread_num() + 1;
+    int64_t seen = most.load();
+    while (seen < id && !most.compare_exchange_weak(seen, id)) {
+    }
+  });
+  return most.load();
+}
+
 // Compiled into decode_stack.cpp's extension too: there that file defines the module.
 #ifndef PAGEDLLM_NO_PYBIND_MODULE
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_linear", &gguf_linear, "y = x W^T with W packed (see gguf_repack.py)");
   m.def("gguf_dequantize", &gguf_dequantize, "the packed weight as float32 [N, K]");
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for n items");
 }
 #endif
