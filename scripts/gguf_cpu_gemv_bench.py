@@ -9,13 +9,15 @@ candidates; the table holds the minimum per call over `--repeats` repeats.
 
     PYTHONPATH=$PWD python scripts/gguf_cpu_gemv_bench.py [--baseline OLD.cpp]
 
-`--baseline` builds another copy of the kernel source (e.g. main's) and times it in
+`--baseline` builds another copy of the kernel source (e.g. main's, with its
+gguf_cpu_panel.cpp and gguf_cpu_common.h beside it) and times it in
 the same interleaved loop, for before/after figures on a noisy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -119,12 +121,12 @@ def main() -> None:
         raise SystemExit("the GGUF CPU kernel cannot be built here")
     base = None
     if args.baseline:
-        from torch.utils.cpp_extension import load
+        from pagedllm.layers.cpu.extension import load_extension
 
-        base = load(
-            name="pagedllm_gguf_cpu_baseline",
-            sources=[args.baseline],
-            extra_cflags=gguf_kernels._FLAGS,
+        here = os.path.dirname(os.path.abspath(args.baseline))
+        panel, header = (os.path.join(here, f) for f in ("gguf_cpu_panel.cpp", "gguf_cpu_common.h"))
+        base = load_extension(
+            "pagedllm_gguf_cpu_baseline", [args.baseline, panel], gguf_kernels.FLAGS, [header]
         )
     head = f"{'layer':8} {'N':>6} {'K':>5} {'type':5} {'M':>3} {'thr':>3} {'f32 us':>9}"
     head += f" {'packed us':>10} {'x f32':>6}" + (f" {'base us':>9} {'x base':>6}" if base else "")

@@ -59,3 +59,25 @@ def test_a_stale_stamp_goes_through_torch_and_its_lock(tmp_path: Path) -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
         subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, timeout=15)
+
+
+@pytest.mark.parametrize("which", ["gguf", "decode_stack"])
+def test_kernels_run_on_torchs_threads(which: str) -> None:
+    """torch's extension builder does not pass -fopenmp: without it at::parallel_for
+    (an inline header around `#pragma omp parallel`) ran every loop on one thread."""
+    from pagedllm.layers.cpu import decode_stack
+    from pagedllm.layers.quantization import gguf_kernels
+
+    module = (
+        gguf_kernels.cpu_extension() if which == "gguf" else decode_stack.decode_stack_extension()
+    )
+    if module is None:
+        pytest.skip("the CPU extension cannot be built here")
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert module.parallel_threads(64) == 2
+    finally:
+        torch.set_num_threads(saved)

@@ -9,6 +9,8 @@
 // gguf_cpu_kernel.cpp: y [M, N] = x [M, K] W^T, W packed (see its header).
 torch::Tensor gguf_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
                           torch::Tensor mins, int64_t bits, int64_t group);
+// How many threads at::parallel_for spreads n items over (tests: built with OpenMP).
+int64_t parallel_threads(int64_t n);
 
 // decode_ops.cpp
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(__file__), "decode_ops.cpp")
 # No contraction into FMA: the rotary then rounds as the torch ops do (bit for bit).
-FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off"]
+# -fopenmp: at::parallel_for runs on torch's threads only when compiled with it.
+FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
 
 
 @functools.lru_cache(maxsize=1)

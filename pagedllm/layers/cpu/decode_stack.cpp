@@ -149,6 +149,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_layer", &DecodeStack::add_layer)
       .def("num_layers", &DecodeStack::num_layers)
       .def("forward", &DecodeStack::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for n items");
   m.attr("FLOAT") = kFloat;
   m.attr("ONEDNN") = kOneDnn;
 }

@@ -38,6 +38,10 @@ def load_extension(
         name=name,
         sources=list(sources),
         extra_cflags=list(flags),
+        # torch compiles without -fopenmp: at::parallel_for's `#pragma omp parallel`
+        # (an inline header) was then ignored and every kernel ran on one thread. The
+        # module links libgomp.so.1, which resolves to the copy torch has loaded.
+        extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else None,
         extra_include_paths=list(include_paths) or None,
     )
     if os.path.abspath(getattr(module, "__file__", "")) == os.path.abspath(path):

@@ -22,8 +22,10 @@
 
 #include "gguf_cpu_common.h"
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -40,18 +42,30 @@ void scale_row(const S* s, const float* sx, int64_t ng, int64_t group, float* ou
   for (; g < ng; ++g) out[g] = to_float(s[g]) * sx[g * group / kBlock];
 }
 
+// The first t (< 8) values at p as floats, the other lanes 0 (masked loads: nothing read
+// past p + t; float16 values are loaded in pairs, so t is even for them).
+inline __m256 load_tail(const float* p, int64_t t) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(t)), lanes));
+}
+inline __m256 load_tail(const at::Half* p, int64_t t) {
+  const __m128i pairs = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(t / 2)), _mm_setr_epi32(0, 1, 2, 3));
+  return _mm256_cvtph_ps(_mm_maskload_epi32(reinterpret_cast<const int*>(p), pairs));
+}
+
 // sum_b mins[b] * xsum[b], as 8 partial sums.
 template <typename S>
 __m256 min_term(const S* mins, const float* xsum, int64_t nb) {
   __m256 acc = _mm256_setzero_ps();
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) acc = _mm256_fmadd_ps(load8(mins + b), load8(xsum + b), acc);
-  if (b < nb) {
-    alignas(32) float m[8] = {}, xs[8] = {};
-    for (int64_t i = 0; b + i < nb; ++i) m[i] = to_float(mins[b + i]), xs[i] = xsum[b + i];
-    acc = _mm256_fmadd_ps(_mm256_load_ps(m), _mm256_load_ps(xs), acc);
-  }
-  return acc;
+  const int64_t t = nb - b;
+  if (t == 0) return acc;
+  if (std::is_same_v<S, float> || t % 2 == 0)
+    return _mm256_fmadd_ps(load_tail(mins + b, t), load_tail(xsum + b, t), acc);
+  alignas(32) float m[8] = {}, xs[8] = {};
+  for (int64_t i = 0; i < t; ++i) m[i] = to_float(mins[b + i]), xs[i] = xsum[b + i];
+  return _mm256_fmadd_ps(_mm256_load_ps(m), _mm256_load_ps(xs), acc);
 }
 
 template <int BITS, typename S, int G>
@@ -94,14 +108,14 @@ struct Kernel {
     // Named accumulators (index r * T + t), starting from the min terms: GCC keeps a
     // loop-carried array in memory.
     static_assert(R * T <= 4);
-    __m256 acc[4] = {};
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) {
-        const int64_t n = n0 + r, m = m0 + t;
-        scale_row(scales + n * ng, qx.scale + m * nb, ng, G, comb + (r * T + t) * ng);
-        if (mins) acc[r * T + t] = min_term(mins + n * nb, qx.sum + m * nb, nb);
-      }
-    __m256 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    auto start = [&](int i) {  // sum index i = r * T + t: its scales, and its min term
+      const int64_t n = n0 + i / T, m = m0 + i % T;
+      scale_row(scales + n * ng, qx.scale + m * nb, ng, G, comb + i * ng);
+      return mins ? min_term(mins + n * nb, qx.sum + m * nb, nb) : _mm256_setzero_ps();
+    };
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 a0 = start(0), a1 = R * T > 1 ? start(1) : zero;
+    __m256 a2 = R * T > 2 ? start(2) : zero, a3 = R * T > 3 ? start(3) : zero;
     if (n0 + (kAhead + 1) * R <= N) prefetch(n0 + kAhead * R, R);
     const uint8_t* wp = wblock(n0, 0);
     const int8_t* xp = qx.q + m0 * K;
@@ -270,10 +284,24 @@ torch::Tensor gguf_dequantize(torch::Tensor qweight, torch::Tensor scales, torch
   return out;
 }
 
+// How many threads at::parallel_for spreads n items over: 1 when the module is built
+// without -fopenmp (then at::parallel_for's pragma is ignored), whatever torch's count.
+int64_t parallel_threads(int64_t n) {
+  std::atomic<int64_t> most{0};
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const int64_t id = at::get_thread_num() + 1;
+    int64_t seen = most.load();
+    while (seen < id && !most.compare_exchange_weak(seen, id)) {
+    }
+  });
+  return most.load();
+}
+
 // Compiled into decode_stack.cpp's extension too: there that file defines the module.
 #ifndef PAGEDLLM_NO_PYBIND_MODULE
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_linear", &gguf_linear, "y = x W^T with W packed (see gguf_repack.py)");
   m.def("gguf_dequantize", &gguf_dequantize, "the packed weight as float32 [N, K]");
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for n items");
 }
 #endif

@@ -34,7 +34,9 @@ HEADER = os.path.join(_HERE, "gguf_cpu_common.h")
 # No FMA contraction of scalar code: the CPU decode stack (layers/cpu/decode_stack.py)
 # compiles these sources again beside decode_ops.cpp, which needs it, and must round
 # as this build does (its hidden states equal the Python layers' bit for bit).
-FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
+# -fopenmp: without it at::parallel_for's pragma is ignored and the kernel runs on one
+# thread (torch's extension builder does not add it).
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"]
 
 
 def header_flag() -> str:

@@ -155,6 +155,26 @@ def test_kernel_row_tails(name: str, m: int, n: int) -> None:
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
 
 
+@pytest.mark.parametrize("name", ["Q4_1", "Q5_1"])
+@pytest.mark.parametrize("blocks", [17, 18, 19, 20, 21, 24])
+@pytest.mark.parametrize("m", [1, 2])
+def test_min_terms_of_every_block_tail(name: str, blocks: int, m: int) -> None:
+    """The min terms (float16 mins . x's block sums) take 8 blocks at a time, then the
+    last blocks by masked loads (pairs of float16) or, for an odd count, one by one:
+    every tail length from 1 to 5 and none."""
+    if gguf_kernels.cpu_extension() is None:
+        pytest.skip("the GGUF CPU kernel cannot be built here")
+    k, n = 32 * blocks, 9
+    w = np.random.default_rng(blocks).standard_normal((n, k)).astype(np.float32)
+    raw = quants.quantize(w, GGMLQuantizationType[name])
+    packed = repack(torch.from_numpy(raw.copy()), int(GGMLQuantizationType[name]))
+    assert packed.mins is not None and packed.mins.dtype == torch.float16
+    x = _on_int8_grid(m, seed=blocks, k=k)
+    expected = x.double() @ dequantize(packed).double().T
+    got = gguf_linear(x, packed)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+
+
 @pytest.mark.parametrize("name", TYPES)
 def test_panel_kernel_matches_one_row_at_a_time(name: str) -> None:
     """From 3 rows of x the panel kernel runs: the same int8 x and integer dot
