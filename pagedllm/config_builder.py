@@ -75,13 +75,15 @@ def _checkpoint_quantization(hf_config: Any) -> str | None:
     return str(method).lower() if method else None
 
 
-def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) -> str | None:
+def _pick_quantization(
+    requested: str | None, hf_config: Any, load_format: str, device: torch.device
+) -> str | None:
     """The checkpoint's method (its config's quantization_config) unless the argument
     names one; `fp8` on a float checkpoint quantizes it online, and dummy weights take
-    any method's default layout. A GGUF file is dequantized to `dtype` at load unless
-    `quantization="gguf"` asks to keep it packed (opt-in until the packed CPU kernel
-    is measured ahead of float32 on a quiet machine: docs/benchmarks.md); "none"
-    dequantizes too."""
+    any method's default layout. A GGUF file stays packed on the CPU (its packed kernel
+    is ahead of float32 at 1 and 32 chats: docs/benchmarks.md, C1) and is dequantized
+    to `dtype` at load on a GPU (no packed GGUF kernel there) or with
+    `quantization="none"` (float32 weights on the CPU)."""
     from pagedllm.layers.quantization import QUANTIZATION_METHODS
 
     found = "gguf" if load_format == "gguf" else _checkpoint_quantization(hf_config)
@@ -98,7 +100,7 @@ def _pick_quantization(requested: str | None, hf_config: Any, load_format: str) 
             )
         return None
     if requested is None and found == "gguf":
-        return None
+        return "gguf" if device.type == "cpu" else None
     if requested is None or requested == found:
         return found
     if found is not None:
@@ -169,7 +171,7 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
     dtype = _pick_dtype(args.dtype, resolved.checkpoint_dtype, device)
     max_model_len = _pick_max_model_len(args.max_model_len, hf_config, resolved.path)
     runner = _pick_runner(args, hf_config)
-    quantization = _pick_quantization(args.quantization, hf_config, resolved.load_format)
+    quantization = _pick_quantization(args.quantization, hf_config, resolved.load_format, device)
     model_impl = _pick_model_impl(args, hf_config, quantization)
     model_config = ModelConfig(
         model=resolved.path,

@@ -1,8 +1,9 @@
 """Workload C1 (../shared/BENCHMARKS.md): the embedded SmolLM2-135M-Instruct on the
 CPU, 32 chat prompts ("Write a short paragraph about X.", 16 topics twice), 128
 greedy tokens each, all 32 at once and one at a time. `pagedllm bench cpu-chat`
-(`--quantization gguf` for the packed GGUF weights, `--llama-cpp` to run llama.cpp on the
-same file one chat at a time in the same command)."""
+(the engine's default, the packed GGUF weights; `--quantization none` for float32,
+`--quantization auto,none` for both in turn; `--llama-cpp` to run llama.cpp on the same
+file one chat at a time in the same command)."""
 
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument(
         "--quantization",
         default="auto",
-        help="comma-separated, run in turn: 'gguf' keeps the GGUF file quantized, 'auto' "
-        "(the engine's default) and 'none' dequantize it to float32",
+        help="comma-separated, run in turn: 'auto' (the engine's default: on the CPU the "
+        "GGUF file stays quantized) or 'gguf' keep it packed, 'none' dequantizes it to "
+        "float32",
     )
     p.add_argument("--llama-cpp", action="store_true", help="also run llama-cpp-python")
     p.add_argument("--llama-cpp-threads", type=int, default=2)

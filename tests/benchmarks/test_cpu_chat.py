@@ -14,7 +14,7 @@ from pagedllm.benchmarks import cpu_chat
 @pytest.mark.timeout(900)
 def test_cpu_chat_quantized_and_float32(tmp_path: Path) -> None:
     out = tmp_path / "c1.json"
-    argv = ["--max-tokens", "3", "--batches", "32", "--quantization", "gguf,auto"]
+    argv = ["--max-tokens", "3", "--batches", "32", "--quantization", "auto,none"]
     results = cpu_chat.main([*argv, "--output-json", str(out)])
     assert [r["quantization"] for r in results] == ["gguf", "none"]
     assert all(r["output_tokens"] == 32 * 3 and r["engine"] == "pagedllm" for r in results)

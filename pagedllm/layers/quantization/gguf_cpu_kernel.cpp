@@ -105,8 +105,10 @@ struct Kernel {
   template <int R, int T>
   void tile(int64_t n0, int64_t m0, float* comb) const {
     const int64_t nb = K / kBlock, ng = K / G, wstride = nb * kBlockBytes;
-    // Named accumulators (index r * T + t), starting from the min terms: GCC keeps a
-    // loop-carried array in memory.
+    // Named accumulators (index r * T + t): GCC keeps a loop-carried array in memory.
+    // The block sums start from zero and the min terms are summed apart, then added
+    // after both horizontal sums, in the panel kernel's order: a row's result is then
+    // the same whichever kernel (and so whichever batch) computed it.
     static_assert(R * T <= 4);
     auto start = [&](int i) {  // sum index i = r * T + t: its scales, and its min term
       const int64_t n = n0 + i / T, m = m0 + i % T;
@@ -114,8 +116,9 @@ struct Kernel {
       return mins ? min_term(mins + n * nb, qx.sum + m * nb, nb) : _mm256_setzero_ps();
     };
     const __m256 zero = _mm256_setzero_ps();
-    __m256 a0 = start(0), a1 = R * T > 1 ? start(1) : zero;
-    __m256 a2 = R * T > 2 ? start(2) : zero, a3 = R * T > 3 ? start(3) : zero;
+    const __m256 m0v = start(0), m1v = R * T > 1 ? start(1) : zero;
+    const __m256 m2v = R * T > 2 ? start(2) : zero, m3v = R * T > 3 ? start(3) : zero;
+    __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
     if (n0 + (kAhead + 1) * R <= N) prefetch(n0 + kAhead * R, R);
     const uint8_t* wp = wblock(n0, 0);
     const int8_t* xp = qx.q + m0 * K;
@@ -135,8 +138,10 @@ struct Kernel {
       if constexpr (R * T > 2) a2 = _mm256_fmadd_ps(p[2], sc[2], a2);
       if constexpr (R * T > 3) a3 = _mm256_fmadd_ps(p[3], sc[3], a3);
     }
+    __m128 s = hsum4(a0, a1, a2, a3);
+    if (mins) s = _mm_add_ps(s, hsum4(m0v, m1v, m2v, m3v));
     alignas(16) float sums[4];
-    _mm_store_ps(sums, hsum4(a0, a1, a2, a3));
+    _mm_store_ps(sums, s);
     for (int r = 0; r < R; ++r)
       for (int t = 0; t < T; ++t) y[(m0 + t) * N + n0 + r] = sums[r * T + t];
   }
@@ -227,63 +232,6 @@ torch::Tensor gguf_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor 
   return y;
 }
 
-namespace {
-
-template <int BITS, typename S>
-void dequantize_row(const uint8_t* w, const S* s, const S* mn, int64_t K, int64_t group,
-                    float* out) {
-  for (int64_t b = 0; b < K / kBlock; ++b) {
-    const float m = mn ? to_float(mn[b]) : 0.f;
-    float* o = out + b * kBlock;
-    if constexpr (BITS == 4) {
-      const float d = to_float(s[b]);
-      const uint8_t* q = w + b * 16;
-      for (int j = 0; j < 16; ++j) o[j] = d * static_cast<float>(q[j] & 0x0F) + m;
-      for (int j = 0; j < 16; ++j) o[j + 16] = d * static_cast<float>(q[j] >> 4) + m;
-    } else {
-      const int8_t* q = reinterpret_cast<const int8_t*>(w) + b * kBlock;
-      for (int64_t h = 0; h < kBlock / group; ++h) {
-        const float d = to_float(s[b * (kBlock / group) + h]);
-        for (int64_t j = h * group; j < (h + 1) * group; ++j)
-          o[j] = d * static_cast<float>(q[j]) + m;
-      }
-    }
-  }
-}
-
-template <int BITS, typename S>
-void dequantize_all(const torch::Tensor& qw, const torch::Tensor& scales,
-                    const torch::Tensor& mins, int64_t K, int64_t group, torch::Tensor& out) {
-  const uint8_t* w = qw.data_ptr<uint8_t>();
-  const S* s = scales.data_ptr<S>();
-  const S* mn = mins.numel() ? mins.data_ptr<S>() : nullptr;
-  float* o = out.data_ptr<float>();
-  const int64_t wrow = BITS == 4 ? K / 2 : K;
-  at::parallel_for(0, out.size(0), 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n)
-      dequantize_row<BITS, S>(w + n * wrow, s + n * (K / group),
-                              mn ? mn + n * (K / kBlock) : nullptr, K, group, o + n * K);
-  });
-}
-
-}  // namespace
-
-// The packed weight as float32 [N, K] (many rows of x: one float GEMM beats the kernel).
-torch::Tensor gguf_dequantize(torch::Tensor qweight, torch::Tensor scales, torch::Tensor mins,
-                              int64_t bits, int64_t group) {
-  const int64_t K = bits == 4 ? qweight.size(1) * 2 : qweight.size(1);
-  auto out = torch::empty({qweight.size(0), K}, scales.options().dtype(at::kFloat));
-  auto qw = qweight.view(at::kByte);
-  const bool half = scales.scalar_type() == at::kHalf;
-  if (bits == 4)
-    half ? dequantize_all<4, at::Half>(qw, scales, mins, K, group, out)
-         : dequantize_all<4, float>(qw, scales, mins, K, group, out);
-  else
-    half ? dequantize_all<8, at::Half>(qw, scales, mins, K, group, out)
-         : dequantize_all<8, float>(qw, scales, mins, K, group, out);
-  return out;
-}
-
 // How many threads at::parallel_for spreads n items over: 1 when the module is built
 // without -fopenmp (then at::parallel_for's pragma is ignored), whatever torch's count.
 int64_t parallel_threads(int64_t n) {
@@ -301,7 +249,6 @@ int64_t parallel_threads(int64_t n) {
 #ifndef PAGEDLLM_NO_PYBIND_MODULE
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_linear", &gguf_linear, "y = x W^T with W packed (see gguf_repack.py)");
-  m.def("gguf_dequantize", &gguf_dequantize, "the packed weight as float32 [N, K]");
   m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for n items");
 }
 #endif

@@ -90,21 +90,15 @@ def gguf_linear(
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     mins = weight.mins if weight.mins is not None else _EMPTY
-    args = (weight.qweight, weight.scales, mins, weight.bits, weight.group)
-    if x2.shape[0] >= DEQUANT_MIN_ROWS:
-        y = F.linear(x2, ext.gguf_dequantize(*args))
-    else:
-        y = ext.gguf_linear(x2, *args)
+    y = ext.gguf_linear(x2, weight.qweight, weight.scales, mins, weight.bits, weight.group)
     if bias is not None:
         y += bias
     return y if flat else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-# From this many rows of x (prefill, big decode batches), dequantizing the weight for
-# the call and one float GEMM match the kernel. The batch-1 tiles re-read x for every
-# weight row (32 prefilled chats: 9.6 against 79.6 tok/s without a switch, at 64); the
-# panel kernel (3+ rows) beat dequantization + F.linear at 64 rows on every SmolLM2
-# shape and tied at 128-256, one thread (docs/benchmarks.md, "Packed GGUF kernel at
-# 8-64 rows").
-DEQUANT_MIN_ROWS = 128
+# Every row count runs the packed kernels (x quantized to int8 per 32 values), never a
+# dequantized weight and a float GEMM: a row's result is then the same bits whatever
+# the batch it is computed in (the tiles of 1-2 rows and the panels of 3+ sum in one
+# order), so greedy tokens do not depend on what else runs. Dequantizing from 512 rows
+# would prefill 5-25% faster (2 threads, SmolLM2's shapes; the panel is faster at 128).
 _EMPTY = torch.empty(0, dtype=torch.float16)

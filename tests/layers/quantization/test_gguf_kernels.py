@@ -110,19 +110,16 @@ def test_merge_parts_concatenates_same_layouts_only() -> None:
 
 
 @pytest.mark.parametrize("name", TYPES)
-def test_many_rows_take_the_exact_dequantized_path(name: str) -> None:
-    """From DEQUANT_MIN_ROWS rows of x (prefill) the weight is dequantized in C++ for
-    one float GEMM: equal to the reference dequantizer, so x is not quantized."""
-    ext = gguf_kernels.cpu_extension()
-    if ext is None:
-        pytest.skip("the GGUF CPU kernel cannot be built here")
+def test_a_row_gives_the_same_bits_in_any_batch(name: str) -> None:
+    """Tiles (1-2 rows of x) and panels (3+) sum in one order, at every row count: a
+    request's logits do not depend on what else is in the step (greedy tokens then do
+    not either), and many rows stay close to the dequantized reference."""
     packed, ref = _packed(name)
-    mins = packed.mins if packed.mins is not None else gguf_kernels._EMPTY
-    assert torch.equal(
-        ext.gguf_dequantize(packed.qweight, packed.scales, mins, packed.bits, packed.group), ref
-    )
-    x = torch.randn(gguf_kernels.DEQUANT_MIN_ROWS, K, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(gguf_linear(x, packed), x @ ref.T, rtol=1e-4, atol=1e-4)
+    x = torch.randn(130, K, generator=torch.Generator().manual_seed(2))
+    alone = torch.cat([gguf_linear(x[i : i + 1], packed) for i in range(x.shape[0])])
+    for m in (2, 3, 4, 7, 64, 128, 130):
+        assert torch.equal(gguf_linear(x[:m], packed), alone[:m]), m
+    torch.testing.assert_close(alone.double(), x.double() @ ref.double().T, rtol=0.05, atol=0.5)
 
 
 # 4 bits with float16 scales and mins (Q4_1, Q4_0), 8 bits without mins (Q8_0), 8 bits

@@ -1,5 +1,5 @@
-"""quantization="gguf" (opt-in for GGUF files) against the same file dequantized
-to float32 (quantization="none"): a tiny random Llama holding every block type, and
+"""GGUF files kept packed (the default on the CPU, as quantization="gguf") against
+the same file dequantized to float32 (quantization="none"): a tiny random Llama holding every block type, and
 the embedded SmolLM2 Q4_1 file on 16 chat prompts."""
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def mixed_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def mixed_models(mixed_file: str):
-    return load_model(mixed_file, quantization="gguf"), load_model(mixed_file)
+    return load_model(mixed_file), load_model(mixed_file, quantization="none")
 
 
-def test_gguf_keeps_blocks_packed_and_default_dequantizes(mixed_models) -> None:
+def test_gguf_kept_packed_by_default_and_none_dequantizes(mixed_models) -> None:
     (model, config), (float_model, float_config) = mixed_models
     assert config.quantization == "gguf" and float_config.quantization is None
     linears = [m for m in model.modules() if isinstance(m, LinearBase)]
@@ -63,14 +63,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def test_smollm2_greedy_agreement_on_16_chats() -> None:
     """The embedded Q4_1 file, quantized vs float32, 32 greedy tokens of 16 chat prompts.
 
-    Decode steps quantize activations to int8 per 32 values (llama.cpp's Q8_1 scheme;
-    the batched prefill here, >= 64 rows, multiplies exact dequantized weights), so
-    near-ties between the top two logits go either way, and a sequence differs from
-    there on. Measured (2026-12-01, c4b9a0b): 9 of 16 prompts identical over all 32
-    tokens, 81.1% of the 512 tokens before each prompt's first difference (int8 kernel
-    for prefill too: 5 of 16, 63.9%; the exact dequantizing path everywhere,
-    PAGEDLLM_GGUF_KERNEL=reference: 16 of 16, 100%). Asserted: >= 7 identical, >= 70%."""
-    model, config = load_model(None, quantization="gguf")
+    Every step quantizes activations to int8 per 32 values (llama.cpp's Q8_1 scheme),
+    prefill included (since the tenth session: no dequantized path from 128 rows, so
+    that a row's result does not depend on its batch), so near-ties between the top
+    two logits go either way, and a sequence differs from there on. Measured
+    (2026-12-01, tenth session): 8 of 16 prompts identical over all 32 tokens, 72.7% of
+    the 512 tokens before each prompt's first difference (with prefill dequantized,
+    c4b9a0b: 9 of 16, 81.1%; the exact dequantizing path everywhere,
+    PAGEDLLM_GGUF_KERNEL=reference: 16 of 16, 100%). Asserted: >= 7 identical, >= 70%.
+    llama.cpp (llama-cpp-python 0.3.36, same file) quantizes the same way: asked "What
+    is the capital of France?" it answers "L'Étoile, la Marseilla" greedily, as this
+    path does (test_cli), where float32 answers "Paris"."""
+    model, config = load_model(None)  # the default on the CPU: kept packed
     float_model, float_config = load_model(None, quantization="none")
     assert config.quantization == "gguf"
     tokenizer = get_tokenizer(config.tokenizer)
