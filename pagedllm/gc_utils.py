@@ -40,6 +40,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -61,22 +62,39 @@ def freeze_gc_heap(process: str) -> int:
     return frozen
 
 
+class _Scope:
+    """The calls inside `frozen_heap` (threads may overlap): the first one in saves the
+    user's thresholds and freezes, the last one out restores them and unfreezes."""
+
+    lock = threading.Lock()
+    depth = 0
+    saved_threshold: tuple[int, ...] = ()
+    froze = False
+
+
 @contextlib.contextmanager
 def frozen_heap() -> Iterator[None]:
-    """Inside: collections skip every object alive on entry (unless the heap is frozen
-    already, by this process's start-up or an enclosing call) and the engine
-    thresholds apply; both are undone on exit."""
-    old_threshold = gc.get_threshold()
-    freeze = gc.get_freeze_count() == 0 and os.environ.get(GC_FREEZE_ENV, "1") != "0"
-    if freeze:
-        gc.freeze()
-    gc.set_threshold(*engine_gc_threshold())
+    """Inside: collections skip every object alive on entry (unless the heap was frozen
+    already, by this process's start-up) and the engine thresholds apply; both are
+    undone when the last overlapping call leaves."""
+    threshold = engine_gc_threshold()  # a bad PAGEDLLM_GC_THRESHOLD raises before any change
+    with _Scope.lock:
+        if _Scope.depth == 0:
+            _Scope.saved_threshold = gc.get_threshold()
+            _Scope.froze = gc.get_freeze_count() == 0 and os.environ.get(GC_FREEZE_ENV) != "0"
+            if _Scope.froze:
+                gc.freeze()
+            gc.set_threshold(*threshold)
+        _Scope.depth += 1
     try:
         yield
     finally:
-        gc.set_threshold(*old_threshold)
-        if freeze:
-            gc.unfreeze()
+        with _Scope.lock:
+            _Scope.depth -= 1
+            if _Scope.depth == 0:
+                gc.set_threshold(*_Scope.saved_threshold)
+                if _Scope.froze:
+                    gc.unfreeze()
 
 
 class GCDebugger:

@@ -104,3 +104,20 @@ def test_thresholds_default_env_and_bad_value(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PAGEDLLM_GC_THRESHOLD", "700,10")
     with pytest.raises(ValueError, match="PAGEDLLM_GC_THRESHOLD"):
         engine_gc_threshold()
+
+
+def test_overlapping_calls_undo_once_the_last_leaves() -> None:
+    import gc
+
+    from pagedllm.gc_utils import ENGINE_GC_THRESHOLD, frozen_heap
+
+    old = gc.get_threshold()
+    gc.set_threshold(500, 5, 5)
+    try:
+        with frozen_heap():
+            with frozen_heap():  # another generate on another thread, say
+                assert gc.get_threshold() == ENGINE_GC_THRESHOLD
+            assert gc.get_freeze_count() > 0 and gc.get_threshold() == ENGINE_GC_THRESHOLD
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == (500, 5, 5)
+    finally:
+        gc.set_threshold(*old)
