@@ -386,8 +386,25 @@ def main() -> None:
     (out / "s1_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nS1: {args.num_prompts} requests, {args.input_len} words in, {args.output_len} out")
     print(table(offline, served, rates), flush=True)
+    pack_outputs(out)
     if len(served) < len(rates) or (offline is None and not args.skip_offline):
         sys.exit(1)
+
+
+def pack_outputs(out: Path) -> None:
+    """This script's logs, results and profiles into one archive (the device tool brings
+    back only a few files per call); the summary stays beside it, other files in $OUT
+    (a driver's own logs) are left alone."""
+    import tarfile
+
+    mine = ("s1_offline", "s1_rate_", "bench_", "server.log", "prof_rate_")
+    files = [p for p in sorted(out.iterdir()) if p.is_file() and p.name.startswith(mine)]
+    with tarfile.open(out / "s1_outputs.tar.gz", "w:gz") as tar:
+        for path in files:
+            tar.add(path, arcname=path.name)
+    for path in files:
+        path.unlink()
+    print(f"outputs packed into {out / 's1_outputs.tar.gz'}", flush=True)
 
 
 def _aggregate(result: dict[str, Any]) -> dict[str, Any]:
