@@ -100,5 +100,6 @@ def gguf_linear(
 # dequantized weight and a float GEMM: a row's result is then the same bits whatever
 # the batch it is computed in (the tiles of 1-2 rows and the panels of 3+ sum in one
 # order), so greedy tokens do not depend on what else runs. Dequantizing from 512 rows
-# would prefill 5-25% faster (2 threads, SmolLM2's shapes; the panel is faster at 128).
+# would make those GEMMs up to ~30% faster (2 threads, SmolLM2's shapes, one of them
+# 4% slower; the panel is faster at 128).
 _EMPTY = torch.empty(0, dtype=torch.float16)
