@@ -21,7 +21,8 @@ from pagedllm.config import EngineConfig
 from pagedllm.core.dashboard import build_dashboard_snapshot
 from pagedllm.core.grammar_pipeline import GrammarPipeline, GrammarRow, PrefetchedOutput
 from pagedllm.core.kv_cache_manager import KVCacheManager
-from pagedllm.core.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
+from pagedllm.core.messages import EngineCoreOutputs, EngineCoreRequest
+from pagedllm.core.output_builder import new_outputs
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.executor.base import ExecutorDeadError, get_executor_class
@@ -325,16 +326,7 @@ class EngineCore:
     # ---- outputs ----------------------------------------------------------------
     def make_outputs(self, updated: list[Request]) -> EngineCoreOutputs:
         """What is new for each updated request (each once, however often it appears)."""
-        outputs: list[EngineCoreOutput] = []
-        seen: set[str] = set()
-        for request in updated:
-            if request.request_id in seen:
-                continue
-            seen.add(request.request_id)
-            output = _new_output(request)
-            if output is not None:
-                outputs.append(output)
-        return EngineCoreOutputs(outputs=outputs, scheduler_stats=self.get_stats())
+        return EngineCoreOutputs(outputs=new_outputs(updated), scheduler_stats=self.get_stats())
 
     # ---- utilities (also reachable from the front end by name) ------------------
     def get_stats(self) -> SchedulerStats:
@@ -387,42 +379,3 @@ UTILITY_METHODS = frozenset(
         "dashboard_snapshot",
     }
 )
-
-
-def _new_output(request: Request) -> EngineCoreOutput | None:
-    finished = request.is_finished
-    if request.is_pooling:
-        if not finished:
-            return None
-        return EngineCoreOutput(
-            request.request_id, [], finish_status=int(request.status), pooled=request.pooled
-        )
-    if not finished and not request.stream_outputs:
-        return None  # sent in one piece when it finishes
-    start = request.num_sent_tokens
-    new_tokens = request.output_token_ids[start:]
-    lp_start = request.num_sent_prompt_logprobs
-    new_prompt_lps = request.prompt_logprobs[lp_start:]
-    if not new_tokens and not new_prompt_lps and not finished:
-        return None
-    output = EngineCoreOutput(
-        request.request_id,
-        new_tokens,
-        new_logprobs=request.logprobs[start:] if request.logprobs else None,
-        new_prompt_logprobs=new_prompt_lps or None,
-        finish_status=int(request.status) if finished else 0,
-        stop_reason=request.stop_reason,
-    )
-    if start == 0 and lp_start == 0:
-        _stamp_first(output, request)
-    request.num_sent_tokens = request.num_output_tokens
-    request.num_sent_prompt_logprobs = len(request.prompt_logprobs)
-    return output
-
-
-def _stamp_first(output: EngineCoreOutput, request: Request) -> None:
-    output.num_cached_tokens = max(0, request.num_cached_tokens)
-    m = request.metrics
-    if m is not None:
-        output.first_scheduled_time = m.first_scheduled_time or 0.0
-        output.first_token_time = m.first_token_time or 0.0
