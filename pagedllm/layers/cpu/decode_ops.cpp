@@ -18,7 +18,9 @@
 #include <immintrin.h>
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -188,41 +190,65 @@ void write_kv(torch::Tensor key, torch::Tensor value, torch::Tensor kv_cache, to
   }
 }
 
+namespace {
+
+// The attention of every query token t of query [T, H, D] (contiguous) over the paged
+// cache: token(t) gives {its sequence b, its key count L}; b < 0 or L == 0 gives zeros.
+// One task per (token, kv head), `grain` tasks at least per thread hand-off. Query head
+// h reads kv head h / (H / KH). Returns [T, H, D].
+template <typename TokenFn>
+torch::Tensor attend_tokens(const torch::Tensor& query, const torch::Tensor& kv_cache,
+                            const torch::Tensor& block_tables, double scale, int64_t grain,
+                            TokenFn token) {
+  const int64_t T = query.size(0), H = query.size(1), D = query.size(2);
+  const int64_t block_size = kv_cache.size(2), KH = kv_cache.size(3), G = H / KH;
+  const int64_t slot_stride = KH * D, half = kv_cache.size(1) * block_size * slot_stride;
+  const int64_t width = block_tables.size(1);
+  float* kc = kv_cache.data_ptr<float>();
+  auto out = torch::zeros({T, H, D}, query.options());
+  at::parallel_for(0, T * KH, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t t = i / KH, h = i % KH;
+      const auto [b, L] = token(t);
+      if (b < 0 || L == 0) continue;
+      scores.resize(G * L);
+      attend_kv_head(query.data_ptr<float>() + (t * H + h * G) * D, G, D, kc + h * D,
+                     kc + half + h * D, block_tables.data_ptr<int32_t>() + b * width, L,
+                     block_size, slot_stride, static_cast<float>(scale),
+                     out.data_ptr<float>() + (t * H + h * G) * D, scores.data());
+    }
+  });
+  return out;
+}
+
+void check_paged_inputs(const torch::Tensor& query, const torch::Tensor& kv_cache,
+                        const torch::Tensor& block_tables, const torch::Tensor& seq_lens) {
+  TORCH_CHECK(query.dim() == 3 && query.is_contiguous() && query.scalar_type() == at::kFloat);
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous() && kv_cache.scalar_type() == at::kFloat);
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.is_contiguous());
+  TORCH_CHECK(seq_lens.scalar_type() == at::kInt && seq_lens.is_contiguous());
+  TORCH_CHECK(kv_cache.size(4) == query.size(2) && query.size(1) % kv_cache.size(3) == 0);
+}
+
+}  // namespace
+
 // query [B, H, D] contiguous (one token per sequence), kv_cache as in write_kv,
 // block_tables [B, max_blocks] int32, seq_lens [B] int32 (cached keys, the new one
 // included). Query head h reads kv head h / (H / KH). Returns [B, H, D]; 0 keys give 0.
 torch::Tensor decode_attention(torch::Tensor query, torch::Tensor kv_cache,
                                torch::Tensor block_tables, torch::Tensor seq_lens, double scale) {
-  TORCH_CHECK(query.dim() == 3 && query.is_contiguous() && query.scalar_type() == at::kFloat);
-  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous() && kv_cache.scalar_type() == at::kFloat);
-  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.is_contiguous());
-  TORCH_CHECK(seq_lens.scalar_type() == at::kInt && seq_lens.is_contiguous());
-  const int64_t B = query.size(0), H = query.size(1), D = query.size(2);
-  const int64_t block_size = kv_cache.size(2), KH = kv_cache.size(3);
-  TORCH_CHECK(kv_cache.size(4) == D && H % KH == 0);
+  check_paged_inputs(query, kv_cache, block_tables, seq_lens);
+  const int64_t B = query.size(0), block_size = kv_cache.size(2), KH = kv_cache.size(3);
+  const int64_t width = block_tables.size(1);
   TORCH_CHECK(seq_lens.size(0) >= B && block_tables.size(0) >= B);
-  const int64_t slot_stride = KH * D, half = kv_cache.size(1) * block_size * slot_stride;
-  float* kc = kv_cache.data_ptr<float>();
-  auto out = torch::zeros({B, H, D}, query.options());
-  const int64_t G = H / KH, width = block_tables.size(1);
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   for (int64_t b = 0; b < B; ++b)
     TORCH_CHECK(lens[b] >= 0 && (lens[b] + block_size - 1) / block_size <= width, "seq_len too long");
-  // A task per (sequence, kv head); one sequence runs on the calling thread.
+  // One sequence runs on the calling thread.
   const int64_t grain = B == 1 ? KH : 1;
-  at::parallel_for(0, B * KH, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / KH, h = i % KH, L = lens[b];
-      if (L == 0) continue;
-      scores.resize(G * L);
-      attend_kv_head(query.data_ptr<float>() + (b * H + h * G) * D, G, D, kc + h * D,
-                     kc + half + h * D, block_tables.data_ptr<int32_t>() + b * width, L,
-                     block_size, slot_stride, static_cast<float>(scale),
-                     out.data_ptr<float>() + (b * H + h * G) * D, scores.data());
-    }
-  });
-  return out;
+  return attend_tokens(query, kv_cache, block_tables, scale, grain,
+                       [&](int64_t b) { return std::pair<int64_t, int64_t>{b, lens[b]}; });
 }
 
 // Causal attention of any number of query tokens per sequence (prefill, chunked
@@ -234,17 +260,13 @@ torch::Tensor decode_attention(torch::Tensor query, torch::Tensor kv_cache,
 torch::Tensor prefill_attention(torch::Tensor query, torch::Tensor kv_cache,
                                 torch::Tensor block_tables, torch::Tensor seq_lens,
                                 torch::Tensor query_start_loc, double scale) {
-  TORCH_CHECK(query.dim() == 3 && query.is_contiguous() && query.scalar_type() == at::kFloat);
-  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous() && kv_cache.scalar_type() == at::kFloat);
-  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.is_contiguous());
-  TORCH_CHECK(seq_lens.scalar_type() == at::kInt && seq_lens.is_contiguous());
+  check_paged_inputs(query, kv_cache, block_tables, seq_lens);
   TORCH_CHECK(query_start_loc.scalar_type() == at::kInt && query_start_loc.is_contiguous());
-  const int64_t T = query.size(0), H = query.size(1), D = query.size(2);
-  const int64_t B = query_start_loc.size(0) - 1, block_size = kv_cache.size(2), KH = kv_cache.size(3);
-  TORCH_CHECK(kv_cache.size(4) == D && H % KH == 0 && seq_lens.size(0) >= B && block_tables.size(0) >= B);
+  const int64_t T = query.size(0), B = query_start_loc.size(0) - 1;
+  const int64_t block_size = kv_cache.size(2), width = block_tables.size(1);
+  TORCH_CHECK(seq_lens.size(0) >= B && block_tables.size(0) >= B);
   const int32_t* qsl = query_start_loc.data_ptr<int32_t>();
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
-  const int64_t width = block_tables.size(1);
   std::vector<int64_t> seq_of(T, -1), keys(T, 0);  // per token: its sequence, its key count
   for (int64_t b = 0; b < B; ++b) {
     const int64_t start = qsl[b], q_len = qsl[b + 1] - qsl[b];
@@ -252,24 +274,12 @@ torch::Tensor prefill_attention(torch::Tensor query, torch::Tensor kv_cache,
     TORCH_CHECK(lens[b] >= q_len && (lens[b] + block_size - 1) / block_size <= width, "bad seq_len");
     for (int64_t j = 0; j < q_len; ++j) seq_of[start + j] = b, keys[start + j] = lens[b] - q_len + j + 1;
   }
-  const int64_t slot_stride = KH * D, half = kv_cache.size(1) * block_size * slot_stride;
-  const int64_t G = H / KH, mean_keys = T ? (std::accumulate(keys.begin(), keys.end(), int64_t{0}) / T) : 0;
-  float* kc = kv_cache.data_ptr<float>();
-  auto out = torch::zeros({T, H, D}, query.options());
+  const int64_t G = query.size(1) / kv_cache.size(3), D = query.size(2);
+  const int64_t mean_keys = T ? (std::accumulate(keys.begin(), keys.end(), int64_t{0}) / T) : 0;
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 2 * mean_keys * G * D));
-  at::parallel_for(0, T * KH, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t t = i / KH, h = i % KH, b = seq_of[t], L = keys[t];
-      if (b < 0 || L == 0) continue;
-      scores.resize(G * L);
-      attend_kv_head(query.data_ptr<float>() + (t * H + h * G) * D, G, D, kc + h * D,
-                     kc + half + h * D, block_tables.data_ptr<int32_t>() + b * width, L,
-                     block_size, slot_stride, static_cast<float>(scale),
-                     out.data_ptr<float>() + (t * H + h * G) * D, scores.data());
-    }
+  return attend_tokens(query, kv_cache, block_tables, scale, grain, [&](int64_t t) {
+    return std::pair<int64_t, int64_t>{seq_of[t], keys[t]};
   });
-  return out;
 }
 
 // Compiled into decode_stack.cpp's extension too: there that file defines the module.
