@@ -88,6 +88,20 @@ inline __m256i dot32(__m256i w, __m256i qx) {
   }
 }
 
+// Bytes of one packed 32-column block of a weight row.
+template <int BITS>
+constexpr int64_t kBlockBytes = BITS == 4 ? 16 : 32;
+
+// Block b's scale * sx, broadcast over the 8 int32 lanes of its dot product: one per
+// block (groups of 32), or one per 16-column half (groups of 16: lanes 0-3, 4-7).
+// comb holds the products per group. Shared by the tiles and the panels, so that a
+// row's sum is formed alike in both.
+template <int G>
+inline __m256 block_scale(const float* comb, int64_t b) {
+  if constexpr (G == kBlock) return _mm256_broadcast_ss(comb + b);
+  return _mm256_set_m128(_mm_broadcast_ss(comb + 2 * b + 1), _mm_broadcast_ss(comb + 2 * b));
+}
+
 // The sums of a, b, c, d's lanes.
 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
   const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));

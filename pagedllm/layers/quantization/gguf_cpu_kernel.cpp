@@ -70,7 +70,7 @@ __m256 min_term(const S* mins, const float* xsum, int64_t nb) {
 
 template <int BITS, typename S, int G>
 struct Kernel {
-  static constexpr int64_t kBlockBytes = BITS == 4 ? 16 : 32;
+  static constexpr int64_t kBytes = kBlockBytes<BITS>;
   const uint8_t* w;
   const S* scales;
   const S* mins;  // nullptr: none
@@ -78,13 +78,8 @@ struct Kernel {
   QuantizedX qx;
   float* y;
 
-  static __m256 block_scale(const float* comb, int64_t b) {
-    if constexpr (G == kBlock) return _mm256_broadcast_ss(comb + b);
-    return _mm256_set_m128(_mm_broadcast_ss(comb + 2 * b + 1), _mm_broadcast_ss(comb + 2 * b));
-  }
-
   const uint8_t* wblock(int64_t n, int64_t b) const {
-    return w + n * (K / kBlock) * kBlockBytes + b * kBlockBytes;
+    return w + n * (K / kBlock) * kBytes + b * kBytes;
   }
 
   static __m256i load_w(const uint8_t* p) {
@@ -97,14 +92,14 @@ struct Kernel {
   // the scales too was measured 2x slower on the LM head.)
   void prefetch(int64_t n0, int64_t rows) const {
     const char* from = reinterpret_cast<const char*>(wblock(n0, 0));
-    for (int64_t i = 0; i < rows * (K / kBlock) * kBlockBytes; i += 64)
+    for (int64_t i = 0; i < rows * (K / kBlock) * kBytes; i += 64)
       _mm_prefetch(from + i, _MM_HINT_T0);
   }
 
   // Rows n0..n0+R-1 of W times rows m0..m0+T-1 of x; comb: R * T * (K / G) floats.
   template <int R, int T>
   void tile(int64_t n0, int64_t m0, float* comb) const {
-    const int64_t nb = K / kBlock, ng = K / G, wstride = nb * kBlockBytes;
+    const int64_t nb = K / kBlock, ng = K / G, wstride = nb * kBytes;
     // Named accumulators (index r * T + t): GCC keeps a loop-carried array in memory.
     // The block sums start from zero and the min terms are summed apart, then added
     // after both horizontal sums, in the panel kernel's order: a row's result is then
@@ -122,7 +117,7 @@ struct Kernel {
     if (n0 + (kAhead + 1) * R <= N) prefetch(n0 + kAhead * R, R);
     const uint8_t* wp = wblock(n0, 0);
     const int8_t* xp = qx.q + m0 * K;
-    for (int64_t b = 0; b < nb; ++b, wp += kBlockBytes, xp += kBlock) {
+    for (int64_t b = 0; b < nb; ++b, wp += kBytes, xp += kBlock) {
       __m256i wv[R];
       for (int r = 0; r < R; ++r) wv[r] = load_w(wp + r * wstride);
       __m256 p[4], sc[4];
@@ -130,7 +125,7 @@ struct Kernel {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + t * K));
         for (int r = 0; r < R; ++r) {
           p[r * T + t] = _mm256_cvtepi32_ps(dot32<BITS>(wv[r], xv));
-          sc[r * T + t] = block_scale(comb + (r * T + t) * ng, b);
+          sc[r * T + t] = block_scale<G>(comb + (r * T + t) * ng, b);
         }
       }
       a0 = _mm256_fmadd_ps(p[0], sc[0], a0);

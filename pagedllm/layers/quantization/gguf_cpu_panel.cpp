@@ -52,7 +52,7 @@ struct Work {
 
 template <int BITS, typename S, int G>
 struct Panel {
-  static constexpr int64_t kBlockBytes = BITS == 4 ? 16 : 32;
+  static constexpr int64_t kBytes = kBlockBytes<BITS>;
   const uint8_t* w;
   const S* scales;
   const S* mins;  // nullptr: none
@@ -72,13 +72,13 @@ struct Panel {
         continue;
       }
       const int64_t n = n0 + r;
-      const uint8_t* src = w + n * nb * kBlockBytes;
+      const uint8_t* src = w + n * nb * kBytes;
       for (int64_t b = 0; b < nb; ++b) {
         auto* dst = reinterpret_cast<__m256i*>(wk.q.data() + (b * kR + r) * kBlock);
         if constexpr (BITS == 4) {
-          _mm256_storeu_si256(dst, unpack_u4(src + b * kBlockBytes));
+          _mm256_storeu_si256(dst, unpack_u4(src + b * kBytes));
         } else {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * kBlockBytes));
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * kBytes));
           _mm256_storeu_si256(dst, _mm256_sign_epi8(v, v));
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(wk.sign.data() + (b * kR + r) * kBlock), v);
         }
@@ -93,11 +93,6 @@ struct Panel {
     int64_t i = 0;
     for (; i + 8 <= count; i += 8) _mm256_storeu_ps(to + i, load8(from + i));
     for (; i < count; ++i) to[i] = to_float(from[i]);
-  }
-
-  static __m256 block_scale(const float* comb, int64_t b) {
-    if constexpr (G == kBlock) return _mm256_broadcast_ss(comb + b);
-    return _mm256_set_m128(_mm_broadcast_ss(comb + 2 * b + 1), _mm_broadcast_ss(comb + 2 * b));
   }
 
   // For every row m of x: comb[m][r] = scale[r] * sx[m] per group and the min terms
@@ -154,16 +149,16 @@ struct Panel {
       const __m256i w0 = load(wp), w1 = load(wp + kBlock);
       const __m256i w2 = load(wp + 2 * kBlock), w3 = load(wp + 3 * kBlock);
       const __m256i x0 = load(xp);
-      a0 = step(w0, x0, sp, block_scale(c, b), a0);
-      a1 = step(w1, x0, sp + kBlock, block_scale(c + ngp, b), a1);
-      a2 = step(w2, x0, sp + 2 * kBlock, block_scale(c + 2 * ngp, b), a2);
-      a3 = step(w3, x0, sp + 3 * kBlock, block_scale(c + 3 * ngp, b), a3);
+      a0 = step(w0, x0, sp, block_scale<G>(c, b), a0);
+      a1 = step(w1, x0, sp + kBlock, block_scale<G>(c + ngp, b), a1);
+      a2 = step(w2, x0, sp + 2 * kBlock, block_scale<G>(c + 2 * ngp, b), a2);
+      a3 = step(w3, x0, sp + 3 * kBlock, block_scale<G>(c + 3 * ngp, b), a3);
       if constexpr (T == 2) {
         const __m256i x1 = load(xp + K);
-        a4 = step(w0, x1, sp, block_scale(c + 4 * ngp, b), a4);
-        a5 = step(w1, x1, sp + kBlock, block_scale(c + 5 * ngp, b), a5);
-        a6 = step(w2, x1, sp + 2 * kBlock, block_scale(c + 6 * ngp, b), a6);
-        a7 = step(w3, x1, sp + 3 * kBlock, block_scale(c + 7 * ngp, b), a7);
+        a4 = step(w0, x1, sp, block_scale<G>(c + 4 * ngp, b), a4);
+        a5 = step(w1, x1, sp + kBlock, block_scale<G>(c + 5 * ngp, b), a5);
+        a6 = step(w2, x1, sp + 2 * kBlock, block_scale<G>(c + 6 * ngp, b), a6);
+        a7 = step(w3, x1, sp + 3 * kBlock, block_scale<G>(c + 7 * ngp, b), a7);
       }
     }
     store(hsum4(a0, a1, a2, a3), wk, m0, n0, rows);
