@@ -81,7 +81,7 @@ def frozen_heap() -> Iterator[None]:
     with _Scope.lock:
         if _Scope.depth == 0:
             _Scope.saved_threshold = gc.get_threshold()
-            _Scope.froze = gc.get_freeze_count() == 0 and os.environ.get(GC_FREEZE_ENV) != "0"
+            _Scope.froze = gc.get_freeze_count() == 0 and _freeze_enabled()
             if _Scope.froze:
                 gc.freeze()
             gc.set_threshold(*threshold)
@@ -132,7 +132,8 @@ class GCDebugger:
 
 
 def maybe_attach_gc_debug_callback(process: str) -> GCDebugger | None:
-    """Log every collection of this process when PAGEDLLM_GC_DEBUG is set (not "0")."""
+    """With PAGEDLLM_GC_DEBUG set (not "0"): count every collection of this process, log
+    the full ones and the slow ones (GCDebugger)."""
     if os.environ.get(GC_DEBUG_ENV, "0") in ("", "0"):
         return None
     debugger = GCDebugger(process)
@@ -144,11 +145,15 @@ def prepare_serving_process(process: str) -> None:
     """Start-up is over and traffic begins: attach the GC logger (PAGEDLLM_GC_DEBUG),
     freeze the heap (unless PAGEDLLM_GC_FREEZE=0), set the engine thresholds."""
     maybe_attach_gc_debug_callback(process)
-    if os.environ.get(GC_FREEZE_ENV, "1") != "0":
+    if _freeze_enabled():
         freeze_gc_heap(process)
     threshold = engine_gc_threshold()
     gc.set_threshold(*threshold)
     logger.info("%s: GC thresholds %s", process, threshold)
+
+
+def _freeze_enabled() -> bool:
+    return os.environ.get(GC_FREEZE_ENV) != "0"
 
 
 def engine_gc_threshold() -> tuple[int, int, int]:

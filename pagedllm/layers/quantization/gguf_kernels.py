@@ -40,8 +40,10 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"]
 
 
 def header_flag() -> str:
-    """torch rebuilds an extension when its sources change, not its headers: the
-    header's hash goes into the flags."""
+    """The header's hash as a flag. Across processes ninja's dependency files already
+    rebuild after a header change, but a process that loaded the module once gets it
+    back from torch unrebuilt (and the loader would then stamp the stale build as
+    current); a changed flag makes torch rebuild there too."""
     with open(HEADER, "rb") as f:
         return f"-DPAGEDLLM_GGUF_HEADER={zlib.crc32(f.read())}"
 
