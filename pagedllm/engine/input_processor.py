@@ -39,7 +39,8 @@ def process_prompt(
             raise ValueError("a text prompt needs a tokenizer; pass prompt_token_ids instead")
         token_ids = encode_text(tokenizer, text or "", "prompt", add_special_tokens)
     validation.check_prompt_length(len(token_ids), model_config.max_model_len, pooling)
-    token_ids = [int(t) for t in token_ids]  # numpy integers -> int
+    if not validation.all_plain_ints(token_ids):
+        token_ids = [int(t) for t in token_ids]  # numpy integers -> int
     validation.check_token_ids(token_ids, model_config.vocab_size, "prompt_token_ids")
     return ProcessedPrompt(prompt=text, prompt_token_ids=token_ids)
 

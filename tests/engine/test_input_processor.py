@@ -95,3 +95,16 @@ def test_a_lone_surrogate_is_a_value_error_naming_the_field() -> None:
     sp = SamplingParams(bad_words=["ok", "\udfffx"])
     with pytest.raises(ValueError, match=r"^bad_words is not valid Unicode"):
         resolve_sampling_params(sp, 4, model_config(), 0, tokenizer=_Tokenizer())
+
+
+def test_prompt_token_ids_come_out_as_plain_ints() -> None:
+    import numpy as np
+
+    from pagedllm.engine.input_processor import process_prompt
+
+    for ids in ([5, 6, 7], list(np.array([5, 6, 7], dtype=np.int64))):
+        processed = process_prompt({"prompt_token_ids": ids}, None, model_config())
+        assert processed.prompt_token_ids == [5, 6, 7]
+        assert all(type(t) is int for t in processed.prompt_token_ids)
+    with pytest.raises(ValueError, match="prompt_token_ids"):
+        process_prompt({"prompt_token_ids": [5, VOCAB]}, None, model_config())

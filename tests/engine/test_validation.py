@@ -27,8 +27,11 @@ def _param_of(call: Any, *args: Any) -> str | None:
 
 def test_token_ids_outside_the_vocabulary() -> None:
     validation.check_token_ids([0, VOCAB - 1], VOCAB, "prompt")
-    for bad in (VOCAB, -1, 2**40, "3", True):
+    for bad in (VOCAB, -1, 2**40, "3", True, 1.0):
         assert _param_of(validation.check_token_ids, [1, bad], VOCAB, "prompt") == "prompt"
+        # the C-speed check of a long list finds the one bad id at its end too
+        long_list = [1] * 4096 + [bad]
+        assert _param_of(validation.check_token_ids, long_list, VOCAB, "prompt") == "prompt"
     with pytest.raises(ValueError, match=r"^tokens contains token id 8 outside the vocabulary"):
         validation.check_token_ids([8], VOCAB, "tokens")
 
