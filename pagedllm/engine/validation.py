@@ -30,7 +30,7 @@ def check_token_ids(token_ids: Sequence[Any], vocab_size: int, param: str) -> No
 
 def all_plain_ints(values: Sequence[Any]) -> bool:
     """Every value an int (not a bool, a float or a numpy integer); False when empty."""
-    return bool(values) and set(map(type, values)) == {int}
+    return len(values) > 0 and set(map(type, values)) == {int}
 
 
 def check_prompt_length(num_prompt_tokens: int, max_model_len: int, pooling: bool) -> None:
