@@ -24,6 +24,7 @@ from pagedllm.engine_config import (
     POOLING_TYPES,
     PREEMPTION_MODES,
     RUNNERS,
+    SCHEDULING_POLICIES,
     STRUCTURED_OUTPUTS_BACKENDS,
     TASKS,
     CacheConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "POOLING_TYPES",
     "PREEMPTION_MODES",
     "RUNNERS",
+    "SCHEDULING_POLICIES",
     "STRUCTURED_OUTPUTS_BACKENDS",
     "TASKS",
     "CacheConfig",
@@ -169,6 +171,13 @@ class EngineArgs:
         "short ones).",
         PREEMPTION_MODES,
     )
+    scheduling_policy: str = engine_arg(
+        "fcfs",
+        "fcfs: first come, first served; priority: requests with a lower `priority` "
+        "value first (arrival time breaks ties), and when the KV cache is full the "
+        "lowest-priority running request is preempted first.",
+        SCHEDULING_POLICIES,
+    )
     structured_outputs_config: StructuredOutputsConfig | None = engine_arg(
         None,
         'Grammar backend options: JSON (\'{"backend": "xgrammar"}\') or '
@@ -221,6 +230,7 @@ class EngineArgs:
             check_choice("pooling_type", self.pooling_type.upper(), POOLING_TYPES)
         if self.preemption_mode is not None:
             check_choice("preemption_mode", self.preemption_mode, PREEMPTION_MODES)
+        check_choice("scheduling_policy", self.scheduling_policy, SCHEDULING_POLICIES)
         if self.kv_cache_dtype != "auto":
             check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto",))
 

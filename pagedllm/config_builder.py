@@ -271,6 +271,7 @@ def _scheduler_config(
         log_stats=not args.disable_log_stats,
         async_scheduling=_pick_async_scheduling(args, device),
         preemption_mode=args.preemption_mode,
+        policy=args.scheduling_policy,
     )
 
 

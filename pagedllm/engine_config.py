@@ -27,6 +27,7 @@ RUNNERS = ("auto", "generate", "pooling")
 TASKS = ("auto", "generate", "embed", "embedding")
 POOLING_TYPES = ("LAST", "MEAN", "CLS", "ALL")
 PREEMPTION_MODES = ("recompute", "swap")
+SCHEDULING_POLICIES = ("fcfs", "priority")
 MODEL_IMPLS = ("auto", "pagedllm", "vllm", "transformers")  # "vllm": alias of "pagedllm"
 STRUCTURED_OUTPUTS_BACKENDS = ("auto", "guidance", "xgrammar")
 
@@ -138,6 +139,9 @@ class SchedulerConfig:
     # "recompute" | "swap" | None: swap long requests, recompute short ones
     # (core/kv_swap.py, SWAP_MIN_TOKENS).
     preemption_mode: str | None = None
+    # "fcfs": arrival order; "priority": lower Request.priority first, then arrival
+    # (core/request_queue.py), and the KV cache preempts the lowest priority first.
+    policy: str = "fcfs"
 
 
 @dataclass

@@ -58,13 +58,16 @@ class LLM:
         prompts: Any,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
+        """`priority`: one per prompt, with scheduling_policy="priority" (lower first)."""
         prompt_list = _as_prompt_list(prompts)
         params = self._params_list(sampling_params, len(prompt_list))
         final = [p.clone() for p in params]
         for p in final:
             p.output_kind = RequestOutputKind.FINAL_ONLY
-        return self._run_all(prompt_list, final, use_tqdm)  # type: ignore[return-value]
+        priorities = _priority_list(priority, len(prompt_list))
+        return self._run_all(prompt_list, final, use_tqdm, priorities)  # type: ignore[return-value]
 
     def stream(
         self,
@@ -140,14 +143,18 @@ class LLM:
         return params
 
     def _add_requests(
-        self, prompts: list[Any], params: Sequence[SamplingParams | PoolingParams]
+        self,
+        prompts: list[Any],
+        params: Sequence[SamplingParams | PoolingParams],
+        priorities: Sequence[int] | None = None,
     ) -> list[str]:
         engine = self.llm_engine
         ids: list[str] = []
         try:
-            for prompt, p in zip(prompts, params):
+            for i, (prompt, p) in enumerate(zip(prompts, params)):
                 request_id = engine.new_request_id()
-                engine.add_request(request_id, prompt, p)
+                priority = priorities[i] if priorities is not None else 0
+                engine.add_request(request_id, prompt, p, priority=priority)
                 ids.append(request_id)
         except Exception:
             engine.abort_request(ids)
@@ -155,12 +162,17 @@ class LLM:
         return ids
 
     def _run_all(
-        self, prompts: list[Any], params: Sequence[SamplingParams | PoolingParams], use_tqdm: bool
+        self,
+        prompts: list[Any],
+        params: Sequence[SamplingParams | PoolingParams],
+        use_tqdm: bool,
+        priorities: Sequence[int] | None = None,
     ) -> list[RequestOutput | PoolingRequestOutput]:
         """Add every request and run them to the end, the heap frozen meanwhile (the full
         collections of a long call then skip the model, torch and the user's objects)."""
         with frozen_heap():
-            return self._run_to_completion(self._add_requests(prompts, params), use_tqdm)
+            ids = self._add_requests(prompts, params, priorities)
+            return self._run_to_completion(ids, use_tqdm)
 
     def _run_to_completion(
         self, ids: list[str], use_tqdm: bool
@@ -181,6 +193,18 @@ class LLM:
         finally:
             bar.close()
         return [results[i] for i in ids]
+
+
+def _priority_list(priority: Sequence[int] | None, n: int) -> list[int] | None:
+    if priority is None:
+        return None
+    priorities = list(priority)
+    if len(priorities) != n:
+        raise ValueError(
+            f"priority has {len(priorities)} entries but there are {n} prompts; "
+            "pass one priority per prompt"
+        )
+    return priorities
 
 
 def _as_prompt_list(prompts: Any) -> list[Any]:

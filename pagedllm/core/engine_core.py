@@ -94,6 +94,7 @@ class EngineCore:
             sampling_params=req.sampling_params,
             pooling_params=req.pooling_params,
             arrival_time=req.arrival_time,
+            priority=req.priority,
             stream_outputs=req.stream_outputs,
         )
         sp = req.sampling_params

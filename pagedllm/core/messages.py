@@ -32,6 +32,8 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     stream_outputs: bool = True
     # Which front end (API server) sent it: its outputs go back there only.
     client_index: int = 0
+    # scheduling_policy="priority": lower runs first (0 otherwise).
+    priority: int = 0
 
     @property
     def max_tokens(self) -> int:

@@ -50,6 +50,7 @@ class Request:
     sampling_params: SamplingParams | None
     pooling_params: PoolingParams | None = None
     arrival_time: float = field(default_factory=time.time)
+    priority: int = 0  # scheduling_policy="priority": lower is scheduled first
     prompt: str | None = None
     parent_id: str | None = None
     index: int = 0

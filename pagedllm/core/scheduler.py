@@ -10,6 +10,8 @@ into chunks (chunked prefill); prefix-cache hits start a new request with
 is preempted (its blocks freed, its num_computed_tokens reset to 0) and recomputed
 later from the waiting queue's head, or, with a CPU tier, swapped out (its blocks
 copied to CPU memory, its num_computed_tokens kept) and copied back on resume.
+With scheduling_policy="priority" both orders are (priority, arrival) instead
+(core/request_queue.py): the lowest-priority running request is preempted first.
 
 Several batches in flight (pipeline parallelism, `set_max_batches_in_flight`): a
 request with a step in flight is left out of the next batches (its next token is
@@ -26,13 +28,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
 
 from pagedllm.config import SchedulerConfig
 from pagedllm.core.cpu_tier import SWAP_MIN_TOKENS
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.request_queue import make_waiting_queue, priority_key
 from pagedllm.core.stop_checker import check_grammar_stops, check_stop, reached_length_limit
 from pagedllm.core.worker_delta import add_worker_delta
 from pagedllm.outputs import SchedulerStats
@@ -51,7 +53,8 @@ class Scheduler:
         self.config = config
         self.kv = kv_cache_manager
         self.requests: dict[str, Request] = {}
-        self.waiting: deque[Request] = deque()
+        self.waiting = make_waiting_queue(config.policy)
+        self.by_priority = config.policy == "priority"
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()  # finished since the last step
         self.stats = SchedulerStats(num_gpu_blocks=kv_cache_manager.num_blocks)
@@ -135,6 +138,8 @@ class Scheduler:
         return out
 
     def _schedule_running(self, budget: int, out: SchedulerOutput) -> tuple[int, bool]:
+        if self.by_priority:  # the highest priority first; the tail is preempted first
+            self.running.sort(key=priority_key)
         preempted = False
         i = 0
         while (
@@ -148,7 +153,7 @@ class Scheduler:
                 i += 1  # waits for its in-flight token, or that token is its last
                 continue
             while self.kv.allocate_slots(request, num_new) is None:
-                victim = self.running.pop()  # the newest running request
+                victim = self.running.pop()  # the newest (or lowest-priority) one
                 self._preempt(victim)
                 preempted = True
                 if victim is request:

@@ -135,10 +135,12 @@ class AsyncLLM:
         sampling_params: SamplingParams,
         request_id: str,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """The request's outputs (per sampling_params.output_kind). Leaving the loop early
-        or cancelling the consumer aborts the request and frees its KV blocks."""
-        stream = self._run_request(prompt, sampling_params, request_id, arrival_time)
+        or cancelling the consumer aborts the request and frees its KV blocks.
+        `priority`: with scheduling_policy="priority", lower runs first."""
+        stream = self._run_request(prompt, sampling_params, request_id, arrival_time, priority)
         return cast(AsyncIterator[RequestOutput], stream)
 
     def encode(
@@ -147,8 +149,9 @@ class AsyncLLM:
         pooling_params: PoolingParams,
         request_id: str,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[PoolingRequestOutput]:
-        stream = self._run_request(prompt, pooling_params, request_id, arrival_time)
+        stream = self._run_request(prompt, pooling_params, request_id, arrival_time, priority)
         return cast(AsyncIterator[PoolingRequestOutput], stream)
 
     async def abort(self, request_id: str | Iterable[str]) -> None:
@@ -168,9 +171,10 @@ class AsyncLLM:
         params: SamplingParams | PoolingParams,
         request_id: str,
         arrival_time: float | None,
+        priority: int,
     ) -> AsyncIterator[EngineOutput]:
         """Yield the request's outputs; abort it if the consumer goes away early."""
-        stream = self._add(prompt, params, request_id, arrival_time or time.time())
+        stream = self._add(prompt, params, request_id, arrival_time or time.time(), priority)
         done = False
         try:
             while not done:
@@ -193,10 +197,13 @@ class AsyncLLM:
         params: SamplingParams | PoolingParams,
         request_id: str,
         arrival_time: float,
+        priority: int,
     ) -> RequestStream:
         if self._dead_error is not None:
             raise self._dead_error
-        built = self.builder.build(request_id, prompt, params, arrival_time)  # ValueError: 400
+        built = self.builder.build(  # ValueError: 400
+            request_id, prompt, params, arrival_time, priority=priority
+        )
         mergeable = getattr(params, "output_kind", None) == RequestOutputKind.DELTA
         stream = RequestStream(request_id, asyncio.get_running_loop(), mergeable)
         with self._lock:

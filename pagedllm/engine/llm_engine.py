@@ -118,11 +118,15 @@ class LLMEngine:
         params: SamplingParams | PoolingParams,
         arrival_time: float | None = None,
         add_special_tokens: bool = True,
+        priority: int = 0,
     ) -> None:
+        """`priority`: with scheduling_policy="priority", lower runs first."""
         if self.output_processor.has_request(request_id):
             raise ValueError(f"request_id {request_id!r} is already in use")
         arrival = arrival_time if arrival_time is not None else time.time()
-        built = self.builder.build(request_id, prompt, params, arrival, add_special_tokens)
+        built = self.builder.build(
+            request_id, prompt, params, arrival, add_special_tokens, priority
+        )
         self.output_processor.add_request(request_id, built)
         self.core_client.add_requests(built.children)
 

@@ -54,11 +54,13 @@ class RequestBuilder:
         params: SamplingParams | PoolingParams,
         arrival_time: float,
         add_special_tokens: bool = True,
+        priority: int = 0,
     ) -> BuiltRequest:
         """Raises ValueError (InvalidRequestError naming the field) for anything the
         core cannot run; the prompt's length before anything else is looked at."""
         pooling = isinstance(params, PoolingParams)
         self._check_runner(pooling)
+        self._check_priority(priority)
         mc = self.model_config
         processed = ip.process_prompt(prompt, self.tokenizer, mc, add_special_tokens, pooling)
         self._check_fits_cache(len(processed.prompt_token_ids), pooling)
@@ -66,11 +68,18 @@ class RequestBuilder:
             verify_pooling_params(params, mc.hf_config, mc.served_model_name)
             children = [
                 EngineCoreRequest(
-                    request_id, processed.prompt_token_ids, None, params, arrival_time
+                    request_id,
+                    processed.prompt_token_ids,
+                    None,
+                    params,
+                    arrival_time,
+                    priority=priority,
                 )
             ]
         else:
-            children = self._sampling_children(request_id, processed, params, arrival_time)
+            children = self._sampling_children(
+                request_id, processed, params, arrival_time, priority
+            )
         return BuiltRequest(processed.prompt, processed.prompt_token_ids, params, children)
 
     def _check_runner(self, pooling: bool) -> None:
@@ -82,6 +91,18 @@ class RequestBuilder:
         if not pooling and runner == "pooling":
             raise ValueError(
                 "This model runs as a pooling (embedding) model and cannot generate text"
+            )
+
+    def _check_priority(self, priority: int) -> None:
+        if type(priority) is not int or not -(2**63) <= priority < 2**63:  # noqa: E721
+            raise InvalidRequestError(
+                f"priority must be a 64-bit integer, got {priority!r}", "priority"
+            )
+        if priority != 0 and self.scheduler_config.policy != "priority":
+            raise InvalidRequestError(
+                f"Got priority {priority} but priority scheduling is not enabled: "
+                "start the engine with scheduling_policy='priority'",
+                "priority",
             )
 
     def _check_fits_cache(self, num_prompt_tokens: int, pooling: bool) -> None:
@@ -106,6 +127,7 @@ class RequestBuilder:
         processed: ip.ProcessedPrompt,
         params: SamplingParams,
         arrival_time: float,
+        priority: int,
     ) -> list[EngineCoreRequest]:
         n = params.n
         resolved = ip.resolve_sampling_params(
@@ -131,6 +153,7 @@ class RequestBuilder:
                     None,
                     arrival_time,
                     stream_outputs=needs_streamed_tokens(sp),
+                    priority=priority,
                 )
             )
         return children

@@ -46,15 +46,21 @@ class InflightRequests:
         self.closing = False  # no new requests
         self.aborting = False  # in-flight requests were aborted by shutdown
 
-    def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+    def generate(
+        self, prompt: Any, params: Any, request_id: str, priority: int = 0
+    ) -> AsyncIterator[Any]:
         if self.closing:
             raise ServerShuttingDownError()
-        return self._track(self.engine.generate(prompt, params, request_id), request_id)
+        outputs = self.engine.generate(prompt, params, request_id, priority=priority)
+        return self._track(outputs, request_id)
 
-    def encode(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+    def encode(
+        self, prompt: Any, params: Any, request_id: str, priority: int = 0
+    ) -> AsyncIterator[Any]:
         if self.closing:
             raise ServerShuttingDownError()
-        return self._track(self.engine.encode(prompt, params, request_id), request_id)
+        outputs = self.engine.encode(prompt, params, request_id, priority=priority)
+        return self._track(outputs, request_id)
 
     async def _track(self, outputs: AsyncIterator[Any], request_id: str) -> AsyncIterator[Any]:
         self.request_ids.add(request_id)

@@ -15,7 +15,6 @@ from pagedllm.config import EngineConfig
 from pagedllm.distributed import parallel_state as ps
 from pagedllm.layers.grammar_bitmask import GrammarBitmask
 from pagedllm.layers.host_to_device import pack_to_device
-from pagedllm.layers.pooler import PoolingMetadata
 from pagedllm.layers.sampler import Sampler
 from pagedllm.layers.sampling_metadata import SamplingMetadata
 from pagedllm.models.interfaces import (
@@ -34,6 +33,7 @@ from pagedllm.scheduler_output import (
 from pagedllm.worker import kv_cache as kvc
 from pagedllm.worker.async_output import AsyncModelRunnerOutput
 from pagedllm.worker.input_prep import BlockTableBuffer, StepInputs, prepare_inputs
+from pagedllm.worker.pool_step import pool_step
 from pagedllm.worker.prompt_logprobs import add_prompt_logprobs
 from pagedllm.worker.request_state import RequestStates
 
@@ -223,7 +223,7 @@ class ModelRunner:
         if hidden is None:  # a pipeline stage before the last: nothing to sample
             return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[None] * len(req_ids))
         if self.is_pooling:
-            return self._pool(scheduled, inputs, hidden)
+            return pool_step(self.pooler, scheduled, inputs, hidden)
         self._to_sample = (scheduled, inputs, hidden, logits)
         return None
 
@@ -378,25 +378,6 @@ class ModelRunner:
         pairs = np.array([inputs.placeholder_index, rows], dtype=np.int64)
         (index_and_source,) = pack_to_device([pairs], self.device)
         inputs.input_ids[index_and_source[0]] = self.prev_sampled[index_and_source[1]]
-
-    def _pool(
-        self, scheduled: list[ScheduledRequest], inputs: StepInputs, hidden: torch.Tensor
-    ) -> ModelRunnerOutput:
-        assert self.model is not None
-        md = inputs.attn_metadata
-        assert md.query_start_loc_cpu is not None and md.seq_lens_cpu is not None
-        pooling_metadata = PoolingMetadata(
-            prompt_lens=md.seq_lens_cpu.to(torch.int64),
-            query_start_loc=md.query_start_loc_cpu.to(torch.int64),
-        )
-        params = [s.pooling_params for s in scheduled]
-        pooled = self.pooler(hidden[: inputs.num_tokens], pooling_metadata, params)
-        out = ModelRunnerOutput(
-            req_ids=[s.req_id for s in scheduled], sampled_token_ids=[None] * len(scheduled)
-        )
-        for s, vec in zip(scheduled, pooled):
-            out.pooled[s.req_id] = vec.float().cpu().tolist()
-        return out
 
 
 def _output_ids(s: ScheduledRequest) -> list[int]:

@@ -69,6 +69,7 @@ EXPECTED: dict[tuple[str, ...], tuple[object, tuple[object, ...] | None]] = {
     ("--kv-cache-memory-bytes",): (None, None),
     ("--async-scheduling", "--no-async-scheduling"): (None, None),
     ("--preemption-mode",): (None, ("recompute", "swap")),
+    ("--scheduling-policy",): ("fcfs", ("fcfs", "priority")),
     ("--structured-outputs-config",): (None, None),
     ("--model-impl",): ("auto", ("auto", "pagedllm", "vllm", "transformers")),
 }

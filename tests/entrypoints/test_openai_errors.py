@@ -38,6 +38,14 @@ BAD_REQUESTS = [
     pytest.param(COMPLETIONS, {"max_tokens": 3}, 400, "prompt", id="no-prompt"),
     pytest.param(
         COMPLETIONS,
+        {"prompt": "hi", "priority": 1},
+        400,
+        "priority scheduling is not enabled",
+        id="priority-without-the-policy",
+    ),
+    pytest.param(CHAT, {"messages": USER, "priority": "high"}, 400, "priority", id="priority-type"),
+    pytest.param(
+        COMPLETIONS,
         {"prompt": "hi", "stream_options": {"include_usage": True}},
         400,
         "stream=True",

@@ -58,6 +58,8 @@ class SamplingRequestMixin(OpenAIBaseModel):
     repetition_penalty: float | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    # vLLM's: with --scheduling-policy priority, lower runs first (else it must be 0).
+    priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
     min_tokens: int = 0
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -244,6 +246,7 @@ class EmbeddingRequest(OpenAIBaseModel):
     truncate_prompt_tokens: int | None = Field(default=None, ge=1)
     add_special_tokens: bool = True
     normalize: bool | None = None
+    priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
 
 
 class EmbeddingResponseData(OpenAIBaseModel):

@@ -100,6 +100,7 @@ class OpenAIServingChat(OpenAIServing):
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | StreamingResponse:
         model = self.check_model(request.model, "Chat Completions")
+        self.check_priority(request.priority)
         _check_supported(request)
         plan = make_tool_plan(request, self.enable_auto_tools, self.tool_parser)
         num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
@@ -113,7 +114,7 @@ class OpenAIServingChat(OpenAIServing):
         self._constrain_tools(params, plan)
         request_id = f"chatcmpl-{random_uuid()}"
         self.log_request(request_id, prompt, params)
-        outputs = self.generate(prompt, params, request_id)
+        outputs = self.generate(prompt, params, request_id, request.priority)
         if request.stream:
             first_ready = await prefetch(outputs)
             body = self._stream(request, model, request_id, prompt, first_ready, plan)

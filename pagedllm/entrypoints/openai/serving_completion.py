@@ -56,6 +56,7 @@ class OpenAIServingCompletion(OpenAIServing):
         self, request: CompletionRequest
     ) -> CompletionResponse | StreamingResponse:
         model = self.check_model(request.model, "Completions")
+        self.check_priority(request.priority)
         if request.suffix is not None:
             raise APIError("suffix is not currently supported", param="suffix")
         self.check_logprobs(request.logprobs, "logprobs")
@@ -69,7 +70,7 @@ class OpenAIServingCompletion(OpenAIServing):
         for i, (prompt, sp) in enumerate(zip(prompts, params)):
             sub_id = f"{request_id}-{i}"
             self.log_request(sub_id, prompt, sp)
-            generators.append(self.generate(prompt, sp, sub_id))
+            generators.append(self.generate(prompt, sp, sub_id, request.priority))
         merged = merge_async_iterators(*generators)
         if request.stream:
             first_ready = await prefetch(merged)

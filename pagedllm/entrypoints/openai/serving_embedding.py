@@ -38,6 +38,7 @@ def encode_embedding(embedding: list[float], encoding_format: str) -> list[float
 class OpenAIServingEmbedding(OpenAIServing):
     async def create_embedding(self, request: EmbeddingRequest) -> EmbeddingResponse:
         model = self.check_model(request.model, "Embeddings", runner="pooling")
+        self.check_priority(request.priority)
         hidden = self.model_config.hidden_size
         if request.dimensions is not None and not 1 <= request.dimensions <= hidden:
             raise APIError(
@@ -55,7 +56,7 @@ class OpenAIServingEmbedding(OpenAIServing):
         generators = []
         for i, prompt in enumerate(prompts):
             self.log_request(f"{request_id}-{i}", prompt, params)
-            generators.append(self.encode(prompt, params, f"{request_id}-{i}"))
+            generators.append(self.encode(prompt, params, f"{request_id}-{i}", request.priority))
         finals: list[PoolingRequestOutput | None] = [None] * len(prompts)
         async for i, pooled in merge_async_iterators(*generators):
             finals[i] = pooled

@@ -62,14 +62,23 @@ class OpenAIServing:
         return served
 
     def generate(
-        self, prompt: TokenizedPrompt, params: SamplingParams, request_id: str
+        self, prompt: TokenizedPrompt, params: SamplingParams, request_id: str, priority: int = 0
     ) -> AsyncIterator[RequestOutput]:
-        return self.inflight.generate(prompt.engine_input(), params, request_id)
+        return self.inflight.generate(prompt.engine_input(), params, request_id, priority)
 
     def encode(
-        self, prompt: TokenizedPrompt, params: PoolingParams, request_id: str
+        self, prompt: TokenizedPrompt, params: PoolingParams, request_id: str, priority: int = 0
     ) -> AsyncIterator[PoolingRequestOutput]:
-        return self.inflight.encode(prompt.engine_input(), params, request_id)
+        return self.inflight.encode(prompt.engine_input(), params, request_id, priority)
+
+    def check_priority(self, priority: int) -> None:
+        """A 400 before anything runs: a priority needs the priority policy (vLLM's rule)."""
+        if priority != 0 and self.engine.engine_config.scheduler_config.policy != "priority":
+            raise APIError(
+                f"Got priority {priority} but priority scheduling is not enabled: "
+                "start the server with --scheduling-policy priority",
+                param="priority",
+            )
 
     async def tokenize_all(
         self,
