@@ -1,5 +1,5 @@
 """The offline LLM API end to end: batch invariance, preemption, prefix caching,
-n samples, stop conditions, logprobs, streaming, errors."""
+n samples, stop conditions, logprobs, streaming, errors, priorities under preemption."""
 
 from __future__ import annotations
 
@@ -251,3 +251,26 @@ def test_generate_freezes_the_heap_for_the_call_only(
         assert gc.get_freeze_count() == 0
     finally:
         gc.callbacks.remove(record)
+
+
+def test_priorities_under_preemption_and_async_scheduling_keep_the_tokens(
+    tiny_llama_dir: str,
+) -> None:
+    """A cache too small for the batch: requests are preempted by priority and resumed,
+    with async scheduling's placeholders in flight; every request's tokens are those
+    of an FCFS run with room to spare, and every block comes back."""
+    prompts, params = mixed_requests(16, seed=5)
+    roomy = tiny_llm(tiny_llama_dir).generate(prompts, params, use_tqdm=False)
+    small = tiny_llm(
+        tiny_llama_dir,
+        scheduling_policy="priority",
+        async_scheduling=True,
+        num_gpu_blocks_override=24,
+        max_model_len=80,
+    )
+    priorities = [(i * 7) % 5 - 2 for i in range(len(prompts))]
+    got = small.generate(prompts, params, use_tqdm=False, priority=priorities)
+    assert token_ids(got) == token_ids(roomy)
+    assert small.llm_engine.get_stats().num_preemptions > 0
+    assert small.llm_engine.get_num_free_blocks() == 24
+    small.llm_engine.check_integrity()
