@@ -287,7 +287,11 @@ def _verify_ranges(sp: SamplingParams) -> None:
             _require(value >= -1, name, f"must be non-negative or -1 (all), got {value}")
     _require(all(sp.stop or []), "stop", "cannot contain an empty string")
     if sp.truncate_prompt_tokens is not None:
-        _require(sp.truncate_prompt_tokens >= 1, "truncate_prompt_tokens", "must be >= 1")
+        _require(
+            sp.truncate_prompt_tokens == -1 or sp.truncate_prompt_tokens >= 1,
+            "truncate_prompt_tokens",
+            "must be -1 (max_model_len) or >= 1",
+        )
     for token_id in sp.stop_token_ids or []:
         _require(token_id >= 0, "stop_token_ids", f"must be non-negative, got {token_id}")
 
@@ -303,3 +307,8 @@ class PoolingParams:
     def __post_init__(self) -> None:
         if self.dimensions is not None and self.dimensions < 1:
             raise ValueError(f"dimensions must be at least 1, got {self.dimensions}")
+        truncate = self.truncate_prompt_tokens
+        if truncate is not None and truncate != -1 and truncate < 1:
+            raise ValueError(
+                f"truncate_prompt_tokens must be -1 (max_model_len) or >= 1, got {truncate}"
+            )

@@ -274,3 +274,21 @@ def test_priorities_under_preemption_and_async_scheduling_keep_the_tokens(
     assert small.llm_engine.get_stats().num_preemptions > 0
     assert small.llm_engine.get_num_free_blocks() == 24
     small.llm_engine.check_integrity()
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_last_tokens(tiny_llama_dir: str) -> None:
+    llm = tiny_llm(tiny_llama_dir)
+    ids = list(range(3, 23))
+    greedy = dict(temperature=0.0, max_tokens=5, ignore_eos=True)
+    cut = llm.generate(
+        {"prompt_token_ids": ids}, SamplingParams(truncate_prompt_tokens=6, **greedy), False
+    )[0]
+    tail = llm.generate({"prompt_token_ids": ids[-6:]}, SamplingParams(**greedy), False)[0]
+    assert cut.prompt_token_ids == ids[-6:]
+    assert cut.outputs[0].token_ids == tail.outputs[0].token_ids
+    whole = llm.generate(
+        {"prompt_token_ids": ids}, SamplingParams(truncate_prompt_tokens=-1, **greedy), False
+    )[0]
+    assert whole.prompt_token_ids == ids  # -1: up to max_model_len
+    with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+        SamplingParams(truncate_prompt_tokens=0)

@@ -30,14 +30,19 @@ def process_prompt(
     model_config: ModelConfig,
     add_special_tokens: bool = True,
     pooling: bool = False,
+    truncate_prompt_tokens: int | None = None,
 ) -> ProcessedPrompt:
-    """Token ids of a prompt that fits the context. The length is checked before the
-    ids are looked at, so a huge prompt is refused at once."""
+    """Token ids of a prompt that fits the context (its last `truncate_prompt_tokens`
+    when set, as in vLLM). The length is checked before the ids are looked at, so a
+    huge prompt is refused at once."""
     text, token_ids = _split_prompt(prompt)
     if token_ids is None:
         if tokenizer is None:
             raise ValueError("a text prompt needs a tokenizer; pass prompt_token_ids instead")
         token_ids = encode_text(tokenizer, text or "", "prompt", add_special_tokens)
+    keep = validation.truncation_size(truncate_prompt_tokens, model_config.max_model_len)
+    if keep is not None and len(token_ids) > keep:
+        token_ids = token_ids[-keep:]
     validation.check_prompt_length(len(token_ids), model_config.max_model_len, pooling)
     if not validation.all_plain_ints(token_ids):
         token_ids = [int(t) for t in token_ids]  # numpy integers -> int

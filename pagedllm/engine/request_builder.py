@@ -62,7 +62,9 @@ class RequestBuilder:
         self._check_runner(pooling)
         self._check_priority(priority)
         mc = self.model_config
-        processed = ip.process_prompt(prompt, self.tokenizer, mc, add_special_tokens, pooling)
+        processed = ip.process_prompt(
+            prompt, self.tokenizer, mc, add_special_tokens, pooling, params.truncate_prompt_tokens
+        )
         self._check_fits_cache(len(processed.prompt_token_ids), pooling)
         if isinstance(params, PoolingParams):
             verify_pooling_params(params, mc.hf_config, mc.served_model_name)

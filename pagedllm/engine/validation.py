@@ -33,6 +33,21 @@ def all_plain_ints(values: Sequence[Any]) -> bool:
     return len(values) > 0 and set(map(type, values)) == {int}
 
 
+def truncation_size(truncate_prompt_tokens: int | None, max_model_len: int) -> int | None:
+    """How many of a prompt's last tokens to keep (vLLM's truncate_prompt_tokens):
+    None keeps them all, -1 keeps max_model_len, k >= 1 keeps k."""
+    if truncate_prompt_tokens is None:
+        return None
+    if truncate_prompt_tokens == -1:
+        return max_model_len
+    if truncate_prompt_tokens < 1:
+        raise InvalidRequestError(
+            f"truncate_prompt_tokens must be -1 or at least 1, got {truncate_prompt_tokens}",
+            "truncate_prompt_tokens",
+        )
+    return truncate_prompt_tokens
+
+
 def check_prompt_length(num_prompt_tokens: int, max_model_len: int, pooling: bool) -> None:
     """A prompt to generate from must leave room for one token; a pooling input may
     fill the context."""

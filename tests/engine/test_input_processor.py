@@ -108,3 +108,19 @@ def test_prompt_token_ids_come_out_as_plain_ints() -> None:
         assert all(type(t) is int for t in processed.prompt_token_ids)
     with pytest.raises(ValueError, match="prompt_token_ids"):
         process_prompt({"prompt_token_ids": [5, VOCAB]}, None, model_config())
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens() -> None:
+    from pagedllm.engine.input_processor import process_prompt
+
+    ids = list(range(10, 90))  # 80 ids: longer than max_model_len=64
+    kept = process_prompt({"prompt_token_ids": ids}, None, model_config(), truncate_prompt_tokens=5)
+    assert kept.prompt_token_ids == ids[-5:]
+    whole = process_prompt({"prompt_token_ids": ids[:7]}, None, model_config(), False, False, 9)
+    assert whole.prompt_token_ids == ids[:7]
+    to_context = process_prompt({"prompt_token_ids": ids}, None, model_config(), False, True, -1)
+    assert to_context.prompt_token_ids == ids[-64:]  # -1: max_model_len
+    with pytest.raises(ValueError, match="maximum context length"):
+        process_prompt({"prompt_token_ids": ids}, None, model_config(), False, True)
+    with pytest.raises(ValueError, match="^truncate_prompt_tokens must be -1 or at least 1"):
+        process_prompt({"prompt_token_ids": ids}, None, model_config(), truncate_prompt_tokens=0)

@@ -41,6 +41,23 @@ def test_completion_prompt_forms_agree(client: openai.OpenAI, server: RemoteServ
     assert [c.text for c in complete(client, ids).choices] == [by_text[PROMPT], by_text[other]]
 
 
+def test_truncate_prompt_tokens_keeps_the_last_tokens(
+    client: openai.OpenAI, server: RemoteServer
+) -> None:
+    tokens = requests.post(server.url("/tokenize"), json={"prompt": PROMPT}, timeout=10).json()
+    ids = tokens["tokens"]
+    cut = complete(client, PROMPT, extra_body={"truncate_prompt_tokens": 3})
+    assert cut.usage.prompt_tokens == 3
+    assert cut.choices[0].text == complete(client, ids[-3:]).choices[0].text
+    whole = complete(client, PROMPT, extra_body={"truncate_prompt_tokens": -1})
+    assert whole.usage.prompt_tokens == len(ids)  # -1: up to max_model_len
+    zero = requests.post(
+        server.url("/v1/completions"), json={"prompt": PROMPT, "truncate_prompt_tokens": 0}
+    )
+    assert zero.status_code == 400
+    assert zero.json()["error"]["param"] == "truncate_prompt_tokens"
+
+
 def test_completion_n_echo_and_stop(client: openai.OpenAI) -> None:
     sampled = complete(client, PROMPT, n=2, temperature=0.8, seed=1)
     assert sorted(c.index for c in sampled.choices) == [0, 1]

@@ -66,7 +66,7 @@ class SamplingRequestMixin(OpenAIBaseModel):
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
-    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)  # -1: max_model_len
     prompt_logprobs: int | None = None
     # Structured outputs (vLLM's fields; see structured_outputs.py).
     structured_outputs: dict[str, Any] | None = None
@@ -243,7 +243,7 @@ class EmbeddingRequest(OpenAIBaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
-    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)  # -1: max_model_len
     add_special_tokens: bool = True
     normalize: bool | None = None
     priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)

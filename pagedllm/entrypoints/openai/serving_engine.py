@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pagedllm.engine.async_engine import AsyncLLM, EngineGenerateError
-from pagedllm.engine.validation import check_token_ids
+from pagedllm.engine.validation import check_token_ids, truncation_size
 from pagedllm.entrypoints.chat_utils import check_text
 from pagedllm.entrypoints.openai.errors import APIError
 from pagedllm.entrypoints.openai.protocol import SamplingRequestMixin
@@ -109,8 +109,9 @@ class OpenAIServing:
             # the tokenizer's range is an OverflowError there).
             check_token_ids(ids, self.model_config.vocab_size, param)
             text = self.tokenizer.decode(ids)
-        if truncate is not None and len(ids) > truncate:
-            ids = ids[-truncate:]  # vLLM keeps the last tokens
+        keep = truncation_size(truncate, self.max_model_len)
+        if keep is not None and len(ids) > keep:
+            ids = ids[-keep:]  # vLLM keeps the last tokens
             text = self.tokenizer.decode(ids)
         return TokenizedPrompt(text, ids)
 
