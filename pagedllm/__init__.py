@@ -10,6 +10,8 @@ from pagedllm.outputs import (
     Logprob,
     PoolingRequestOutput,
     RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
 )
 from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
 
@@ -40,5 +42,7 @@ __all__ = [
     "RequestOutput",
     "RequestOutputKind",
     "SamplingParams",
+    "ScoringOutput",
+    "ScoringRequestOutput",
     "__version__",
 ]

@@ -11,8 +11,14 @@ from tqdm.auto import tqdm
 from pagedllm.config import EngineArgs
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.gc_utils import frozen_heap
-from pagedllm.outputs import PoolingRequestOutput, RequestOutput
+from pagedllm.outputs import (
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
 from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
+from pagedllm.scoring import cosine_similarity, score_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +131,33 @@ class LLM:
         return self._run_all(prompt_list, params, use_tqdm)  # type: ignore[return-value]
 
     encode = embed
+
+    def score(
+        self,
+        data_1: Any,
+        data_2: Any,
+        /,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[ScoringRequestOutput]:
+        """vLLM's LLM.score on an embedding model: the cosine similarity of each pair's
+        embeddings, pairs 1:1, 1:N (data_1 one text) or N:N. Each text is embedded once."""
+        firsts, seconds = _as_prompt_list(data_1), _as_prompt_list(data_2)
+        pairs = score_pairs(len(firsts), len(seconds), ("data_1", "data_2"))
+        params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
+        embedded = self.embed([*firsts, *seconds], params, use_tqdm=use_tqdm)
+        ones, twos = embedded[: len(firsts)], embedded[len(firsts) :]
+        return [
+            ScoringRequestOutput(
+                request_id=str(k),
+                outputs=ScoringOutput(
+                    cosine_similarity(ones[i].outputs.embedding, twos[j].outputs.embedding)
+                ),
+                prompt_token_ids=ones[i].prompt_token_ids + twos[j].prompt_token_ids,
+            )
+            for k, (i, j) in enumerate(pairs)
+        ]
 
     # ---- helpers ------------------------------------------------------------------
     def _params_list(

@@ -76,6 +76,21 @@ EmbeddingRequestOutput = PoolingRequestOutput
 
 
 @dataclass
+class ScoringOutput:
+    score: float
+
+
+@dataclass
+class ScoringRequestOutput:
+    """One pair's score (LLM.score): the cosine similarity of the two embeddings."""
+
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int]  # the first text's, then the second's
+    finished: bool = True
+
+
+@dataclass
 class SchedulerStats:
     """A snapshot for logging and /metrics, taken after each step."""
 

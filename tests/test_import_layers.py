@@ -15,6 +15,7 @@ RANKS = {
     "benchmarks": 0,
     "__init__": 0,
     "llm": 1,
+    "scoring": 1,  # LLM.score and the Score/Re-rank APIs: cosine similarity of embeddings
     "engine": 1,
     "core": 2,
     "structured_output": 2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from readme_blocks import README, code_blocks
 
@@ -16,3 +18,5 @@ def test_readme_offline_examples_run(capsys: pytest.CaptureFixture[str]) -> None
     assert "Paris" in out
     assert "tokens/s" in out and "assistant:" in out and "384" in out
     assert "\ufffd" not in out
+    sunny, trains = map(float, re.findall(r"^\[(\S+), (\S+)\]$", out, re.M)[-1])
+    assert sunny > trains  # LLM.score's example

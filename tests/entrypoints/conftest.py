@@ -11,10 +11,12 @@ from pathlib import Path
 
 import openai
 import pytest
+from fastapi.testclient import TestClient
 from remote_server import (
     API_KEY,
     CHAT_TEMPLATE_TIMEOUT_S,
     EMBED_FLAGS,
+    EMBED_MODEL,
     SERVER_FLAGS,
     RemoteServer,
 )
@@ -73,3 +75,16 @@ def legacy_server(servers: dict[str, RemoteServer]) -> RemoteServer:
 @pytest.fixture(scope="session")
 def client(server: RemoteServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def embed_client() -> Iterator[TestClient]:
+    """The OpenAI app over the real all-MiniLM-L6-v2, in process (it loads in seconds)."""
+    from pagedllm.config import EngineArgs
+    from pagedllm.entrypoints.openai.api_server import build_app
+
+    args = EngineArgs(
+        model="sentence-transformers/all-MiniLM-L6-v2", kv_cache_memory_bytes=32 << 20
+    )
+    with TestClient(build_app(args, served_model_name=EMBED_MODEL)) as client:
+        yield client

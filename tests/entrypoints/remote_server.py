@@ -17,6 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 MODEL_NAME = "SmolLM2-135M-Instruct"  # the served name of the embedded default model
+EMBED_MODEL = "all-MiniLM-L6-v2"  # the served name of conftest's in-process embed_client
 API_KEY = "test-secret-key"
 # Small context and KV budget: fast start, 2 CPU cores.
 SERVER_FLAGS = [

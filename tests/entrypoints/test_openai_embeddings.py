@@ -5,24 +5,10 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-
-from pagedllm.config import EngineArgs
-from pagedllm.entrypoints.openai.api_server import build_app
-
-EMBED_MODEL = "all-MiniLM-L6-v2"
-
-
-@pytest.fixture(scope="module")
-def embed_client() -> Iterator[TestClient]:
-    args = EngineArgs(
-        model="sentence-transformers/all-MiniLM-L6-v2", kv_cache_memory_bytes=32 << 20
-    )
-    with TestClient(build_app(args, served_model_name=EMBED_MODEL)) as client:
-        yield client
+from remote_server import EMBED_MODEL
 
 
 def cosine(a: list[float], b: list[float]) -> float:

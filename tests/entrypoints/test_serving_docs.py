@@ -41,7 +41,7 @@ def curl_commands() -> list[str]:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_examples(servers: dict[str, RemoteServer]) -> None:
     commands = curl_commands()
-    assert len(commands) == 4
+    assert len(commands) == 6
     for command in commands:
         result = subprocess.run(
             ["bash", "-c", localize(command, servers)], capture_output=True, text=True, timeout=120
@@ -53,6 +53,10 @@ def test_curl_examples(servers: dict[str, RemoteServer]) -> None:
         else:
             body = json.loads(result.stdout)
             assert "error" not in body, body
+        if "/v1/score" in command:  # Paris answers the question better than bananas
+            assert body["data"][0]["score"] > body["data"][1]["score"]
+        if "/v1/rerank" in command:
+            assert [r["index"] for r in body["results"]] == [1]
 
 
 def test_python_examples(

@@ -40,6 +40,7 @@ from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
 from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.serving_score import OpenAIServingScores
 from pagedllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from pagedllm.entrypoints.shutdown import InflightRequests
 from pagedllm.gc_utils import prepare_serving_process
@@ -153,6 +154,7 @@ def build_app(
         tool_parser=tool_call_parser,
     )
     state.embedding = OpenAIServingEmbedding(engine, models, log_requests, inflight=inflight)
+    state.scores = OpenAIServingScores(engine, models, log_requests, inflight=inflight)
     state.tokenization = OpenAIServingTokenization(engine, models, template, render_limits=limits)
     _add_routes(app, engine, options)
     return app

@@ -16,6 +16,7 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from pagedllm.entrypoints.openai.protocol_scores import RerankRequest, ScoreRequest
 from pagedllm.entrypoints.utils import with_cancellation
 
 router = APIRouter()
@@ -46,6 +47,21 @@ async def create_chat_completion(request: ChatCompletionRequest, raw_request: Re
 @with_cancellation
 async def create_embedding(request: EmbeddingRequest, raw_request: Request) -> Any:
     return await _state(raw_request).embedding.create_embedding(request)
+
+
+@router.post("/score", response_model=None)
+@router.post("/v1/score", response_model=None)
+@with_cancellation
+async def create_score(request: ScoreRequest, raw_request: Request) -> Any:
+    return await _state(raw_request).scores.create_score(request)
+
+
+@router.post("/rerank", response_model=None)
+@router.post("/v1/rerank", response_model=None)
+@router.post("/v2/rerank", response_model=None)
+@with_cancellation
+async def create_rerank(request: RerankRequest, raw_request: Request) -> Any:
+    return await _state(raw_request).scores.create_rerank(request)
 
 
 @router.post("/tokenize")

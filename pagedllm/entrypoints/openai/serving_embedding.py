@@ -14,8 +14,6 @@ from pagedllm.entrypoints.openai.protocol import (
     random_uuid,
 )
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing
-from pagedllm.entrypoints.utils import merge_async_iterators
-from pagedllm.outputs import PoolingRequestOutput
 from pagedllm.sampling_params import PoolingParams
 
 
@@ -53,17 +51,9 @@ class OpenAIServingEmbedding(OpenAIServing):
         )
         params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize)
         request_id = f"embd-{random_uuid()}"
-        generators = []
-        for i, prompt in enumerate(prompts):
-            self.log_request(f"{request_id}-{i}", prompt, params)
-            generators.append(self.encode(prompt, params, f"{request_id}-{i}", request.priority))
-        finals: list[PoolingRequestOutput | None] = [None] * len(prompts)
-        async for i, pooled in merge_async_iterators(*generators):
-            finals[i] = pooled
+        finals = await self.encode_all(prompts, params, request_id, request.priority)
         data = []
         for i, output in enumerate(finals):
-            if output is None:
-                raise RuntimeError(f"embedding request {request_id}-{i} returned nothing")
             vector = list(output.outputs.embedding)[: request.dimensions or None]
             data.append(
                 EmbeddingResponseData(

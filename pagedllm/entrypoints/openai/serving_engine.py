@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pagedllm.engine.async_engine import AsyncLLM, EngineGenerateError
 from pagedllm.engine.validation import check_token_ids, truncation_size
@@ -18,7 +18,7 @@ from pagedllm.entrypoints.openai.protocol import SamplingRequestMixin
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.structured_outputs import structured_outputs_params
 from pagedllm.entrypoints.shutdown import InflightRequests
-from pagedllm.entrypoints.utils import run_blocking
+from pagedllm.entrypoints.utils import merge_async_iterators, run_blocking
 from pagedllm.outputs import PoolingRequestOutput, RequestOutput
 from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingParams
 
@@ -70,6 +70,26 @@ class OpenAIServing:
         self, prompt: TokenizedPrompt, params: PoolingParams, request_id: str, priority: int = 0
     ) -> AsyncIterator[PoolingRequestOutput]:
         return self.inflight.encode(prompt.engine_input(), params, request_id, priority)
+
+    async def encode_all(
+        self,
+        prompts: list[TokenizedPrompt],
+        params: PoolingParams,
+        request_id: str,
+        priority: int = 0,
+    ) -> list[PoolingRequestOutput]:
+        """Every prompt's embedding, in order (request ids `<request_id>-<i>`)."""
+        generators = []
+        for i, prompt in enumerate(prompts):
+            self.log_request(f"{request_id}-{i}", prompt, params)
+            generators.append(self.encode(prompt, params, f"{request_id}-{i}", priority))
+        finals: list[PoolingRequestOutput | None] = [None] * len(prompts)
+        async for i, pooled in merge_async_iterators(*generators):
+            finals[i] = pooled
+        missing = [i for i, output in enumerate(finals) if output is None]
+        if missing:
+            raise RuntimeError(f"embedding request {request_id}-{missing[0]} returned nothing")
+        return cast(list[PoolingRequestOutput], finals)
 
     def check_priority(self, priority: int) -> None:
         """A 400 before anything runs: a priority needs the priority policy (vLLM's rule)."""
