@@ -106,16 +106,30 @@ class LLM:
         use_tqdm: bool = True,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
+        """One conversation or a list of them, rendered with the model's chat template
+        (or `chat_template`) as in vLLM: `continue_final_message` continues the last
+        (assistant) message instead of starting a new turn, `tools` and
+        `chat_template_kwargs` are variables of the template."""
+        if add_generation_prompt and continue_final_message:
+            raise ValueError(
+                "continue_final_message and add_generation_prompt cannot both be true; "
+                "set add_generation_prompt=False to continue the final message"
+            )
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        tokenizer = self.get_tokenizer()
         prompts = []
         for conversation in conversations:
-            ids = tokenizer.apply_chat_template(
+            ids = self.get_tokenizer().apply_chat_template(
                 conversation,
                 chat_template=chat_template,
                 add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tools=tools,
                 tokenize=True,
+                **(chat_template_kwargs or {}),
             )
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]

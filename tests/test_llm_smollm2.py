@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pagedllm import SamplingParams
 
 
@@ -69,3 +71,35 @@ def test_bad_words_are_never_generated(smol_llm: Any) -> None:
     banned = SamplingParams(temperature=0, max_tokens=12, bad_words=["Paris"])
     text = smol_llm.generate(prompt, banned, use_tqdm=False)[0].outputs[0].text
     assert "Paris" not in text and text.strip()
+
+
+def test_chat_continues_the_final_message_and_fills_template_variables(smol_llm: Any) -> None:
+    tokenizer = smol_llm.get_tokenizer()
+    sp = SamplingParams(temperature=0, max_tokens=6)
+    partial = [
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "The fruit I pick is the"},
+    ]
+    continued = smol_llm.chat(
+        partial, sp, add_generation_prompt=False, continue_final_message=True, use_tqdm=False
+    )[0]
+    assert tokenizer.decode(continued.prompt_token_ids).endswith("The fruit I pick is the")
+    new_turn = smol_llm.chat(partial, sp, use_tqdm=False)[0]
+    assert not tokenizer.decode(new_turn.prompt_token_ids).endswith("The fruit I pick is the")
+    with pytest.raises(ValueError, match="continue_final_message"):
+        smol_llm.chat(partial, sp, continue_final_message=True, use_tqdm=False)
+    template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}|{{ greeting }}|"
+        "{% for t in tools %}{{ t['function']['name'] }}{% endfor %}"
+    )
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    rendered = smol_llm.chat(
+        [{"role": "user", "content": "Hi"}],
+        sp,
+        use_tqdm=False,
+        chat_template=template,
+        add_generation_prompt=False,
+        tools=tools,
+        chat_template_kwargs={"greeting": "hello"},
+    )[0]
+    assert tokenizer.decode(rendered.prompt_token_ids) == "Hi|hello|get_weather"
