@@ -10,6 +10,11 @@ API_KEY_ENV_VARS = ("PAGEDLLM_API_KEY", "VLLM_API_KEY")
 DEFAULT_MAX_REQUEST_BODY_SIZE = 32 * 2**20  # 32 MiB: a 20 MB prompt fits
 
 
+# The OpenAI server's routes that run the model: /v1/..., and vLLM's /score, /rerank
+# and /v2/rerank (/health, /metrics, /ping, /version, /tokenize stay open, as in vLLM).
+OPENAI_GUARDED_PREFIXES = ("/v1", "/v2", "/score", "/rerank")
+
+
 @dataclass
 class HTTPOptions:
     api_key: str | None = None
@@ -18,7 +23,7 @@ class HTTPOptions:
     allowed_methods: list[str] = field(default_factory=lambda: ["*"])
     allowed_headers: list[str] = field(default_factory=lambda: ["*"])
     allow_credentials: bool = False
-    api_key_prefixes: tuple[str, ...] = ("/v1",)  # the routes the key guards
+    api_key_prefixes: tuple[str, ...] = OPENAI_GUARDED_PREFIXES  # the routes the key guards
     enable_dashboard: bool = True  # /dashboard (OpenAI server only)
 
 

@@ -119,6 +119,8 @@ def test_api_key_guards_v1_routes(auth_server: RemoteServer) -> None:
     body = {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 2}
     posted = requests.post(auth_server.url("/v1/completions"), json=body, timeout=10)
     assert posted.status_code == 401
+    for path in ("/score", "/rerank", "/v2/rerank"):  # vLLM's model-running routes
+        assert requests.post(auth_server.url(path), json={}, timeout=10).status_code == 401
     assert requests.get(auth_server.url("/health"), timeout=10).status_code == 200
     assert requests.get(auth_server.url("/metrics"), timeout=10).status_code == 200
 

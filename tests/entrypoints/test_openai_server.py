@@ -143,6 +143,8 @@ def test_embeddings_on_a_generation_model_is_400(server: RemoteServer) -> None:
 def test_health_and_version(server: RemoteServer) -> None:
     assert requests.get(server.url("/health"), timeout=10).status_code == 200
     assert requests.get(server.url("/version"), timeout=10).json()["version"]
+    assert requests.get(server.url("/ping"), timeout=10).status_code == 200
+    assert requests.post(server.url("/ping"), timeout=10).status_code == 200
 
 
 def test_metrics_count_traffic(client: openai.OpenAI, server: RemoteServer) -> None:

@@ -31,7 +31,12 @@ from pagedllm.engine.async_engine import AsyncLLM
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.chat_utils import load_chat_template
 from pagedllm.entrypoints.dashboard import install_dashboard
-from pagedllm.entrypoints.http_options import API_KEY_ENV_VARS, HTTPOptions, resolve_api_key
+from pagedllm.entrypoints.http_options import (
+    API_KEY_ENV_VARS,
+    OPENAI_GUARDED_PREFIXES,
+    HTTPOptions,
+    resolve_api_key,
+)
 from pagedllm.entrypoints.middleware import install_http_middleware
 from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
 from pagedllm.entrypoints.openai.metrics import PrometheusStatLogger
@@ -180,6 +185,7 @@ def _add_routes(app: FastAPI, engine: AsyncLLM, options: HTTPOptions) -> None:
     app.add_api_route("/version", lambda: {"version": package_version()}, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     app.add_api_route("/health", _health, methods=["GET"])
+    app.add_api_route("/ping", _health, methods=["GET", "POST"])  # vLLM's, for SageMaker
     if options.enable_dashboard:
         install_dashboard(app, engine, resolve_api_key(options.api_key), package_version())
 
@@ -206,7 +212,7 @@ def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         chat_template=args.chat_template,
         disable_log_requests=args.disable_log_requests,
         root_path=args.root_path,
-        http_options=http_options_from_namespace(args, ("/v1",)),
+        http_options=http_options_from_namespace(args, OPENAI_GUARDED_PREFIXES),
         render_limits=RenderLimits(args.chat_template_timeout, args.chat_template_max_chars),
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         tool_call_parser=args.tool_call_parser,
