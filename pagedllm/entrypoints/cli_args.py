@@ -14,7 +14,11 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from pagedllm.config import EngineArgs, StructuredOutputsConfig
 from pagedllm.entrypoints.chat_render import RenderLimits
-from pagedllm.entrypoints.http_options import DEFAULT_MAX_REQUEST_BODY_SIZE, HTTPOptions
+from pagedllm.entrypoints.http_options import (
+    DEFAULT_MAX_LOG_LEN,
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    HTTPOptions,
+)
 from pagedllm.sampling_params import SamplingParams
 
 _HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgtKMGT]?)$")
@@ -147,6 +151,27 @@ def add_http_args(group: argparse._ArgumentGroup) -> None:
         )
     group.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials.")
     group.add_argument(
+        "--ssl-keyfile",
+        default=None,
+        help="TLS: the private key file (with --ssl-certfile: HTTPS).",
+    )
+    group.add_argument("--ssl-certfile", default=None, help="TLS: the certificate chain file.")
+    group.add_argument(
+        "--ssl-ca-certs", default=None, help="TLS: CA certificates that client certificates need."
+    )
+    group.add_argument(
+        "--ssl-cert-reqs",
+        type=int,
+        default=0,
+        choices=[0, 1, 2],
+        help="TLS: client certificates 0 not asked for, 1 optional, 2 required (default: 0).",
+    )
+    group.add_argument(
+        "--enable-request-id-headers",
+        action="store_true",
+        help="Answer with an X-Request-Id header: the request's own, else a new one.",
+    )
+    group.add_argument(
         "--shutdown-timeout",
         type=float,
         default=0.0,
@@ -165,6 +190,7 @@ def http_options_from_namespace(ns: argparse.Namespace, prefixes: tuple[str, ...
         allow_credentials=ns.allow_credentials,
         api_key_prefixes=prefixes,
         enable_dashboard=not getattr(ns, "disable_dashboard", False),
+        enable_request_id_headers=ns.enable_request_id_headers,
     )
 
 
@@ -213,6 +239,17 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="uvicorn's log level (default: info).",
     )
     group.add_argument("--disable-log-requests", action="store_true", help="Do not log requests.")
+    group.add_argument(
+        "--max-log-len",
+        type=int,
+        default=DEFAULT_MAX_LOG_LEN,
+        help=f"Most prompt characters a logged request shows (default: {DEFAULT_MAX_LOG_LEN}).",
+    )
+    group.add_argument(
+        "--disable-fastapi-docs",
+        action="store_true",
+        help="Do not serve /docs, /redoc and /openapi.json.",
+    )
     group.add_argument(
         "--disable-uvicorn-access-log", action="store_true", help="Do not log each HTTP request."
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 API_KEY_ENV_VARS = ("PAGEDLLM_API_KEY", "VLLM_API_KEY")
 DEFAULT_MAX_REQUEST_BODY_SIZE = 32 * 2**20  # 32 MiB: a 20 MB prompt fits
+DEFAULT_MAX_LOG_LEN = 200  # prompt characters a logged request shows (--max-log-len)
 
 
 # The OpenAI server's routes that run the model: /v1/..., and vLLM's /score, /rerank
@@ -25,6 +26,7 @@ class HTTPOptions:
     allow_credentials: bool = False
     api_key_prefixes: tuple[str, ...] = OPENAI_GUARDED_PREFIXES  # the routes the key guards
     enable_dashboard: bool = True  # /dashboard (OpenAI server only)
+    enable_request_id_headers: bool = False  # X-Request-Id on every response
 
 
 def resolve_api_key(api_key: str | None) -> str | None:

@@ -1,11 +1,13 @@
 """Pure ASGI middleware shared by both servers: the API key, the request-body size
-limit, CORS, and the last-resort error handler (a 500 that keeps the connection)."""
+limit, CORS, the last-resort error handler (a 500 that keeps the connection), and
+X-Request-Id response headers (--enable-request-id-headers)."""
 
 from __future__ import annotations
 
 import logging
 import secrets
 import traceback
+import uuid
 from http import HTTPStatus
 
 from fastapi import FastAPI
@@ -24,6 +26,26 @@ def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root = scope.get("root_path", "") or ""
     return path[len(root) :] if root and path.startswith(root) else path
+
+
+class RequestIdHeaderMiddleware:
+    """X-Request-Id on every response: the request's own X-Request-Id, else a new id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class AuthenticationMiddleware:
@@ -128,8 +150,8 @@ class ServerErrorMiddleware:
 
 
 def install_http_middleware(app: FastAPI, options: HTTPOptions) -> None:
-    """Outermost first: errors, CORS (preflight answered before the key check), the
-    key, the body limit."""
+    """Outermost first: the X-Request-Id header (when enabled), errors, CORS (preflight
+    answered before the key check), the key, the body limit."""
     app.add_middleware(RequestBodyLimitMiddleware, max_bytes=options.max_request_body_size)  # type: ignore[arg-type]
     key = resolve_api_key(options.api_key)
     if key:
@@ -146,3 +168,5 @@ def install_http_middleware(app: FastAPI, options: HTTPOptions) -> None:
         allow_credentials=options.allow_credentials,
     )
     app.add_middleware(ServerErrorMiddleware)  # type: ignore[arg-type]
+    if options.enable_request_id_headers:
+        app.add_middleware(RequestIdHeaderMiddleware)  # type: ignore[arg-type]

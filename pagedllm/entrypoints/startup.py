@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -43,16 +44,46 @@ def fail_to_start(args: argparse.Namespace, exc: BaseException) -> NoReturn:
     _fail(args, f"Could not start the server: {detail}", exc)
 
 
+def tls_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's TLS arguments from --ssl-* ({} without --ssl-certfile). The files are
+    loaded here once, so that a bad key or certificate is an error before the model
+    loads (ValueError, or OSError / ssl.SSLError naming the problem)."""
+    keyfile, certfile = getattr(args, "ssl_keyfile", None), getattr(args, "ssl_certfile", None)
+    if not certfile:
+        if keyfile:
+            raise ValueError("--ssl-keyfile needs --ssl-certfile")
+        return {}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    if args.ssl_ca_certs:
+        context.load_verify_locations(args.ssl_ca_certs)
+    return dict(
+        ssl_keyfile=keyfile,
+        ssl_certfile=certfile,
+        ssl_ca_certs=args.ssl_ca_certs,
+        ssl_cert_reqs=args.ssl_cert_reqs,
+    )
+
+
+def tls_or_exit(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return tls_kwargs(args)
+    except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
+        fail_to_start(args, exc)
+
+
 def start_or_exit(
     args: argparse.Namespace, make_app: Callable[[], Any], **uvicorn_kwargs: Any
 ) -> None:
+    tls = tls_or_exit(args)
     sock = bind_or_exit(args)
     try:
         app = make_app()
     except Exception as exc:  # noqa: BLE001 - every start-up failure is reported the same way
         sock.close()
         fail_to_start(args, exc)
-    logger.info("Starting the server on http://%s:%d", args.host or "0.0.0.0", args.port)
+    scheme = "https" if tls else "http"
+    logger.info("Starting the server on %s://%s:%d", scheme, args.host or "0.0.0.0", args.port)
     serve_http(
         app,
         sock,
@@ -60,5 +91,6 @@ def start_or_exit(
         args.shutdown_timeout,
         log_level=getattr(args, "uvicorn_log_level", "info"),
         access_log=not args.disable_uvicorn_access_log,
+        **tls,
         **uvicorn_kwargs,
     )

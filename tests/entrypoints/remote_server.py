@@ -68,8 +68,11 @@ class RemoteServer:
         args: list[str],
         env: dict[str, str] | None = None,
         new_session: bool = False,  # its own process group (a Ctrl-C test signals the group)
+        ca_path: str | None = None,  # HTTPS (the server has --ssl-*), verified with this CA
     ) -> None:
         self.port = free_port()
+        self.scheme = "https" if ca_path else "http"
+        self.verify: str | bool = ca_path or True
         self.log_path = Path(tempfile.mkstemp(prefix="pagedllm-server-", suffix=".log")[1])
         cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port), *args]
         full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
@@ -84,7 +87,7 @@ class RemoteServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -100,7 +103,8 @@ class RemoteServer:
                     f"the server exited ({self.proc.returncode}):\n{self.log_tail()}"
                 )
             try:
-                if requests.get(self.url("/health"), timeout=2).status_code == 200:
+                health = requests.get(self.url("/health"), timeout=2, verify=self.verify)
+                if health.status_code == 200:
                     return
             except requests.RequestException:
                 pass

@@ -33,6 +33,7 @@ from pagedllm.entrypoints.chat_utils import load_chat_template
 from pagedllm.entrypoints.dashboard import install_dashboard
 from pagedllm.entrypoints.http_options import (
     API_KEY_ENV_VARS,
+    DEFAULT_MAX_LOG_LEN,
     OPENAI_GUARDED_PREFIXES,
     HTTPOptions,
     resolve_api_key,
@@ -122,6 +123,8 @@ def build_app(
     render_limits: RenderLimits | None = None,
     enable_auto_tool_choice: bool = False,
     tool_call_parser: str | None = None,
+    max_log_len: int = DEFAULT_MAX_LOG_LEN,
+    disable_fastapi_docs: bool = False,
 ) -> FastAPI:
     """The app around a new engine (or `engine`, already running)."""
     names = _served_names(engine_args, served_model_name)
@@ -135,7 +138,7 @@ def build_app(
     models = ServedModels(
         names or [model_config.served_model_name], model_config.model, model_config.max_model_len
     )
-    app = _new_app(engine, root_path)
+    app = _new_app(engine, root_path, docs=not disable_fastapi_docs)
     options = http_options or HTTPOptions()
     options.api_key = options.api_key or api_key
     install_http_middleware(app, options)
@@ -147,34 +150,40 @@ def build_app(
     state.models = models
     state.prometheus = prometheus
     log_requests = not disable_log_requests
-    state.completion = OpenAIServingCompletion(engine, models, log_requests, inflight=inflight)
+    serving: dict[str, Any] = dict(inflight=inflight, max_log_len=max_log_len)
+    state.completion = OpenAIServingCompletion(engine, models, log_requests, **serving)
     state.chat = OpenAIServingChat(
         engine,
         models,
         template,
         log_requests,
         render_limits=limits,
-        inflight=inflight,
         enable_auto_tools=enable_auto_tool_choice,
         tool_parser=tool_call_parser,
+        **serving,
     )
-    state.embedding = OpenAIServingEmbedding(engine, models, log_requests, inflight=inflight)
-    state.scores = OpenAIServingScores(engine, models, log_requests, inflight=inflight)
+    state.embedding = OpenAIServingEmbedding(engine, models, log_requests, **serving)
+    state.scores = OpenAIServingScores(engine, models, log_requests, **serving)
     state.tokenization = OpenAIServingTokenization(engine, models, template, render_limits=limits)
     _add_routes(app, engine, options)
     return app
 
 
-def _new_app(engine: AsyncLLM, root_path: str | None) -> FastAPI:
-    """The FastAPI app with the error handlers; it shuts `engine` down when it stops."""
+def _new_app(engine: AsyncLLM, root_path: str | None, docs: bool = True) -> FastAPI:
+    """The FastAPI app with the error handlers; it shuts `engine` down when it stops.
+    `docs`: serve /docs, /redoc and /openapi.json."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         engine.shutdown()
 
+    hidden: dict[str, Any] = {} if docs else dict(docs_url=None, redoc_url=None, openapi_url=None)
     app = FastAPI(
-        title="pagedllm OpenAI-compatible server", lifespan=lifespan, root_path=root_path or ""
+        title="pagedllm OpenAI-compatible server",
+        lifespan=lifespan,
+        root_path=root_path or "",
+        **hidden,
     )
     install_error_handlers(app)
     return app
@@ -216,6 +225,8 @@ def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         render_limits=RenderLimits(args.chat_template_timeout, args.chat_template_max_chars),
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         tool_call_parser=args.tool_call_parser,
+        max_log_len=args.max_log_len,
+        disable_fastapi_docs=args.disable_fastapi_docs,
     )
 
 
@@ -229,7 +240,9 @@ def run_server(args: argparse.Namespace) -> None:
     logger.info("args: %s", {k: v for k, v in vars(args).items() if k != "api_key"})
     if getattr(args, "api_server_count", 1) > 1:
         from pagedllm.entrypoints.openai.multi_server import run_multi_api_server
+        from pagedllm.entrypoints.startup import tls_or_exit
 
+        tls_or_exit(args)  # a bad key or certificate stops the start here, not in a worker
         run_multi_api_server(args)
         return
 

@@ -52,6 +52,7 @@ def serve(spec: WorkerSpec) -> None:
     from pagedllm.entrypoints.cli_args import engine_args_from_namespace
     from pagedllm.entrypoints.openai.api_server import app_kwargs, build_app
     from pagedllm.entrypoints.shutdown import serve_http
+    from pagedllm.entrypoints.startup import tls_kwargs
 
     args, config = spec.args, spec.engine_config
     engine_args = engine_args_from_namespace(args)
@@ -72,6 +73,7 @@ def serve(spec: WorkerSpec) -> None:
         log_level=args.uvicorn_log_level,
         access_log=not args.disable_uvicorn_access_log,
         timeout_keep_alive=5,
+        **tls_kwargs(args),
     )
 
 

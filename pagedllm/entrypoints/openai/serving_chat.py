@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pagedllm.engine.async_engine import AsyncLLM
 from pagedllm.entrypoints.chat_render import RenderLimits
 from pagedllm.entrypoints.chat_utils import render_chat_async
+from pagedllm.entrypoints.http_options import DEFAULT_MAX_LOG_LEN
 from pagedllm.entrypoints.openai.errors import APIError, exception_to_error
 from pagedllm.entrypoints.openai.logprobs import chat_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
@@ -68,8 +69,9 @@ class OpenAIServingChat(OpenAIServing):
         inflight: InflightRequests | None = None,
         enable_auto_tools: bool = False,
         tool_parser: str | None = None,
+        max_log_len: int = DEFAULT_MAX_LOG_LEN,
     ) -> None:
-        super().__init__(engine, models, log_requests, inflight=inflight)
+        super().__init__(engine, models, log_requests, inflight=inflight, max_log_len=max_log_len)
         self.chat_template = chat_template
         self.render_limits = render_limits or RenderLimits()
         self.enable_auto_tools = enable_auto_tools

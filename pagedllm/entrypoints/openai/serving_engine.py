@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 from pagedllm.engine.async_engine import AsyncLLM, EngineGenerateError
 from pagedllm.engine.validation import check_token_ids, truncation_size
 from pagedllm.entrypoints.chat_utils import check_text
+from pagedllm.entrypoints.http_options import DEFAULT_MAX_LOG_LEN
 from pagedllm.entrypoints.openai.errors import APIError
 from pagedllm.entrypoints.openai.protocol import SamplingRequestMixin
 from pagedllm.entrypoints.openai.serving_models import ServedModels
@@ -25,7 +26,6 @@ from pagedllm.sampling_params import PoolingParams, RequestOutputKind, SamplingP
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_MAX_LOGGED_PROMPT_CHARS = 200
 
 
 @dataclass
@@ -45,10 +45,12 @@ class OpenAIServing:
         log_requests: bool = True,
         *,
         inflight: InflightRequests | None = None,
+        max_log_len: int = DEFAULT_MAX_LOG_LEN,
     ) -> None:
         self.engine = engine
         self.models = models
         self.log_requests = log_requests
+        self.max_log_len = max_log_len  # prompt characters a logged request shows
         self.inflight = inflight or InflightRequests(engine)  # shutdown aborts these
         self.model_config = engine.engine_config.model_config
         self.max_model_len: int = self.model_config.max_model_len
@@ -192,7 +194,7 @@ class OpenAIServing:
             logger.info(
                 "Received request %s: prompt: %r (%d tokens), params: %s",
                 request_id,
-                prompt.text[:_MAX_LOGGED_PROMPT_CHARS],
+                prompt.text[: self.max_log_len],
                 len(prompt.token_ids),
                 params,
             )
