@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pagedllm.config_builder import build_engine_config
 from pagedllm.engine_config import (
@@ -132,6 +132,16 @@ class EngineArgs:
     max_logprobs: int = engine_arg(20, "Most logprobs a request may ask for (-1: no limit).")
     disable_log_stats: bool = engine_arg(False, "Do not log the periodic throughput line.")
     revision: str | None = engine_arg(None, "Model revision (branch, tag or commit).")
+    generation_config: str = engine_arg(
+        "auto",
+        "Sampling defaults: auto (the model's generation_config.json), vllm (none: "
+        "SamplingParams' own), or a folder with a generation_config.json. Its "
+        "max_new_tokens caps every request's max_tokens.",
+    )
+    override_generation_config: dict[str, Any] | None = engine_arg(
+        None,
+        "Sampling defaults set over --generation-config's, as JSON: '{\"temperature\": 0.5}'.",
+    )
     quantization: str | None = engine_arg(
         None, "Quantization method (default: the checkpoint's).", (), ["-q"]
     )
@@ -231,6 +241,11 @@ class EngineArgs:
         if self.preemption_mode is not None:
             check_choice("preemption_mode", self.preemption_mode, PREEMPTION_MODES)
         check_choice("scheduling_policy", self.scheduling_policy, SCHEDULING_POLICIES)
+        override = self.override_generation_config
+        if override is not None and not isinstance(override, dict):
+            raise ValueError(
+                f"override_generation_config must be a dict, got {type(override).__name__}"
+            )
         if self.kv_cache_dtype != "auto":
             check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto",))
 

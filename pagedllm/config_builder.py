@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -173,6 +174,7 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
     runner = _pick_runner(args, hf_config)
     quantization = _pick_quantization(args.quantization, hf_config, resolved.load_format, device)
     model_impl = _pick_model_impl(args, hf_config, quantization)
+    generation_config, default_sampling = _generation_defaults(args, resolved.generation_config)
     model_config = ModelConfig(
         model=resolved.path,
         tokenizer=args.tokenizer or resolved.tokenizer_path,
@@ -189,7 +191,8 @@ def build_engine_config(args: EngineArgs) -> EngineConfig:
         pooling_normalize=args.pooling_normalize,
         revision=args.revision,
         max_logprobs=args.max_logprobs,
-        generation_config=resolved.generation_config,
+        generation_config=generation_config,
+        default_sampling=default_sampling,
         model_impl=model_impl,
     )
     parallel_config = _parallel_config(args)
@@ -273,6 +276,31 @@ def _scheduler_config(
         preemption_mode=args.preemption_mode,
         policy=args.scheduling_policy,
     )
+
+
+SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def _generation_defaults(
+    args: EngineArgs, model_generation_config: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the generation config whose EOS ids stop requests, the sampling defaults), as
+    vLLM's --generation-config auto|vllm|FOLDER and --override-generation-config."""
+    from pagedllm.model_loader.resolve import read_generation_config
+
+    mode = args.generation_config
+    generation_config = model_generation_config
+    if mode not in ("auto", "vllm"):
+        if not os.path.isfile(os.path.join(mode, "generation_config.json")):
+            raise ValueError(
+                f"generation_config must be 'auto', 'vllm' or a folder with a "
+                f"generation_config.json, got {mode!r}"
+            )
+        generation_config = read_generation_config(mode)
+    source = {} if mode == "vllm" else generation_config
+    defaults = {k: source[k] for k in (*SAMPLING_DEFAULT_KEYS, "max_new_tokens") if k in source}
+    defaults.update(args.override_generation_config or {})
+    return generation_config, {k: v for k, v in defaults.items() if v is not None}
 
 
 def _pick_async_scheduling(args: EngineArgs, device: torch.device) -> bool:

@@ -62,7 +62,10 @@ class ModelConfig:
     pooling_normalize: bool | None = None
     revision: str | None = None
     max_logprobs: int = 20
-    generation_config: dict[str, Any] = field(default_factory=dict)
+    generation_config: dict[str, Any] = field(default_factory=dict)  # its EOS ids count
+    # The sampling defaults (--generation-config, --override-generation-config):
+    # temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens.
+    default_sampling: dict[str, Any] = field(default_factory=dict)
     model_impl: str = "pagedllm"  # resolved: "pagedllm" (native) | "transformers" (fallback)
 
     @property

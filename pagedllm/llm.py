@@ -51,8 +51,9 @@ class LLM:
         return self.llm_engine.tokenizer
 
     def get_default_sampling_params(self) -> SamplingParams:
-        """vLLM's default: the model's generation_config.json sampling values."""
-        gen = self.llm_engine.model_config.generation_config
+        """vLLM's default: the model's generation_config.json sampling values (or
+        --generation-config's, with --override-generation-config over them)."""
+        gen = self.llm_engine.model_config.default_sampling
         overrides = {k: gen[k] for k in _GEN_CONFIG_KEYS if gen.get(k) is not None}
         if gen.get("max_new_tokens"):
             overrides["max_tokens"] = gen["max_new_tokens"]

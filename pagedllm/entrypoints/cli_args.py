@@ -38,6 +38,17 @@ def human_int(value: str) -> int:
     return int(result)
 
 
+def _json_object(value: str) -> dict[str, Any]:
+    """A JSON object flag ('{"temperature": 0.5}')."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {value!r}")
+    return parsed
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_optional(value: str) -> Any:
         return None if value.lower() == "none" else parse(value)
@@ -76,6 +87,8 @@ def _add_field(
         parse: Callable[[str], Any] = human_int if inner is int else inner
         if inner is StructuredOutputsConfig:
             parse = StructuredOutputsConfig.from_cli
+        if get_origin(inner) is dict:
+            parse = _json_object
         kwargs["metavar"] = f.name.upper()
         kwargs["type"] = _optional(parse) if optional else parse
         if f.metadata.get("choices"):

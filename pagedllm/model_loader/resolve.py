@@ -188,7 +188,7 @@ def raise_if_needs_remote_code(
         ) from exc
 
 
-def _generation_config(directory: str) -> dict[str, Any]:
+def read_generation_config(directory: str) -> dict[str, Any]:
     path = os.path.join(directory, "generation_config.json")
     if not os.path.isfile(path):
         return {}
@@ -221,5 +221,5 @@ def resolve_model(
     fmt = _pick_load_format(path, False, load_format)
     logger.info("model %s: HF directory %s (%s)", name, path, fmt)
     return ResolvedModel(
-        path, name, fmt, config, path, _config_dtype(config), _generation_config(path), None
+        path, name, fmt, config, path, _config_dtype(config), read_generation_config(path), None
     )

@@ -77,6 +77,8 @@ EXPECTED: dict[tuple[str, ...], tuple[object, tuple[object, ...] | None]] = {
     ("--async-scheduling", "--no-async-scheduling"): (None, None),
     ("--preemption-mode",): (None, ("recompute", "swap")),
     ("--scheduling-policy",): ("fcfs", ("fcfs", "priority")),
+    ("--generation-config",): ("auto", None),
+    ("--override-generation-config",): (None, None),
     ("--structured-outputs-config",): (None, None),
     ("--model-impl",): ("auto", ("auto", "pagedllm", "vllm", "transformers")),
 }

@@ -149,8 +149,12 @@ class OpenAIServing:
         logprobs: int | None,
         output_kind: RequestOutputKind,
     ) -> SamplingParams:
-        """max_tokens None: the rest of the context (the engine resolves it)."""
-        defaults = self.model_config.generation_config or {}
+        """max_tokens None: the rest of the context (the engine resolves it). The sampling
+        defaults' max_new_tokens caps it (vLLM's server-wide limit)."""
+        defaults = self.model_config.default_sampling
+        cap = defaults.get("max_new_tokens")
+        if cap is not None:
+            max_tokens = cap if max_tokens is None else min(max_tokens, cap)
 
         def pick(name: str, fallback: Any) -> Any:
             """The request's value, else the model's generation config, else vLLM's default."""
