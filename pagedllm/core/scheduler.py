@@ -192,8 +192,9 @@ class Scheduler:
             self.stats.num_preemptions,
         )
         if not self.running and self.kv.get_num_free_blocks() == self.kv.num_blocks:
-            # Alone with the whole cache and still short: it can never fit.
-            self.waiting.popleft()
+            # Alone with the whole cache and still short: it can never fit. (Not
+            # popleft: under the priority policy another request may be at the head.)
+            self.waiting.remove(request)
             request.status = RequestStatus.FINISHED_LENGTH_CAPPED
             self._free(request)
             self.finished_now.append(request)

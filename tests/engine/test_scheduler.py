@@ -176,3 +176,26 @@ def test_priority_policy_preempts_the_lowest_priority_not_the_newest() -> None:
     while sched.has_unfinished_requests():
         run_step(sched)
     assert sched.kv.get_num_free_blocks() == 4
+
+
+def test_priority_policy_finishes_the_request_that_can_never_fit_not_the_queue_head() -> None:
+    # 2 blocks of 4 tokens. a (low priority) grows past the whole cache while b (high
+    # priority) waits for room: a is the one finished, and b then runs.
+    sched = make_priority_scheduler(num_blocks=2, budget=32)
+    sched.add_request(prioritized("a", 7, priority=5, arrival=1.0))
+    run_step(sched)  # a prefilled: 2 blocks
+    sched.add_request(prioritized("b", 4, priority=0, arrival=2.0))
+    finished: list[Request] = []
+    for _ in range(12):
+        if not sched.has_unfinished_requests():
+            break
+        _, updated = run_step(sched)
+        finished += [r for r in (*updated, *sched.finished_now) if r.is_finished]
+        sched.finished_now.clear()
+    by_id = {r.request_id: r for r in finished}
+    assert by_id["a"].status == RequestStatus.FINISHED_LENGTH_CAPPED
+    # b's max_tokens=8 is cut by the 8-slot cache: 4 prompt + 4 output tokens in it,
+    # and a fifth output token sampled from the last of them.
+    assert by_id["b"].status == RequestStatus.FINISHED_LENGTH_CAPPED
+    assert len(by_id["b"].output_token_ids) == 5
+    assert sched.kv.get_num_free_blocks() == 2
