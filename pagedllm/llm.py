@@ -23,6 +23,19 @@ from pagedllm.scoring import cosine_similarity, score_pairs
 logger = logging.getLogger(__name__)
 
 _GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+# apply_chat_template's own arguments, which chat_template_kwargs may not set.
+_CHAT_CALL_ARGUMENTS = frozenset(
+    {
+        "conversation",
+        "chat_template",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tools",
+        "tokenize",
+        "return_dict",
+        "return_tensors",
+    }
+)
 
 
 class LLM:
@@ -119,6 +132,12 @@ class LLM:
             raise ValueError(
                 "continue_final_message and add_generation_prompt cannot both be true; "
                 "set add_generation_prompt=False to continue the final message"
+            )
+        clashes = sorted(set(chat_template_kwargs or {}) & _CHAT_CALL_ARGUMENTS)
+        if clashes:
+            raise ValueError(
+                f"chat_template_kwargs may not set {', '.join(clashes)}: "
+                "they are arguments of LLM.chat itself"
             )
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = []

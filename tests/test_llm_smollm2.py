@@ -103,3 +103,5 @@ def test_chat_continues_the_final_message_and_fills_template_variables(smol_llm:
         chat_template_kwargs={"greeting": "hello"},
     )[0]
     assert tokenizer.decode(rendered.prompt_token_ids) == "Hi|hello|get_weather"
+    with pytest.raises(ValueError, match="chat_template_kwargs may not set tokenize"):
+        smol_llm.chat(partial, sp, use_tqdm=False, chat_template_kwargs={"tokenize": False})
