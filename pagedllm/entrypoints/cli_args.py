@@ -259,6 +259,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"Most prompt characters a logged request shows (default: {DEFAULT_MAX_LOG_LEN}).",
     )
     group.add_argument(
+        "--return-tokens-as-token-ids",
+        action="store_true",
+        help='Write logprobs\' tokens as "token_id:{id}" (each request may also ask for it).',
+    )
+    group.add_argument(
         "--disable-fastapi-docs",
         action="store_true",
         help="Do not serve /docs, /redoc and /openapi.json.",

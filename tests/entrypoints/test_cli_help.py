@@ -31,6 +31,7 @@ EXPECTED: dict[tuple[str, ...], tuple[object, tuple[object, ...] | None]] = {
     ("--uvicorn-log-level",): ("info", ("debug", "info", "warning", "error", "critical", "trace")),
     ("--disable-log-requests",): (False, None),
     ("--max-log-len",): (200, None),
+    ("--return-tokens-as-token-ids",): (False, None),
     ("--disable-fastapi-docs",): (False, None),
     ("--disable-uvicorn-access-log",): (False, None),
     ("--root-path",): (None, None),

@@ -165,3 +165,14 @@ def test_500_keeps_the_connection_and_is_logged_once(
     errors = list({id(r): r for r in caplog.records if r.levelname == "ERROR"}.values())
     assert len(errors) == 1 and "KeyError" in errors[0].getMessage()
     assert errors[0].getMessage().count("Traceback") == 1
+
+
+def test_return_tokens_as_token_ids_flag(smol_llm: Any) -> None:
+    """--return-tokens-as-token-ids: every request's logprobs tokens are "token_id:{id}"."""
+    app = build_app(EngineArgs(), engine=threaded_engine(smol_llm), return_tokens_as_token_ids=True)
+    with TestClient(app) as client:
+        body = {**BODY, "logprobs": 1}
+        tokens = client.post("/v1/completions", json=body).json()["choices"][0]["logprobs"][
+            "tokens"
+        ]
+    assert len(tokens) == 4 and all(t.startswith("token_id:") for t in tokens)

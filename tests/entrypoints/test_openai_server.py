@@ -89,6 +89,33 @@ def test_completion_logprobs(client: openai.OpenAI) -> None:
     assert "".join(echo_logprobs.tokens) == echoed.choices[0].text
 
 
+def test_logprobs_tokens_as_token_ids(client: openai.OpenAI, server: RemoteServer) -> None:
+    as_ids = {"return_tokens_as_token_ids": True}
+    result = complete(client, PROMPT, logprobs=2, extra_body=as_ids)
+    logprobs = result.choices[0].logprobs
+    ids = [int(t.removeprefix("token_id:")) for t in logprobs.tokens]
+    assert all(t.startswith("token_id:") for t in logprobs.tokens)
+    assert all(all(k.startswith("token_id:") for k in top) for top in logprobs.top_logprobs)
+    detokenized = requests.post(server.url("/detokenize"), json={"tokens": ids}, timeout=10)
+    assert detokenized.json()["prompt"] == result.choices[0].text
+    chat = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "Say hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body=as_ids,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(c.token.startswith("token_id:") for c in content)
+    assert all(t.token.startswith("token_id:") for c in content for t in c.top_logprobs)
+    assert content[0].bytes == list(content[0].token.encode())
+    plain = complete(client, PROMPT, logprobs=1)  # the default: text tokens
+    assert "".join(plain.choices[0].logprobs.tokens) == plain.choices[0].text
+
+
 def test_chat_completion(client: openai.OpenAI) -> None:
     messages = [
         {"role": "system", "content": "You are a concise assistant."},

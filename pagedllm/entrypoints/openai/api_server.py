@@ -125,6 +125,7 @@ def build_app(
     tool_call_parser: str | None = None,
     max_log_len: int = DEFAULT_MAX_LOG_LEN,
     disable_fastapi_docs: bool = False,
+    return_tokens_as_token_ids: bool = False,
 ) -> FastAPI:
     """The app around a new engine (or `engine`, already running)."""
     names = _served_names(engine_args, served_model_name)
@@ -150,7 +151,11 @@ def build_app(
     state.models = models
     state.prometheus = prometheus
     log_requests = not disable_log_requests
-    serving: dict[str, Any] = dict(inflight=inflight, max_log_len=max_log_len)
+    serving: dict[str, Any] = dict(
+        inflight=inflight,
+        max_log_len=max_log_len,
+        return_tokens_as_token_ids=return_tokens_as_token_ids,
+    )
     state.completion = OpenAIServingCompletion(engine, models, log_requests, **serving)
     state.chat = OpenAIServingChat(
         engine,
@@ -227,6 +232,7 @@ def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         tool_call_parser=args.tool_call_parser,
         max_log_len=args.max_log_len,
         disable_fastapi_docs=args.disable_fastapi_docs,
+        return_tokens_as_token_ids=args.return_tokens_as_token_ids,
     )
 
 

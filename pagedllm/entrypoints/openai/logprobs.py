@@ -1,5 +1,7 @@
 """Engine logprobs (one {token_id: Logprob} dict per position) -> the OpenAI formats:
-the legacy completions format and the chat format."""
+the legacy completions format and the chat format. `as_ids` (vLLM's
+return_tokens_as_token_ids) writes each token as "token_id:{id}", which every
+token can be, even one that is not valid UTF-8 on its own."""
 
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ def _ranked(step: dict[int, Logprob], num: int) -> list[tuple[int, Logprob]]:
     return items[:num]
 
 
-def _token_str(tokenizer: Any, token_id: int, logprob: Logprob | None) -> str:
+def _token_str(tokenizer: Any, token_id: int, logprob: Logprob | None, as_ids: bool = False) -> str:
+    if as_ids:
+        return f"token_id:{token_id}"
     if logprob is not None and logprob.decoded_token is not None:
         return logprob.decoded_token
     return str(tokenizer.decode([token_id]))
@@ -43,13 +47,14 @@ def completion_logprobs(
     num_top: int,
     tokenizer: Any,
     text_offset: int = 0,
+    as_ids: bool = False,
 ) -> CompletionLogProbs:
     """`steps[i]` is None where there is no logprob (the first prompt token)."""
     out = CompletionLogProbs()
     for i, token_id in enumerate(token_ids):
         step = steps[i] if i < len(steps) else None
         sampled = step.get(token_id) if step else None
-        token = _token_str(tokenizer, token_id, sampled)
+        token = _token_str(tokenizer, token_id, sampled, as_ids)
         out.tokens.append(token)
         out.text_offset.append(text_offset)
         text_offset += len(token)
@@ -58,15 +63,20 @@ def completion_logprobs(
             out.top_logprobs.append(None)
             continue
         out.token_logprobs.append(_clamp(sampled.logprob) if sampled else None)
-        top = {_token_str(tokenizer, t, lp): _clamp(lp.logprob) for t, lp in _ranked(step, num_top)}
+        top = {
+            _token_str(tokenizer, t, lp, as_ids): _clamp(lp.logprob)
+            for t, lp in _ranked(step, num_top)
+        }
         if sampled is not None:
             top.setdefault(token, _clamp(sampled.logprob))
         out.top_logprobs.append(top)
     return out
 
 
-def _chat_entry(tokenizer: Any, token_id: int, logprob: Logprob | None) -> ChatCompletionLogProb:
-    token = _token_str(tokenizer, token_id, logprob)
+def _chat_entry(
+    tokenizer: Any, token_id: int, logprob: Logprob | None, as_ids: bool
+) -> ChatCompletionLogProb:
+    token = _token_str(tokenizer, token_id, logprob, as_ids)
     return ChatCompletionLogProb(
         token=token,
         logprob=_clamp(logprob.logprob) if logprob else _MIN_LOGPROB,
@@ -75,12 +85,16 @@ def _chat_entry(tokenizer: Any, token_id: int, logprob: Logprob | None) -> ChatC
 
 
 def chat_logprobs(
-    token_ids: list[int], steps: list[dict[int, Logprob]], num_top: int, tokenizer: Any
+    token_ids: list[int],
+    steps: list[dict[int, Logprob]],
+    num_top: int,
+    tokenizer: Any,
+    as_ids: bool = False,
 ) -> ChatCompletionLogProbs:
     content = []
     for token_id, step in zip(token_ids, steps):
-        entry = _chat_entry(tokenizer, token_id, step.get(token_id))
-        top = [_chat_entry(tokenizer, t, lp) for t, lp in _ranked(step, num_top)]
+        entry = _chat_entry(tokenizer, token_id, step.get(token_id), as_ids)
+        top = [_chat_entry(tokenizer, t, lp, as_ids) for t, lp in _ranked(step, num_top)]
         content.append(ChatCompletionLogProbsContent(**entry.model_dump(), top_logprobs=top))
     return ChatCompletionLogProbs(content=content)
 

@@ -60,6 +60,8 @@ class SamplingRequestMixin(OpenAIBaseModel):
     ignore_eos: bool = False
     # vLLM's: with --scheduling-policy priority, lower runs first (else it must be 0).
     priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
+    # vLLM's: logprobs' tokens written as "token_id:{id}" (also a server flag).
+    return_tokens_as_token_ids: bool | None = None
     min_tokens: int = 0
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True

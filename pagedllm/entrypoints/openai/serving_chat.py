@@ -70,8 +70,16 @@ class OpenAIServingChat(OpenAIServing):
         enable_auto_tools: bool = False,
         tool_parser: str | None = None,
         max_log_len: int = DEFAULT_MAX_LOG_LEN,
+        return_tokens_as_token_ids: bool = False,
     ) -> None:
-        super().__init__(engine, models, log_requests, inflight=inflight, max_log_len=max_log_len)
+        super().__init__(
+            engine,
+            models,
+            log_requests,
+            inflight=inflight,
+            max_log_len=max_log_len,
+            return_tokens_as_token_ids=return_tokens_as_token_ids,
+        )
         self.chat_template = chat_template
         self.render_limits = render_limits or RenderLimits()
         self.enable_auto_tools = enable_auto_tools
@@ -155,7 +163,9 @@ class OpenAIServingChat(OpenAIServing):
         if not request.logprobs:
             return None
         steps = list(comp.logprobs or [])
-        return chat_logprobs(list(comp.token_ids), steps, request.top_logprobs or 0, self.tokenizer)
+        num_top = request.top_logprobs or 0
+        as_ids = self.tokens_as_ids(request)
+        return chat_logprobs(list(comp.token_ids), steps, num_top, self.tokenizer, as_ids)
 
     def _response(
         self,

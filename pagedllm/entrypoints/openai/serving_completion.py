@@ -104,7 +104,10 @@ class OpenAIServingCompletion(OpenAIServing):
             prompt_steps = list(output.prompt_logprobs or [None] * len(prompt.token_ids))
             token_ids = prompt.token_ids + token_ids
             steps = prompt_steps + steps
-        return completion_logprobs(token_ids, steps, request.logprobs, self.tokenizer, text_offset)
+        as_ids = self.tokens_as_ids(request)
+        return completion_logprobs(
+            token_ids, steps, request.logprobs, self.tokenizer, text_offset, as_ids
+        )
 
     def _response(
         self,

@@ -46,8 +46,10 @@ class OpenAIServing:
         *,
         inflight: InflightRequests | None = None,
         max_log_len: int = DEFAULT_MAX_LOG_LEN,
+        return_tokens_as_token_ids: bool = False,
     ) -> None:
         self.engine = engine
+        self.return_tokens_as_token_ids = return_tokens_as_token_ids  # the server's flag
         self.models = models
         self.log_requests = log_requests
         self.max_log_len = max_log_len  # prompt characters a logged request shows
@@ -92,6 +94,10 @@ class OpenAIServing:
         if missing:
             raise RuntimeError(f"embedding request {request_id}-{missing[0]} returned nothing")
         return cast(list[PoolingRequestOutput], finals)
+
+    def tokens_as_ids(self, request: SamplingRequestMixin) -> bool:
+        """Logprobs' tokens as "token_id:{id}": the server's flag, or the request's."""
+        return self.return_tokens_as_token_ids or bool(request.return_tokens_as_token_ids)
 
     def check_priority(self, priority: int) -> None:
         """A 400 before anything runs: a priority needs the priority policy (vLLM's rule)."""
