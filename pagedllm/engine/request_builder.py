@@ -103,7 +103,8 @@ class RequestBuilder:
         if priority != 0 and self.scheduler_config.policy != "priority":
             raise InvalidRequestError(
                 f"Got priority {priority} but priority scheduling is not enabled: "
-                "start the engine with scheduling_policy='priority'",
+                "start the engine with scheduling_policy='priority' "
+                "(the server with --scheduling-policy priority)",
                 "priority",
             )
 

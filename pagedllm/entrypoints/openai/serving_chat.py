@@ -110,7 +110,6 @@ class OpenAIServingChat(OpenAIServing):
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | StreamingResponse:
         model = self.check_model(request.model, "Chat Completions")
-        self.check_priority(request.priority)
         _check_supported(request)
         plan = make_tool_plan(request, self.enable_auto_tools, self.tool_parser)
         num_logprobs = (request.top_logprobs or 0) if request.logprobs else None

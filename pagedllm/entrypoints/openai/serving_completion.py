@@ -56,7 +56,6 @@ class OpenAIServingCompletion(OpenAIServing):
         self, request: CompletionRequest
     ) -> CompletionResponse | StreamingResponse:
         model = self.check_model(request.model, "Completions")
-        self.check_priority(request.priority)
         if request.suffix is not None:
             raise APIError("suffix is not currently supported", param="suffix")
         self.check_logprobs(request.logprobs, "logprobs")

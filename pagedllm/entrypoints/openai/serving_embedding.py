@@ -36,7 +36,6 @@ def encode_embedding(embedding: list[float], encoding_format: str) -> list[float
 class OpenAIServingEmbedding(OpenAIServing):
     async def create_embedding(self, request: EmbeddingRequest) -> EmbeddingResponse:
         model = self.check_model(request.model, "Embeddings", runner="pooling")
-        self.check_priority(request.priority)
         hidden = self.model_config.hidden_size
         if request.dimensions is not None and not 1 <= request.dimensions <= hidden:
             raise APIError(

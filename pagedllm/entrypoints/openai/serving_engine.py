@@ -99,15 +99,6 @@ class OpenAIServing:
         """Logprobs' tokens as "token_id:{id}": the server's flag, or the request's."""
         return self.return_tokens_as_token_ids or bool(request.return_tokens_as_token_ids)
 
-    def check_priority(self, priority: int) -> None:
-        """A 400 before anything runs: a priority needs the priority policy (vLLM's rule)."""
-        if priority != 0 and self.engine.engine_config.scheduler_config.policy != "priority":
-            raise APIError(
-                f"Got priority {priority} but priority scheduling is not enabled: "
-                "start the server with --scheduling-policy priority",
-                param="priority",
-            )
-
     async def tokenize_all(
         self,
         prompts: list[str | list[int]],

@@ -27,7 +27,6 @@ def _text_list(value: str | list[str]) -> list[str]:
 class OpenAIServingScores(OpenAIServing):
     async def create_score(self, request: ScoreRequest) -> ScoreResponse:
         model = self.check_model(request.model, "Score", runner="pooling")
-        self.check_priority(request.priority)
         texts_1, texts_2 = _text_list(request.text_1), _text_list(request.text_2)
         pairs = score_pairs(len(texts_1), len(texts_2))
         request_id = f"score-{random_uuid()}"
@@ -40,7 +39,6 @@ class OpenAIServingScores(OpenAIServing):
 
     async def create_rerank(self, request: RerankRequest) -> RerankResponse:
         model = self.check_model(request.model, "Rerank", runner="pooling")
-        self.check_priority(request.priority)
         pairs = score_pairs(1, len(request.documents), ("query", "documents"))
         request_id = f"rerank-{random_uuid()}"
         scores, num_tokens = await self._score(
