@@ -39,15 +39,13 @@ class PriorityRequestQueue:
     goes back to where its priority and arrival put it."""
 
     def __init__(self) -> None:
-        self._keys: list[tuple[int, float, int]] = []
-        self._requests: list[Request] = []
+        # (priority, arrival_time, order added, request), sorted; the order added is
+        # unique, so comparisons never reach the request.
+        self._entries: list[tuple[int, float, int, Request]] = []
         self._order = itertools.count()
 
     def append(self, request: Request) -> None:
-        key = (*priority_key(request), next(self._order))
-        i = bisect.bisect(self._keys, key)
-        self._keys.insert(i, key)
-        self._requests.insert(i, request)
+        bisect.insort(self._entries, (*priority_key(request), next(self._order), request))
 
     appendleft = append
 
@@ -56,24 +54,25 @@ class PriorityRequestQueue:
             self.append(request)
 
     def popleft(self) -> Request:
-        if not self._requests:
+        if not self._entries:
             raise IndexError("pop from an empty queue")
-        del self._keys[0]
-        return self._requests.pop(0)
+        return self._entries.pop(0)[-1]
 
     def remove(self, request: Request) -> None:
-        i = self._requests.index(request)  # ValueError when absent, as deque.remove
-        del self._keys[i]
-        del self._requests[i]
+        for i, entry in enumerate(self._entries):
+            if entry[-1] is request:
+                del self._entries[i]
+                return
+        raise ValueError("request not in the queue")  # as deque.remove
 
     def __getitem__(self, index: int) -> Request:
-        return self._requests[index]
+        return self._entries[index][-1]
 
     def __iter__(self) -> Iterator[Request]:
-        return iter(list(self._requests))
+        return iter([entry[-1] for entry in self._entries])
 
     def __len__(self) -> int:
-        return len(self._requests)
+        return len(self._entries)
 
 
 def make_waiting_queue(policy: str) -> WaitingQueue:
