@@ -147,6 +147,15 @@ class SamplingParams:
         return getattr(self, "_eos_token_ids", set())
 
 
+def check_truncate_prompt_tokens(value: int | None) -> None:
+    """None (keep the whole prompt), -1 (keep max_model_len tokens) or k >= 1."""
+    if value is not None and value != -1 and value < 1:
+        raise InvalidRequestError(
+            f"truncate_prompt_tokens must be -1 or at least 1, got {value}",
+            "truncate_prompt_tokens",
+        )
+
+
 def _require(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise InvalidRequestError(f"{name} {message}", name)
@@ -286,12 +295,7 @@ def _verify_ranges(sp: SamplingParams) -> None:
         if value is not None:
             _require(value >= -1, name, f"must be non-negative or -1 (all), got {value}")
     _require(all(sp.stop or []), "stop", "cannot contain an empty string")
-    if sp.truncate_prompt_tokens is not None:
-        _require(
-            sp.truncate_prompt_tokens == -1 or sp.truncate_prompt_tokens >= 1,
-            "truncate_prompt_tokens",
-            "must be -1 (max_model_len) or >= 1",
-        )
+    check_truncate_prompt_tokens(sp.truncate_prompt_tokens)
     for token_id in sp.stop_token_ids or []:
         _require(token_id >= 0, "stop_token_ids", f"must be non-negative, got {token_id}")
 
@@ -307,8 +311,4 @@ class PoolingParams:
     def __post_init__(self) -> None:
         if self.dimensions is not None and self.dimensions < 1:
             raise ValueError(f"dimensions must be at least 1, got {self.dimensions}")
-        truncate = self.truncate_prompt_tokens
-        if truncate is not None and truncate != -1 and truncate < 1:
-            raise ValueError(
-                f"truncate_prompt_tokens must be -1 (max_model_len) or >= 1, got {truncate}"
-            )
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pagedllm.exceptions import InvalidRequestError
-from pagedllm.sampling_params import PoolingParams, SamplingParams
+from pagedllm.sampling_params import PoolingParams, SamplingParams, check_truncate_prompt_tokens
 
 
 def check_token_ids(token_ids: Sequence[Any], vocab_size: int, param: str) -> None:
@@ -36,16 +36,8 @@ def all_plain_ints(values: Sequence[Any]) -> bool:
 def truncation_size(truncate_prompt_tokens: int | None, max_model_len: int) -> int | None:
     """How many of a prompt's last tokens to keep (vLLM's truncate_prompt_tokens):
     None keeps them all, -1 keeps max_model_len, k >= 1 keeps k."""
-    if truncate_prompt_tokens is None:
-        return None
-    if truncate_prompt_tokens == -1:
-        return max_model_len
-    if truncate_prompt_tokens < 1:
-        raise InvalidRequestError(
-            f"truncate_prompt_tokens must be -1 or at least 1, got {truncate_prompt_tokens}",
-            "truncate_prompt_tokens",
-        )
-    return truncate_prompt_tokens
+    check_truncate_prompt_tokens(truncate_prompt_tokens)
+    return max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens
 
 
 def check_prompt_length(num_prompt_tokens: int, max_model_len: int, pooling: bool) -> None:
