@@ -278,7 +278,9 @@ def _scheduler_config(
     )
 
 
+# The generation-config values that are sampling defaults (vLLM's list).
 SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+GENERATION_DEFAULT_KEYS = (*SAMPLING_DEFAULT_KEYS, "max_new_tokens")
 
 
 def _generation_defaults(
@@ -297,9 +299,16 @@ def _generation_defaults(
                 f"generation_config.json, got {mode!r}"
             )
         generation_config = read_generation_config(mode)
+    override = args.override_generation_config or {}
+    unknown = sorted(set(override) - set(GENERATION_DEFAULT_KEYS))
+    if unknown:
+        raise ValueError(
+            f"override_generation_config may set {', '.join(GENERATION_DEFAULT_KEYS)}; "
+            f"got {', '.join(map(repr, unknown))}"
+        )
     source = {} if mode == "vllm" else generation_config
-    defaults = {k: source[k] for k in (*SAMPLING_DEFAULT_KEYS, "max_new_tokens") if k in source}
-    defaults.update(args.override_generation_config or {})
+    defaults = {k: source[k] for k in GENERATION_DEFAULT_KEYS if k in source}
+    defaults.update(override)
     return generation_config, {k: v for k, v in defaults.items() if v is not None}
 
 

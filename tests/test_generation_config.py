@@ -55,6 +55,8 @@ def test_the_modes_and_the_override(tiny_llama_dir: str, tmp_path: Path) -> None
         model_config(model, generation_config=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="override_generation_config must be a dict"):
         model_config(model, override_generation_config="temperature=0")
+    with pytest.raises(ValueError, match="override_generation_config may set .* got 'temprature'"):
+        model_config(model, override_generation_config={"temprature": 0.0})
 
 
 def test_offline_defaults_follow_the_mode(tiny_llama_dir: str, tmp_path: Path) -> None:
