@@ -22,7 +22,6 @@ from pagedllm.scoring import cosine_similarity, score_pairs
 
 logger = logging.getLogger(__name__)
 
-_GEN_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 # apply_chat_template's own arguments, which chat_template_kwargs may not set.
 _CHAT_CALL_ARGUMENTS = frozenset(
     {
@@ -66,11 +65,11 @@ class LLM:
     def get_default_sampling_params(self) -> SamplingParams:
         """vLLM's default: the model's generation_config.json sampling values (or
         --generation-config's, with --override-generation-config over them)."""
-        gen = self.llm_engine.model_config.default_sampling
-        overrides = {k: gen[k] for k in _GEN_CONFIG_KEYS if gen.get(k) is not None}
-        if gen.get("max_new_tokens"):
-            overrides["max_tokens"] = gen["max_new_tokens"]
-        return SamplingParams(**overrides)
+        defaults = dict(self.llm_engine.model_config.default_sampling)  # None-free
+        max_new_tokens = defaults.pop("max_new_tokens", None)
+        if max_new_tokens:
+            defaults["max_tokens"] = max_new_tokens
+        return SamplingParams(**defaults)
 
     # ---- generation -----------------------------------------------------------
     def generate(
